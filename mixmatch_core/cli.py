@@ -1,0 +1,83 @@
+"""The trainer's commands: `mixmatch train` and `mixmatch ui`.
+
+Owns: argument parsing for one training run, turning user errors into one line on stderr with
+a non-zero exit (never a traceback), and starting the MLflow UI on the configured store,
+bound to 127.0.0.1 unless asked otherwise. The `mixmatch` console entry (sweeps/cli.py)
+dispatches here for these two subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from .config import ConfigError, help_text, load_config
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+
+
+def die(msg: str, code: int = EXIT_USER_ERROR) -> None:
+    print(f"mixmatch: error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line too
+        die(f"{self.prog}: {message}")
+
+
+def train_main(argv: list[str]) -> int:
+    p = _Parser(prog="mixmatch train", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Train one MixMatch (or supervised) run, tracked in MLflow; "
+                            "re-running the same command resumes it from its checkpoint.",
+                epilog=help_text())
+    p.add_argument("--config", help="YAML file of config fields (key: value)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard this run's checkpoint (e.g. a corrupt one) and start over")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+    args = p.parse_args(argv)
+
+    from .tracking import RunTracker, TrackingError, check_reachable
+    from .train import CheckpointError, TrainingFailed, train
+    try:
+        cfg = load_config(args.config, args.overrides)
+        tracker = None
+        if not args.no_tracking:
+            check_reachable()
+            tracker = RunTracker(cfg)
+        result = train(cfg, tracker=tracker, restart=args.restart)
+    except (ConfigError, TrackingError, CheckpointError) as e:
+        die(str(e))
+    except TrainingFailed as e:
+        die(f"run {cfg.run_name} FAILED: {e}", EXIT_RUN_FAILED)
+    except KeyboardInterrupt:
+        die("interrupted; re-run the same command to resume from the last checkpoint", 130)
+    m = result.metrics
+    print(f"{cfg.run_name} [{cfg.cell_key}] {result.status}: error {m['error']:.2f}% "
+          f"(median of last {min(cfg.median_of, len(result.history))} evals; last {m['error_last']:.2f}%, "
+          f"best {m['error_best']:.2f}% [test-selected])"
+          + (f", val {m['val_error']:.2f}%" if "val_error" in m else "")
+          + (f", {result.steps_per_s:.1f} steps/s" if result.steps_per_s else "")
+          + (f", mlflow run {result.run_id}" if result.run_id else ""))
+    return 0
+
+
+def ui_main(argv: list[str]) -> int:
+    p = _Parser(prog="mixmatch ui", description="Start the MLflow UI on the configured tracking store.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    args = p.parse_args(argv)
+    from .tracking import tracking_uri
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        die(f"MLFLOW_TRACKING_URI is a server ({uri}); open it in a browser instead")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop", file=sys.stderr)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0

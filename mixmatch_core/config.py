@@ -1,0 +1,317 @@
+"""The one config of a training run: the frozen dataclass, its presets, variants and validation.
+
+Owns: every knob of a run (with its meaning and unit), the per-dataset presets, the named
+ablation variants (one-line diffs against the full method), parsing of YAML files and
+`key=value` overrides, validation with one-line errors, and the run's identity (its name and
+`cell_key`), which are derived from the resolved config and nothing else.
+
+Resolution order (later wins):
+    dataclass defaults (the paper's CIFAR-10 setting)
+    < dataset preset (only for fields the user left unset)
+    < the user's values (YAML, then key=value)
+    < the variant's diff (a user value that contradicts the variant is an error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in a config, spec or override: its message is one line naming the field."""
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data -------------------------------------------------------------------------------
+    dataset: str = _f("cifar10", "digits | cifar10 | cifar100 | svhn | svhn_extra | stl10 | npz:PATH")
+    data_dir: str = _f("data", "where torchvision datasets are downloaded/read")
+    n_labeled: int = _f(250, "labeled training images (a positive multiple of the class count)")
+    val_size: int = _f(0, "training images carved out as a validation split (0 = none)")
+    seed: int = _f(1, "labeled-split seed (the paper uses 1..5) and RNG seed of the run")
+    # --- method -----------------------------------------------------------------------------
+    method: str = _f("mixmatch", "mixmatch | supervised (labeled data only, same schedule)")
+    variant: str = _f("mixmatch", "named ablation diff applied on top (see --help variants)")
+    model: str = _f("wrn28_2", "wrn28_2 (1.47 M params) | wrn28_large (135 filters) | wrnD_K | small_cnn")
+    # --- schedule (units: optimizer steps; one step = batch_size labeled images) ------------
+    steps: int = _f(1 << 20, "training length in steps (paper: 2^26 images / 64 = 1,048,576)")
+    batch_size: int = _f(64, "labeled images per step; the unlabeled batch has the same size")
+    eval_every: int = _f(1024, "steps between evaluations (paper: 64 kimg = 1024 steps)")
+    median_of: int = _f(20, "reported error = 100 - median accuracy of the last N evaluations")
+    log_every: int = _f(256, "steps between loss/throughput metric points (one host sync each)")
+    # --- MixMatch hyperparameters (paper notation) -------------------------------------------
+    K: int = _f(2, "augmentations per unlabeled image for label guessing")
+    T: float = _f(0.5, "sharpening temperature (T = 1: no sharpening)")
+    alpha: float = _f(0.75, "Beta(alpha, alpha) parameter of MixUp")
+    lambda_u: float = _f(75.0, "weight of the unlabeled L2 loss (after ramp-up)")
+    rampup_steps: int = _f(16384, "steps over which lambda_u ramps linearly from 0 (code: 1024 kimg)")
+    mixup: str = _f("all", "all | none | labeled | unlabeled | separate (Table 4 MixUp ablations)")
+    ema_guess: bool = _f(False, "the EMA model guesses labels (Table 4 'with parameter EMA')")
+    bn_mode: str = _f("interleave", "interleave (official: only the first pass updates BN stats) | fused")
+    # --- optimisation -----------------------------------------------------------------------
+    lr: float = _f(0.002, "Adam learning rate (constant)")
+    wd: float = _f(0.02, "decoupled weight decay: conv/linear kernels *= 1 - wd * lr each step")
+    ema_decay: float = _f(0.999, "parameter EMA decay per step")
+    ema: bool = _f(True, "evaluate (and report) the EMA model; false: the live model")
+    # --- runtime (not part of the run's identity) -------------------------------------------
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N", runtime=True)
+    amp: str = _f("none", "none | bf16 (autocast; batch norm, losses and weights stay fp32)")
+    channels_last: bool = _f(False, "channels_last memory format for images and model", runtime=True)
+    compile: bool = _f(False, "torch.compile the model (compiled once per process)", runtime=True)
+    num_threads: int = _f(0, "torch CPU threads (0 = torch's default)", runtime=True)
+    experiment: str = _f("mixmatch", "MLflow experiment name", runtime=True)
+    out_dir: str = _f("runs", "checkpoint root; a run lives in OUT_DIR/RUN_NAME-CELLKEY", runtime=True)
+    progress: bool = _f(True, "show a progress bar", runtime=True)
+
+    # -- identity ------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the experiment (runtime fields excluded), sorted by name."""
+        return {f.name: getattr(self, f.name) for f in sorted(fields(self), key=lambda f: f.name)
+                if not f.metadata.get("runtime")}
+
+    @property
+    def cell_key(self) -> str:
+        """Stable 12-hex-digit hash of the identity: equal configs give equal keys on any machine."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def run_name(self) -> str:
+        """Readable name from the config, e.g. `cifar10-250-s1-no_sharpen`."""
+        ds = self.dataset.split(":", 1)[0] if not self.dataset.startswith("npz:") else \
+            "npz_" + re.sub(r"\W+", "_", self.dataset[4:].rsplit("/", 1)[-1].removesuffix(".npz"))
+        return f"{ds}-{self.n_labeled}-s{self.seed}-{self.variant}"
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.out_dir}/{self.run_name}-{self.cell_key}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+FIELDS = {f.name: f for f in fields(Config)}
+DEFAULTS = Config()
+
+# Per-dataset presets, applied to fields the user left unset (REFERENCE.md "lambda_u per
+# dataset"). `digits` is the embedded CPU setting: a small CNN, about a minute on 2 cores.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(lambda_u=75.0, alpha=0.75),
+    "cifar100": dict(lambda_u=150.0, alpha=0.75),
+    "svhn": dict(lambda_u=250.0, alpha=0.75),
+    "svhn_extra": dict(lambda_u=250.0, alpha=0.25),
+    "stl10": dict(lambda_u=50.0, alpha=0.75),
+    "npz": dict(lambda_u=75.0, alpha=0.75),
+    "digits": dict(model="small_cnn", n_labeled=50, steps=1500, eval_every=100, median_of=5,
+                   log_every=50, lambda_u=75.0, alpha=0.75, rampup_steps=500, ema_decay=0.99),
+}
+
+# Named ablations: each is a one-line diff against the full method (Table 4 names).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mixmatch": {},
+    "supervised": dict(method="supervised"),
+    "no_sharpen": dict(T=1.0),
+    "no_mixup": dict(mixup="none"),
+    "k1": dict(K=1),
+    "k3": dict(K=3),
+    "k4": dict(K=4),
+    "no_ema": dict(ema=False),
+    "ema_guess": dict(ema_guess=True),
+    "mixup_labeled_only": dict(mixup="labeled"),
+    "mixup_unlabeled_only": dict(mixup="unlabeled"),
+    "mixup_separate": dict(mixup="separate"),
+}
+
+CHOICES = {
+    "method": ("mixmatch", "supervised"),
+    "mixup": ("all", "none", "labeled", "unlabeled", "separate"),
+    "bn_mode": ("interleave", "fused"),
+    "amp": ("none", "bf16"),
+}
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "svhn_extra", "stl10")
+N_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "svhn_extra": 10, "stl10": 10}
+
+
+def dataset_family(dataset: str) -> str:
+    return "npz" if dataset.startswith("npz:") else dataset
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise a one-line error."""
+    if name not in FIELDS:
+        raise ConfigError(f"unknown config key '{name}'; known keys: {', '.join(FIELDS)}")
+    typ = type(getattr(DEFAULTS, name))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return str(value)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`['K=3', 'T=0.5']` -> `{'K': 3, 'T': 0.5}` (types checked against the dataclass)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _coerce(key.strip(), yaml.safe_load(value) if value else "")
+    return out
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping with `yaml.safe_load`; errors name the file."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of key: value")
+    return data
+
+
+# ---- resolution and validation ----------------------------------------------------------------
+def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Build the validated Config from the user's values (see the module docstring for order).
+    `variants` adds named diffs (e.g. a sweep spec's own) to the built-in VARIANTS."""
+    user = {k: _coerce(k, v) for k, v in (user or {}).items()}
+    known = {**VARIANTS, **(variants or {})}
+    values = DEFAULTS.to_dict()
+    dataset = user.get("dataset", values["dataset"])
+    family = dataset_family(dataset)
+    if family not in PRESETS:
+        raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {', '.join(DATASETS)}, npz:PATH")
+    values.update(PRESETS[family])
+    values.update(user)
+    variant = values["variant"]
+    if variant not in known:
+        raise ConfigError(f"variant: unknown '{variant}'; allowed: {', '.join(known)}")
+    for key, val in known[variant].items():
+        val = _coerce(key, val)
+        if key in user and user[key] != val:
+            raise ConfigError(f"variant '{variant}' sets {key}={val}, which contradicts {key}={user[key]}")
+        values[key] = val
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None,
+                extra: dict[str, Any] | None = None) -> Config:
+    """YAML file (optional) < extra dict < key=value overrides, then `resolve`."""
+    user: dict[str, Any] = {}
+    if path:
+        user.update(load_yaml(path))
+    user.update(extra or {})
+    user.update(parse_overrides(overrides or []))
+    return resolve(user)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(c: Config) -> None:
+    """Range checks that need no data. Data-dependent checks (n_labeled vs the train set size)
+    happen when the dataset is opened, before anything is started or written."""
+    for name, allowed in CHOICES.items():
+        _check(getattr(c, name) in allowed, f"{name}: '{getattr(c, name)}' is not one of {', '.join(allowed)}")
+    _check(bool(re.fullmatch(r"small_cnn|wrn28_large|wrn\d+_\d+", c.model)),
+           f"model: '{c.model}' is not one of wrn28_2, wrn28_large, wrnD_K (D = 6n+4), small_cnn")
+    m = re.fullmatch(r"wrn(\d+)_(\d+)", c.model)
+    if m:
+        _check(int(m[1]) >= 10 and (int(m[1]) - 4) % 6 == 0 and int(m[2]) >= 1,
+               f"model: '{c.model}' needs depth 6n+4 >= 10 and width >= 1 (e.g. wrn28_2)")
+    if c.dataset.startswith("npz:"):
+        _check(len(c.dataset) > 4, "dataset: npz: needs a path, e.g. npz:data/cifar10.npz")
+    ncls = N_CLASSES.get(c.dataset)
+    _check(c.n_labeled > 0, f"n_labeled: must be positive, got {c.n_labeled}")
+    if ncls:
+        _check(c.n_labeled % ncls == 0,
+               f"n_labeled: must be a positive multiple of the class count ({ncls}), got {c.n_labeled}")
+    _check(c.val_size >= 0, f"val_size: must be >= 0, got {c.val_size}")
+    _check(c.steps >= 1, f"steps: must be >= 1, got {c.steps}")
+    _check(c.batch_size >= 2, f"batch_size: must be >= 2, got {c.batch_size}")
+    _check(1 <= c.eval_every <= c.steps, f"eval_every: must be in 1..steps ({c.steps}), got {c.eval_every}")
+    _check(c.median_of >= 1, f"median_of: must be >= 1, got {c.median_of}")
+    _check(c.log_every >= 1, f"log_every: must be >= 1, got {c.log_every}")
+    _check(c.K >= 1, f"K: must be >= 1, got {c.K}")
+    _check(c.T > 0, f"T: must be > 0, got {c.T}")
+    _check(c.alpha >= 0, f"alpha: must be >= 0, got {c.alpha}")
+    _check(c.lambda_u >= 0, f"lambda_u: must be >= 0, got {c.lambda_u}")
+    _check(c.rampup_steps >= 0, f"rampup_steps: must be >= 0, got {c.rampup_steps}")
+    _check(c.lr > 0, f"lr: must be > 0, got {c.lr}")
+    _check(0 <= c.wd * c.lr < 1, f"wd: wd * lr must be in [0, 1), got wd={c.wd}")
+    _check(0 <= c.ema_decay < 1, f"ema_decay: must be in [0, 1), got {c.ema_decay}")
+    _check(c.num_threads >= 0, f"num_threads: must be >= 0, got {c.num_threads}")
+    _check(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", c.device)),
+           f"device: '{c.device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    _check(bool(c.experiment.strip()), "experiment: must not be empty")
+
+
+def help_text() -> str:
+    """Every field with its default and meaning, for `mixmatch train --help`."""
+    lines = ["config fields (key=value; defaults are the paper's CIFAR-10 setting):"]
+    for f in fields(Config):
+        lines.append(f"  {f.name:<14} {str(f.default):<12} {f.metadata['help']}")
+    lines.append("\ndataset presets (applied to fields you leave unset):")
+    for name, preset in PRESETS.items():
+        lines.append(f"  {name:<10} " + ", ".join(f"{k}={v}" for k, v in preset.items()))
+    lines.append("\nvariants (one-line diffs against the full method):")
+    for name, diff in VARIANTS.items():
+        lines.append(f"  {name:<22} " + (", ".join(f"{k}={v}" for k, v in diff.items()) or "(full method)"))
+    return "\n".join(lines)

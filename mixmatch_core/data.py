@@ -1,0 +1,388 @@
+"""Datasets, labeled/unlabeled/validation splits, and device-resident batch sampling.
+
+Owns:
+- `load_dataset`: the raw uint8 NHWC arrays of a dataset on the host (scikit-learn digits,
+  torchvision CIFAR-10/100, SVHN, SVHN+extra, STL-10, or a user `npz:PATH` file) and the
+  dataset's augmentation spec (REFERENCE.md "Data and protocol");
+- `split_labeled`: the official balanced labeled split (exactly n_labeled / n_classes images
+  per class from a seeded per-class shuffle) plus an optional validation split;
+- `DeviceData`: every image of the run stored ONCE on the device as uint8 (the training
+  images already reflect-padded for augmentation), epoch-style samplers over random
+  device permutations, and the batch functions the trainer calls.
+
+Style (airbench): no DataLoader, no per-image Python, no host sync per step. Batches are an
+index gather from the device-resident uint8 pool fused with the crop/flip (augment.py),
+followed by the uint8 -> [-1, 1] float conversion on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .augment import AugmentSpec, augment_batch, pad_reflect, to_float
+from .config import ConfigError
+
+# Augmentation per dataset (REFERENCE.md; official libml/data.py augment_cifar10/svhn/stl10).
+AUGMENT: dict[str, AugmentSpec] = {
+    "cifar10": AugmentSpec(flip=True, pad=4),     # flip + reflect-pad 4 + random 32x32 crop
+    "cifar100": AugmentSpec(flip=True, pad=4),
+    "svhn": AugmentSpec(flip=False, pad=4),       # shift only: digits are not mirror-symmetric
+    "svhn_extra": AugmentSpec(flip=False, pad=4),
+    "stl10": AugmentSpec(flip=True, pad=12),      # 96x96: flip + shift up to 12 px
+    "digits": AugmentSpec(flip=False, pad=1),     # 8x8 digits: shift up to 1 px, no flip
+}
+
+DIGITS_N_TEST = 500   # images; the other 1297 of the 1797 are the training set
+DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split is the same for every run
+
+
+@dataclass
+class Dataset:
+    """Raw arrays on the host. Images uint8 NHWC [N, H, W, C]; labels int64 [N] in
+    0..n_classes-1. `x_unlabeled_extra` holds extra unlabeled images without labels (STL-10's
+    'unlabeled' split) that only ever join the unlabeled pool."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    augment: AugmentSpec
+    x_unlabeled_extra: np.ndarray | None = None
+
+
+# ---- loaders ------------------------------------------------------------------------------------
+def load_dataset(dataset: str, data_dir: str) -> Dataset:
+    """Load `dataset` (a `Config.dataset` value) into host arrays; errors are one-line
+    ConfigErrors naming the field or the file."""
+    if dataset.startswith("npz:"):
+        return _load_npz(dataset[4:])
+    if dataset == "digits":
+        return _load_digits()
+    if dataset in ("cifar10", "cifar100", "svhn", "svhn_extra", "stl10"):
+        return _load_torchvision(dataset, data_dir)
+    raise ConfigError(f"dataset: unknown '{dataset}'; allowed: digits, cifar10, cifar100, svhn, "
+                      "svhn_extra, stl10, npz:PATH")
+
+
+def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split `total` over classes proportionally to `counts` (integers summing to `total`;
+    the leftover units go to the largest fractional parts, ties to the lower class id)."""
+    exact = counts * total / counts.sum()
+    out = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - out), kind="stable")
+    out[order[: total - out.sum()]] += 1
+    return out
+
+
+def _load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (no download): 1797 images, values 0..16 mapped to
+    0..255, split once into 1297 train / 500 test, stratified, with a fixed seed. The legacy
+    RandomState stream is frozen by numpy, so the split is identical on every machine."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
+    y = d.target.astype(np.int64)
+    classes = np.arange(10)
+    n_test = _largest_remainder(np.bincount(y, minlength=10), DIGITS_N_TEST)
+    rs = np.random.RandomState(DIGITS_SPLIT_SEED)
+    test = np.concatenate([rs.permutation(np.flatnonzero(y == c))[: n_test[c]] for c in classes])
+    is_test = np.zeros(len(y), bool)
+    is_test[test] = True
+    return Dataset("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], 10, AUGMENT["digits"])
+
+
+def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x, dtype=np.uint8).transpose(0, 2, 3, 1))
+
+
+def _load_torchvision(name: str, data_dir: str) -> Dataset:
+    """CIFAR-10/100, SVHN (+extra) and STL-10 via torchvision (download=True: a no-op when the
+    files are already in `data_dir` and pass their checksum)."""
+    import torchvision.datasets as tvd
+
+    def get(cls, **kw):
+        try:
+            return cls(root=data_dir, download=True, **kw)
+        except (OSError, RuntimeError, EOFError, tarfile.TarError):
+            # URLError is an OSError; torchvision raises RuntimeError on a bad checksum.
+            raise ConfigError(f"dataset: cannot download '{name}' into '{data_dir}' (offline?); "
+                              "put the files there or use npz:PATH") from None
+
+    if name in ("cifar10", "cifar100"):
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        tr, te = get(cls, train=True), get(cls, train=False)  # .data is uint8 NHWC already
+        return Dataset(name, np.ascontiguousarray(tr.data), np.asarray(tr.targets, np.int64),
+                       np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64),
+                       10 if name == "cifar10" else 100, AUGMENT[name])
+    if name in ("svhn", "svhn_extra"):
+        # SVHN .data is uint8 NCHW; torchvision already maps the '10' label of digit 0 to 0.
+        splits = ["train", "extra"] if name == "svhn_extra" else ["train"]
+        trs = [get(tvd.SVHN, split=s) for s in splits]
+        te = get(tvd.SVHN, split="test")
+        # svhn_extra: the extra images join the training set, labels and all, as in the
+        # official 'svhn' (with extra) dataset, whose labeled split is drawn from train+extra.
+        return Dataset(name, np.concatenate([_nchw_to_nhwc(t.data) for t in trs]),
+                       np.concatenate([np.asarray(t.labels, np.int64) for t in trs]),
+                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name])
+    # stl10: labels from 'train' (5000), 'unlabeled' (100,000) only joins the unlabeled pool.
+    tr, te = get(tvd.STL10, split="train"), get(tvd.STL10, split="test")
+    unl = get(tvd.STL10, split="unlabeled")
+    return Dataset(name, _nchw_to_nhwc(tr.data), np.asarray(tr.labels, np.int64),
+                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name],
+                   x_unlabeled_extra=_nchw_to_nhwc(unl.data))
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def npz_augment(h: int, w: int) -> AugmentSpec:
+    """Augmentation of a user npz by image size: CIFAR-like (flip + 4 px shift) from 32 px,
+    flip + 2 px shift from 16 px, and a 1 px shift without flip for tiny (digits-like) images."""
+    side = min(h, w)
+    if side >= 32:
+        return AugmentSpec(flip=True, pad=4)
+    if side >= 16:
+        return AugmentSpec(flip=True, pad=2)
+    return AugmentSpec(flip=False, pad=1)
+
+
+def _load_npz(path: str) -> Dataset:
+    """A user dataset: numpy .npz with x_train, y_train, x_test, y_test. Images uint8
+    [N, H, W, C] or [N, H, W] (grayscale, C = 1 is added); labels integers >= 0;
+    n_classes = max label + 1 over train and test."""
+    where = f"dataset: npz file '{path}'"
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise ConfigError(f"{where} lacks key(s) {', '.join(missing)}; "
+                                  f"needs {', '.join(NPZ_KEYS)}")
+            arrays = {k: f[k] for k in NPZ_KEYS}
+    except ConfigError:
+        raise
+    except Exception as e:  # not a zip, truncated, object arrays (pickle refused), ...
+        raise ConfigError(f"{where} cannot be read as npz ({type(e).__name__})") from None
+
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8:
+            raise ConfigError(f"{where}: x_{split} must be uint8 images (0..255), got {x.dtype}")
+        if x.ndim == 3:
+            x = arrays[f"x_{split}"] = x[..., None]
+        if x.ndim != 4 or min(x.shape[1:3]) < 2:
+            raise ConfigError(f"{where}: x_{split} must be [N, H, W, C] or [N, H, W] with H, W >= 2, "
+                              f"got shape {tuple(arrays[f'x_{split}'].shape)}")
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+            raise ConfigError(f"{where}: y_{split} must be 1-D integer labels, got {y.dtype} "
+                              f"shape {tuple(y.shape)}")
+        if len(x) != len(y):
+            raise ConfigError(f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
+        if len(y) == 0:
+            raise ConfigError(f"{where}: x_{split} is empty")
+        if y.min() < 0:
+            raise ConfigError(f"{where}: y_{split} has negative labels; labels must be 0..n_classes-1")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise ConfigError(f"{where}: train images are {arrays['x_train'].shape[1:]} (H, W, C) but "
+                          f"test images are {arrays['x_test'].shape[1:]}")
+    n_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    name = os.path.basename(path).removesuffix(".npz")
+    return Dataset(name, np.ascontiguousarray(arrays["x_train"]), arrays["y_train"].astype(np.int64),
+                   np.ascontiguousarray(arrays["x_test"]), arrays["y_test"].astype(np.int64),
+                   n_classes, npz_augment(*arrays["x_train"].shape[1:3]))
+
+
+# ---- splits -------------------------------------------------------------------------------------
+def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int,
+                  val_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labeled_idx, unlabeled_idx, val_idx): sorted int64 indices into the training set.
+
+    Official protocol: each class's indices are shuffled once with a seeded RandomState
+    (numpy's frozen legacy stream: the same split on every machine and numpy version). The
+    validation images are the first ones of each class's shuffle (`val_size` split over the
+    classes in proportion to their sizes, so balanced data gives a balanced split); the next
+    n_labeled / n_classes of each class are labeled; all the rest are unlabeled. So the
+    three sets are disjoint and cover the training set, and the labeled set is exactly
+    balanced (25 per class at 250 labels on CIFAR-10)."""
+    y = np.asarray(y)
+    n = len(y)
+    if n_labeled <= 0 or n_labeled % n_classes:
+        raise ConfigError(f"n_labeled: must be a positive multiple of the class count ({n_classes}), "
+                          f"got {n_labeled}")
+    if n_labeled > n:
+        raise ConfigError(f"n_labeled: {n_labeled} exceeds the {n} training images")
+    if val_size < 0 or val_size + n_labeled > n:
+        raise ConfigError(f"val_size: {val_size} + n_labeled {n_labeled} exceeds the {n} training images")
+    counts = np.bincount(y, minlength=n_classes)
+    n_val = _largest_remainder(counts, val_size) if val_size else np.zeros(n_classes, np.int64)
+    per_class = n_labeled // n_classes
+    rs = np.random.RandomState(seed)
+    labeled, unlabeled, val = [], [], []
+    for c in range(n_classes):
+        idx = rs.permutation(np.flatnonzero(y == c))
+        if n_val[c] + per_class > len(idx):
+            raise ConfigError(f"n_labeled: {n_labeled} needs {per_class} images of class {c} but it has "
+                              f"only {len(idx)} training images" + (f" ({n_val[c]} went to val_size)"
+                                                                    if n_val[c] else ""))
+        val.append(idx[: n_val[c]])
+        labeled.append(idx[n_val[c]: n_val[c] + per_class])
+        unlabeled.append(idx[n_val[c] + per_class:])
+    return tuple(np.sort(np.concatenate(s)).astype(np.int64) for s in (labeled, unlabeled, val))
+
+
+# ---- device-resident data -----------------------------------------------------------------------
+class _EpochSampler:
+    """Draws batches of indices 0..n-1 from successive random permutations on the device.
+
+    A permutation (global torch RNG of `device`) is consumed in order; when it runs out a new
+    one is drawn, so every index appears exactly once per epoch. A batch may straddle two
+    epochs (or several, when n < batch). The position is a host-side int, so drawing a batch
+    never reads the device. The first permutation is drawn by the first batch, so building
+    the data consumes no RNG."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.n, self.device = n, device
+        self.perm = torch.empty(0, dtype=torch.int64, device=device)
+        self.pos = 0  # next unread position in self.perm
+
+    def next(self, batch: int) -> Tensor:
+        if self.n == 0:
+            raise ValueError("cannot sample from an empty set")
+        pieces, need = [], batch
+        while need > 0:
+            if self.pos >= len(self.perm):
+                self.perm = torch.randperm(self.n, device=self.device)
+                self.pos = 0
+            take = min(need, self.n - self.pos)
+            pieces.append(self.perm[self.pos: self.pos + take])
+            self.pos += take
+            need -= take
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm = state["perm"].to(self.device)
+        self.pos = int(state["pos"])
+
+
+class DeviceData:
+    """All images of a run on one device as uint8 NHWC, with the samplers and batch functions.
+
+    Training images (labeled and unlabeled pools) are stored reflect-padded by the dataset's
+    augmentation pad, so a batch is one gather; test and val images are stored unpadded."""
+
+    def __init__(self, *, spec: AugmentSpec, n_classes: int, device: torch.device, channels_last: bool,
+                 x_labeled: Tensor, y_labeled: Tensor, x_unlabeled: Tensor,
+                 x_test: Tensor, y_test: Tensor, x_val: Tensor, y_val: Tensor):
+        self.spec, self._n_classes, self.device, self.channels_last = spec, n_classes, device, channels_last
+        self.x_labeled, self.y_labeled, self.x_unlabeled = x_labeled, y_labeled, x_unlabeled
+        self.x_test, self.y_test, self.x_val, self.y_val = x_test, y_test, x_val, y_val
+        self.labeled_sampler = _EpochSampler(len(x_labeled), device)
+        self.unlabeled_sampler = _EpochSampler(len(x_unlabeled), device)
+
+    @classmethod
+    def build(cls, ds: Dataset, n_labeled: int, seed: int, val_size: int, device: torch.device | str,
+              channels_last: bool) -> "DeviceData":
+        """Split `ds` (see `split_labeled`) and copy everything to `device` once."""
+        device = torch.device(device)
+        lab, unl, val = split_labeled(ds.y_train, n_labeled, ds.n_classes, seed, val_size)
+
+        def put(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        pad = ds.augment.pad
+        x_unl = ds.x_train[unl]
+        if ds.x_unlabeled_extra is not None:
+            x_unl = np.concatenate([x_unl, ds.x_unlabeled_extra])
+        return cls(spec=ds.augment, n_classes=ds.n_classes, device=device, channels_last=channels_last,
+                   x_labeled=pad_reflect(put(ds.x_train[lab]), pad), y_labeled=put(ds.y_train[lab]),
+                   x_unlabeled=pad_reflect(put(x_unl), pad),
+                   x_test=put(ds.x_test), y_test=put(ds.y_test),
+                   x_val=put(ds.x_train[val]), y_val=put(ds.y_train[val]))
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return self._n_classes
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_test.shape[3])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the model input in pixels (unpadded)."""
+        return int(self.x_test.shape[1]), int(self.x_test.shape[2])
+
+    @property
+    def n_labeled(self) -> int:
+        return len(self.x_labeled)
+
+    @property
+    def n_unlabeled(self) -> int:
+        return len(self.x_unlabeled)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.x_val)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.x_test)
+
+    # -- training batches ------------------------------------------------------------------------
+    def labeled_batch(self, batch: int) -> tuple[Tensor, Tensor]:
+        """(x float32 [B, C, H, W] in [-1, 1], y int64 [B]): B labeled images from the epoch
+        sampler, each augmented once (Algorithm 1 line 2)."""
+        idx = self.labeled_sampler.next(batch)
+        x = augment_batch(self.x_labeled, self.spec, index=idx)
+        return to_float(x, self.channels_last), self.y_labeled[idx]
+
+    def unlabeled_batch(self, batch: int, K: int) -> list[Tensor]:
+        """K float32 tensors [B, C, H, W] in [-1, 1]: the same B unlabeled images under K
+        independent augmentations (Algorithm 1 lines 3-5)."""
+        if self.n_unlabeled == 0:
+            raise ValueError("the unlabeled set is empty (n_labeled + val_size uses every training "
+                             "image); use method=supervised")
+        idx = self.unlabeled_sampler.next(batch)
+        return [to_float(augment_batch(self.x_unlabeled, self.spec, index=idx), self.channels_last)
+                for _ in range(K)]
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def eval_batches(self, split: str, batch: int = 1024) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (x float32 [b, C, H, W] in [-1, 1], y int64 [b]) over the whole `split`
+        ('test' or 'val') in order, without augmentation."""
+        if split == "test":
+            x, y = self.x_test, self.y_test
+        elif split == "val":
+            if self.n_val == 0:
+                raise ValueError("there is no 'val' split: val_size is 0")
+            x, y = self.x_val, self.y_val
+        else:
+            raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+        for i in range(0, len(x), batch):
+            yield to_float(x[i: i + batch], self.channels_last), y[i: i + batch]
+
+    # -- checkpointing ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Sampler state (tensors and ints only, loadable with torch.load(weights_only=True)).
+        With the global RNG state, it makes a resumed run draw the same batches."""
+        return {"labeled": self.labeled_sampler.state_dict(),
+                "unlabeled": self.unlabeled_sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labeled_sampler.load_state_dict(state["labeled"])
+        self.unlabeled_sampler.load_state_dict(state["unlabeled"])

@@ -1,0 +1,241 @@
+"""MLflow tracking of one training run: where runs go, what is recorded, and how it survives.
+
+Owns: the tracking URI (MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` with artifacts in
+`./mlartifacts` beside it), experiment creation, the run's name/tags/params, batched metric
+logging (buffered on the host, flushed at evaluations, never per step), the final metrics,
+artifacts, terminal status, nesting under a parent run (sweeps and studies), and system
+metrics. MLflow failures in the middle of a run never stop training: unflushed points stay
+buffered (and are saved in the checkpoint) and the run is tagged `logging_incomplete` if they
+could not be delivered by the end.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+# A tracking server that went away must not stall training for minutes of retries. These
+# are MLflow's own settings; the user's values win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not be reached or used; the message is one line."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def client() -> MlflowClient:
+    return MlflowClient(tracking_uri())
+
+
+def check_reachable(uri: str | None = None) -> None:
+    """Fail fast, in one line, when the tracking store cannot be used (before any training)."""
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                r.read()
+        except Exception as e:  # noqa: BLE001 - any failure means unreachable
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(e).__name__}: {e}); "
+                                "start it or unset MLFLOW_TRACKING_URI") from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        parent = db.parent if str(db.parent) else Path(".")
+        if not parent.exists() or not os.access(parent, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: directory '{parent}' is missing or not writable")
+    elif uri.startswith("file:") or uri.startswith("./") or uri.endswith("mlruns"):
+        raise TrackingError(f"MLflow store {uri}: the file store is no longer supported; "
+                            f"use {DEFAULT_URI} or an http:// server")
+
+
+def experiment_id(name: str, c: MlflowClient | None = None) -> str:
+    """Get or create the experiment; with the default sqlite store artifacts go to ./mlartifacts."""
+    c = c or client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:///"):
+        db = Path(tracking_uri()[len("sqlite:///"):]).resolve()
+        location = (db.parent / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - created concurrently by another worker
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_cell_runs(exp_id: str, cell_key: str, c: MlflowClient | None = None) -> list:
+    """All live (not deleted) runs of an experiment with this cell_key, newest first."""
+    c = c or client()
+    return c.search_runs([exp_id], filter_string=f"tags.cell_key = '{cell_key}'",
+                         order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_parent_run(experiment: str, name: str, tags: dict[str, str], run_id: str | None = None) -> str:
+    """Create (or reopen) the parent run of a sweep or study; returns its run id."""
+    c = client()
+    if run_id:
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    run = c.create_run(experiment_id(experiment, c), run_name=name, tags={**tags, "code_version": git_commit()})
+    return run.info.run_id
+
+
+class RunTracker:
+    """One MLflow run for one training run. All network calls are batched and fault tolerant."""
+
+    def __init__(self, cfg, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                 system_metrics: bool = True):
+        self.cfg = cfg
+        self.parent_run_id = parent_run_id
+        self.extra_tags = dict(tags or {})
+        self.system_metrics = system_metrics
+        self.client = client()
+        self.run_id: str | None = None
+        self.pending: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
+        self.incomplete = False
+        self._monitor = None
+
+    def tags(self, device_name: str) -> dict[str, str]:
+        import torch
+        c = self.cfg
+        tags = {"dataset": c.dataset, "n_labeled": str(c.n_labeled), "seed": str(c.seed), "method": c.method,
+                "variant": c.variant, "cell_key": c.cell_key, "code_version": git_commit(),
+                "mlflow.source.git.commit": git_commit(), "torch_version": torch.__version__,
+                "device_name": device_name, "host": platform.node(), **self.extra_tags}
+        if self.parent_run_id:
+            tags[PARENT_TAG] = self.parent_run_id
+        return tags
+
+    def start(self, run_id: str | None, device_name: str) -> str:
+        """Resume `run_id` (from a checkpoint) or create a new run. A stale unfinished run of the
+        same cell without a checkpoint is deleted so that each cell has a single run."""
+        exp = experiment_id(self.cfg.experiment, self.client)
+        if run_id is not None:
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+            except Exception:  # noqa: BLE001 - the run was deleted or the store changed: start anew
+                run_id = None
+        if run_id is None:
+            for old in find_cell_runs(exp, self.cfg.cell_key, self.client):
+                if old.info.status != "FINISHED" and old.data.tags.get(PARENT_TAG) == self.parent_run_id:
+                    self.client.delete_run(old.info.run_id)
+            run = self.client.create_run(exp, run_name=self.cfg.run_name, tags=self.tags(device_name))
+            self.run_id = run.info.run_id
+            params = [Param(k, str(v)) for k, v in self.cfg.to_dict().items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+        for k, v in self.tags(device_name).items():
+            if k != PARENT_TAG:
+                self.client.set_tag(self.run_id, k, v)
+        if self.system_metrics:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+                self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1,
+                                                     resume_logging=run_id is not None, tracking_uri=tracking_uri())
+                self._monitor.start()
+            except Exception:  # noqa: BLE001 - system metrics are optional (psutil missing, ...)
+                self._monitor = None
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer metric points on the host; `flush` sends them in one batch."""
+        ts = int(time.time() * 1000)
+        self.pending.extend((k, float(v), int(step), ts) for k, v in metrics.items())
+
+    def flush(self) -> bool:
+        """Send buffered points; on failure keep them and return False (training goes on)."""
+        if not self.pending or self.run_id is None:
+            return True
+        try:
+            for i in range(0, len(self.pending), 1000):
+                chunk = self.pending[i:i + 1000]
+                self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, s) for k, v, s, ts in chunk])
+            self.pending.clear()
+            return True
+        except Exception:  # noqa: BLE001 - server lost mid-run: retry at the next flush
+            self.incomplete = True
+            return False
+
+    def drop_logged(self) -> None:
+        """After a resume: forget buffered points the store already has (no duplicated steps)."""
+        if not self.pending or self.run_id is None:
+            return
+        try:
+            last = {}
+            for key in {k for k, *_ in self.pending}:
+                hist = self.client.get_metric_history(self.run_id, key)
+                last[key] = max((m.step for m in hist), default=-1)
+            self.pending = [p for p in self.pending if p[2] > last[p[0]]]
+        except Exception:  # noqa: BLE001
+            pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        try:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception:  # noqa: BLE001
+            self.incomplete = True
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        except Exception:  # noqa: BLE001
+            self.incomplete = True
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """FINISHED | FAILED (with a failure_reason tag) | KILLED. Retries the buffered points."""
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.run_id is None:
+            return
+        ok = self.flush()
+        tags = {"failure_reason": reason[:4000]} if reason else {}
+        if not ok or self.incomplete:
+            tags["logging_incomplete"] = "true"
+        try:
+            if tags:
+                self.set_tags(tags)
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception:  # noqa: BLE001 - nothing more we can do; the checkpoint is safe
+            pass
+
+
+def end_parent_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+__all__ = ["TrackingError", "RunTracker", "tracking_uri", "client", "check_reachable", "experiment_id",
+           "find_cell_runs", "start_parent_run", "end_parent_run", "git_commit", "mlflow"]

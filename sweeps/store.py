@@ -1,0 +1,204 @@
+"""The cell queue of a sweep, kept in Optuna's RDB storage (SQLite locally, PostgreSQL across
+machines): no home-made queue.
+
+Owns: opening a storage (scheme check, reachability, heartbeats), publishing a sweep's cells
+as enqueued (WAITING) trials, the per-cell summary (waiting / running on which host / done /
+failed, attempts), and the worker that claims cells and trains them.
+
+Why Optuna: `study.ask()` pops a WAITING trial with an atomic state update, so two workers
+never claim the same cell; a worker that dies stops heartbeating, `fail_stale_trials` marks
+its trial FAIL and `RetryHeartbeatStaleTrialCallback` re-enqueues the same cell for another
+worker, which resumes from the cell's checkpoint when the checkpoint directory is shared.
+Each trial carries its cell in user attrs (`cell_key`, `config`), not in params, so a spec can
+grow (a new seed, a new label count) without clashing distributions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from mixmatch_core.config import Config, ConfigError, validate
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+HEARTBEAT_SECONDS = int(os.environ.get("MIXMATCH_HEARTBEAT_SECONDS", "30"))
+
+
+class StorageError(RuntimeError):
+    """The Optuna storage cannot be used; the message is one line."""
+
+
+def sweep_study_name(sweep: str) -> str:
+    return f"sweep:{sweep}"
+
+
+def default_storage(name: str) -> str:
+    """The embedded default: one SQLite file per sweep or study under ./optuna/."""
+    safe = re.sub(r"[^\w.-]+", "_", name)
+    return f"sqlite:///optuna/{safe}.db"
+
+
+def check_storage_url(url: str) -> None:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"storage: unknown URL scheme '{scheme or url}'; allowed: "
+                          "sqlite:///FILE, postgresql://USER@HOST:PORT/DB, mysql://...")
+
+
+def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int | None = 2) -> RDBStorage:
+    """An RDBStorage with heartbeats (stale cells are failed and re-enqueued up to max_retry)."""
+    check_storage_url(url)
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"storage {url}: cannot create '{path.parent}' ({e.strerror})") from None
+    hb = heartbeat_seconds or HEARTBEAT_SECONDS
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
+        {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=hb, grace_period=3 * hb,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+    except Exception as e:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"storage {url} is unreachable or unusable: {first}") from None
+
+
+def load_sweep_study(storage: RDBStorage, sweep: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=sweep_study_name(sweep), storage=storage)
+    except KeyError:
+        raise ConfigError(f"sweep: no sweep named '{sweep}' in this storage") from None
+
+
+@dataclasses.dataclass
+class CellState:
+    cell_key: str
+    run_name: str
+    state: str          # waiting | running | done | failed
+    attempts: int       # trials that ended FAIL
+    host: str = ""
+    error: float | None = None
+    reason: str = ""
+
+
+def cell_states(study: optuna.Study) -> dict[str, CellState]:
+    """One summary per cell from all its trials (a COMPLETE trial wins over everything)."""
+    out: dict[str, CellState] = {}
+    rank = {"done": 3, "running": 2, "waiting": 1, "failed": 0}
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get("cell_key")
+        if key is None:         # a spurious trial from a claim race; see `run_worker`
+            continue
+        s = out.setdefault(key, CellState(key, t.user_attrs.get("run_name", key), "failed", 0))
+        state = {TrialState.COMPLETE: "done", TrialState.RUNNING: "running", TrialState.WAITING: "waiting",
+                 TrialState.FAIL: "failed", TrialState.PRUNED: "failed"}[t.state]
+        if state == "failed":
+            s.attempts += 1
+            s.reason = t.user_attrs.get("failure_reason", s.reason or "worker lost (heartbeat stale)")
+        if rank[state] >= rank[s.state]:
+            s.state = state
+            if state in ("running", "done"):
+                s.host = t.user_attrs.get("host", "")
+            if state == "done":
+                s.error = t.value
+    return out
+
+
+def publish(storage: RDBStorage, sweep: str, cells: list[Config], attrs: dict, retries: int) -> dict[str, str]:
+    """Create or load the sweep's study and enqueue every cell that is not done, queued or
+    running, and whose failures are within `retries`. Returns cell_key -> action taken."""
+    study = optuna.create_study(study_name=sweep_study_name(sweep), storage=storage, load_if_exists=True,
+                                direction="minimize")
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    fail_stale_trials(study)
+    states = cell_states(study)
+    actions = {}
+    for cfg in cells:
+        s = states.get(cfg.cell_key)
+        if s is not None and s.state in ("done", "waiting", "running"):
+            actions[cfg.cell_key] = s.state
+            continue
+        if s is not None and s.attempts > retries:
+            actions[cfg.cell_key] = "failed (retries exhausted)"
+            continue
+        study.enqueue_trial({}, user_attrs={"cell_key": cfg.cell_key, "run_name": cfg.run_name,
+                                            "config": cfg.to_dict()})
+        actions[cfg.cell_key] = "queued" if s is None else "retry"
+    return actions
+
+
+def counts(study: optuna.Study) -> Counter:
+    return Counter(s.state for s in cell_states(study).values())
+
+
+def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
+               poll_seconds: float = 2.0, log=print) -> Counter:
+    """Claim cells until none are waiting or running; train each as a tracked MLflow run.
+    `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell."""
+    from mixmatch_core.tracking import RunTracker, experiment_id, find_cell_runs
+    from mixmatch_core.train import train
+
+    study = load_sweep_study(storage, sweep)
+    parent = study.user_attrs.get("parent_run_id")
+    host = f"{socket.gethostname()}:{os.getpid()}"
+    done = Counter()
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg_dict = trial.user_attrs.get("config")
+        if cfg_dict is None:
+            # ask() found no WAITING trial because another worker claimed the last one between
+            # our check and our claim: Optuna created a fresh trial. It is not a cell; drop it.
+            trial.set_user_attr("spurious", True)
+            raise optuna.TrialPruned("no cell to claim")
+        cfg = dataclasses.replace(Config(**cfg_dict), **(overrides or {}))
+        validate(cfg)
+        trial.set_user_attr("host", host)
+        # Exactly-once: a cell whose MLflow run already FINISHED (e.g. its worker died after
+        # training but before telling Optuna) is not trained again.
+        for run in find_cell_runs(experiment_id(cfg.experiment), cfg.cell_key):
+            if run.info.status == "FINISHED" and run.data.tags.get("sweep") == sweep and "error" in run.data.metrics:
+                trial.set_user_attr("mlflow_run_id", run.info.run_id)
+                return run.data.metrics["error"]
+        tracker = RunTracker(cfg, parent_run_id=parent, tags={"sweep": sweep, "mixmatch.role": "cell",
+                                                                 "optuna_trial": str(trial.number)})
+        try:
+            result = train(cfg, tracker=tracker)
+        except BaseException as e:
+            trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:1000])
+            raise
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        return result.metrics["error"]
+
+    def report(_study, t) -> None:
+        if t.user_attrs.get("spurious"):
+            return
+        done[t.state.name] += 1
+        log(f"[{host}] {t.user_attrs.get('run_name', '?')}: {t.state.name}"
+            + (f" error {t.value:.2f}%" if t.value is not None else "")
+            + (f" ({t.user_attrs['failure_reason']})" if "failure_reason" in t.user_attrs else ""))
+
+    while True:
+        fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        if waiting:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report])
+            continue
+        if any(t.state == TrialState.RUNNING for t in trials):
+            time.sleep(poll_seconds)     # another worker may die; its cell would come back to us
+            continue
+        return done

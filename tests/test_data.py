@@ -1,0 +1,289 @@
+"""Specification of data.py: loaders, the official labeled split, and device-resident batches."""
+
+import io
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from mixmatch_core.augment import AugmentSpec
+from mixmatch_core.config import ConfigError
+from mixmatch_core.data import Dataset, DeviceData, load_dataset, split_labeled
+
+
+def one_line_error(excinfo, *fragments):
+    msg = str(excinfo.value)
+    assert "\n" not in msg, msg
+    for f in fragments:
+        assert f in msg, msg
+    return msg
+
+
+# ---- split_labeled -------------------------------------------------------------------------------
+def shuffled_labels(per_class=30, n_classes=10, seed=0):
+    return np.random.RandomState(seed).permutation(np.repeat(np.arange(n_classes), per_class))
+
+
+@pytest.mark.parametrize("n_labeled", [10, 50, 100])
+@pytest.mark.parametrize("val_size", [0, 20])
+def test_split_is_balanced_per_class(n_labeled, val_size):
+    y = shuffled_labels()
+    lab, unl, val = split_labeled(y, n_labeled, 10, seed=1, val_size=val_size)
+    assert np.bincount(y[lab], minlength=10).tolist() == [n_labeled // 10] * 10
+    assert np.bincount(y[val], minlength=10).tolist() == [val_size // 10] * 10
+
+
+@pytest.mark.parametrize("val_size", [0, 20, 7])
+def test_split_sets_are_disjoint_and_cover_the_training_set(val_size):
+    y = shuffled_labels()
+    lab, unl, val = split_labeled(y, 50, 10, seed=2, val_size=val_size)
+    assert (len(lab), len(val)) == (50, val_size)
+    both = np.concatenate([lab, unl, val])
+    assert len(both) == len(y) and np.array_equal(np.sort(both), np.arange(len(y)))
+    assert all(a.dtype == np.int64 for a in (lab, unl, val))
+
+
+def test_val_split_of_imbalanced_labels_is_stratified():
+    y = np.repeat([0, 1], [90, 30])
+    _, _, val = split_labeled(y, 10, 2, seed=1, val_size=20)
+    assert np.bincount(y[val]).tolist() == [15, 5]
+
+
+def test_split_is_deterministic_for_a_seed_and_differs_across_seeds():
+    y = shuffled_labels()
+    a = split_labeled(y, 50, 10, seed=1, val_size=10)
+    b = split_labeled(y, 50, 10, seed=1, val_size=10)
+    c = split_labeled(y, 50, 10, seed=2, val_size=10)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_split_is_the_same_on_every_machine():
+    # numpy's legacy RandomState stream is frozen, so this golden value must never change.
+    lab, unl, val = split_labeled(np.arange(15) % 3, 3, 3, seed=1, val_size=3)
+    assert lab.tolist() == [3, 7, 11]
+    assert val.tolist() == [1, 6, 8]
+    assert unl.tolist() == [0, 2, 4, 5, 9, 10, 12, 13, 14]
+
+
+@pytest.mark.parametrize("n_labeled, val_size, field", [
+    (310, 0, "n_labeled"),    # more than the 300 training images
+    (15, 0, "n_labeled"),     # not a multiple of 10 classes
+    (0, 0, "n_labeled"),
+    (300, 10, "val_size"),    # val + labeled exceed the training set
+])
+def test_impossible_split_raises_one_line_config_error(n_labeled, val_size, field):
+    with pytest.raises(ConfigError) as e:
+        split_labeled(shuffled_labels(), n_labeled, 10, seed=1, val_size=val_size)
+    assert one_line_error(e).startswith(field + ":")
+
+
+def test_split_names_the_class_with_too_few_images():
+    y = np.repeat([0, 1, 2], [30, 30, 3])
+    with pytest.raises(ConfigError) as e:
+        split_labeled(y, 15, 3, seed=1)
+    one_line_error(e, "n_labeled:", "class 2", "only 3")
+
+
+def test_split_counts_the_val_images_taken_from_a_small_class():
+    y = np.repeat([0, 1, 2], [30, 30, 10])  # val_size 10 -> 4, 4, 2 per class; 2 + 9 > 10
+    with pytest.raises(ConfigError) as e:
+        split_labeled(y, 27, 3, seed=1, val_size=10)
+    one_line_error(e, "n_labeled:", "class 2", "only 10", "2 went to val_size")
+
+
+# ---- loaders -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "unused")
+
+
+def test_digits_has_a_fixed_1297_500_uint8_split(digits):
+    assert digits.x_train.shape == (1297, 8, 8, 1) and digits.x_test.shape == (500, 8, 8, 1)
+    assert digits.x_train.dtype == np.uint8 and digits.y_train.dtype == np.int64
+    assert digits.n_classes == 10 and digits.augment == AugmentSpec(flip=False, pad=1)
+    assert digits.x_train.max() == 255 and digits.x_train.min() == 0
+    # Golden values: the same split on every machine; stratified (48..51 test images per class).
+    assert digits.y_test[:12].tolist() == [3, 5, 7, 3, 6, 9, 2, 6, 0, 8, 7, 7]
+    assert int(digits.x_test.sum(dtype=np.int64)) == 2475048
+    assert np.bincount(digits.y_test).tolist() == [50, 51, 49, 51, 50, 51, 50, 50, 48, 50]
+
+
+def write_npz(path, **overrides):
+    arrays = dict(x_train=np.random.RandomState(0).randint(0, 256, (20, 32, 32, 3)).astype(np.uint8),
+                  y_train=np.arange(20) % 4, x_test=np.zeros((6, 32, 32, 3), np.uint8),
+                  y_test=np.arange(6) % 5)
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return f"npz:{path}"
+
+
+def test_npz_loads_uint8_nhwc_with_classes_from_the_max_label(tmp_path):
+    ds = load_dataset(write_npz(tmp_path / "toy.npz"), "unused")
+    assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (6, 32, 32, 3)
+    assert ds.y_train.dtype == np.int64 and ds.n_classes == 5   # max label 4 (test) + 1
+    assert ds.augment == AugmentSpec(flip=True, pad=4)          # 32x32: CIFAR-like
+
+
+def test_npz_grayscale_gets_a_channel_axis_and_small_images_shift_only(tmp_path):
+    path = write_npz(tmp_path / "g.npz", x_train=np.zeros((20, 8, 8), np.uint8),
+                     x_test=np.zeros((6, 8, 8), np.uint8))
+    ds = load_dataset(path, "unused")
+    assert ds.x_train.shape == (20, 8, 8, 1) and ds.x_test.shape == (6, 8, 8, 1)
+    assert ds.augment == AugmentSpec(flip=False, pad=1)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(y_test=None), "lacks key(s) y_test"),
+    (dict(x_train=None, y_test=None), "lacks key(s) x_train, y_test"),
+    (dict(x_train=np.zeros((20, 32, 32, 3), np.float32)), "must be uint8"),
+    (dict(y_train=np.arange(19)), "has 20 images but y_train has 19"),
+    (dict(y_train=np.linspace(0, 1, 20)), "integer labels"),
+    (dict(x_test=np.zeros((6, 16, 16, 3), np.uint8)), "test images are"),
+    (dict(x_test=np.zeros((6, 32), np.uint8)), "x_test must be"),
+])
+def test_bad_npz_raises_one_line_config_error_naming_the_file(tmp_path, overrides, fragment):
+    path = write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(ConfigError) as e:
+        load_dataset(path, "unused")
+    one_line_error(e, "dataset:", str(tmp_path / "bad.npz"), fragment)
+
+
+def test_missing_npz_file_raises_one_line_config_error(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_dataset(f"npz:{tmp_path}/nope.npz", "unused")
+    one_line_error(e, f"{tmp_path}/nope.npz", "does not exist")
+
+
+def test_file_that_is_not_npz_raises_one_line_config_error(tmp_path):
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(ConfigError) as e:
+        load_dataset(f"npz:{tmp_path}/junk.npz", "unused")
+    one_line_error(e, "junk.npz", "cannot be read")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "svhn_extra", "stl10"])
+def test_torchvision_download_failure_is_a_one_line_config_error(tmp_path, monkeypatch, name):
+    def offline(*args, **kwargs):  # never touch the network, even on a connected machine
+        raise urllib.error.URLError("offline")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(ConfigError) as e:
+        load_dataset(name, str(tmp_path))
+    one_line_error(e, f"dataset: cannot download '{name}' into '{tmp_path}'", "npz:PATH")
+
+
+def test_unknown_dataset_raises_config_error():
+    with pytest.raises(ConfigError) as e:
+        load_dataset("mnist", "unused")
+    one_line_error(e, "dataset: unknown 'mnist'")
+
+
+# ---- DeviceData ----------------------------------------------------------------------------------
+def id_dataset(n=100, n_classes=5, hw=6, channels=3, spec=AugmentSpec(True, 2), extra=0):
+    """Image i is constant with value i, so any crop/flip of it still says which image it is."""
+    x = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, hw, hw, channels)).copy()
+    y = np.arange(n, dtype=np.int64) % n_classes
+    x_extra = None
+    if extra:
+        x_extra = np.broadcast_to(np.arange(n, n + extra, dtype=np.uint8)[:, None, None, None],
+                                  (extra, hw, hw, channels)).copy()
+    return Dataset("ids", x, y, x[:30].copy(), y[:30].copy(), n_classes, spec, x_unlabeled_extra=x_extra)
+
+
+def ids_of(x_float):
+    """Image ids from float [-1, 1] NCHW batches of `id_dataset` images."""
+    return torch.round((x_float[:, 0, 0, 0] + 1) * 127.5).long()
+
+
+@pytest.fixture
+def data():
+    torch.manual_seed(0)
+    return DeviceData.build(id_dataset(), n_labeled=20, seed=1, val_size=10, device="cpu", channels_last=True)
+
+
+def test_device_data_properties(data):
+    assert (data.n_classes, data.in_channels, data.image_size) == (5, 3, (6, 6))
+    assert (data.n_labeled, data.n_unlabeled, data.n_val, data.n_test) == (20, 70, 10, 30)
+    assert data.x_labeled.dtype == torch.uint8 and data.x_labeled.shape == (20, 10, 10, 3)  # padded by 2
+
+
+def test_labeled_batch_is_float_nchw_in_range_with_matching_labels(data):
+    x, y = data.labeled_batch(8)
+    assert x.shape == (8, 3, 6, 6) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.min() >= -1 and x.max() <= 1
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, ids_of(x) % 5)
+
+
+def test_unlabeled_batch_gives_k_augmentations_of_the_same_images(data):
+    us = data.unlabeled_batch(8, K=3)
+    assert len(us) == 3 and all(u.shape == (8, 3, 6, 6) and u.dtype == torch.float32 for u in us)
+    assert all(torch.equal(ids_of(u), ids_of(us[0])) for u in us)
+
+
+def test_pools_are_disjoint_and_unlabeled_excludes_labeled_and_val(data):
+    lab = set(ids_of(data.labeled_batch(20)[0]).tolist())
+    unl = set(ids_of(data.unlabeled_batch(70, K=1)[0]).tolist())
+    val = set(ids_of(next(data.eval_batches("val"))[0]).tolist())
+    assert len(lab) == 20 and len(unl) == 70 and len(val) == 10
+    assert lab | unl | val == set(range(100)) and not (lab & unl or lab & val or unl & val)
+
+
+@pytest.mark.parametrize("batch", [5, 7, 20, 50])
+def test_sampler_draws_every_labeled_image_once_per_epoch(data, batch):
+    n_batches = -(-60 // batch)  # enough for 3 epochs of 20
+    ids = torch.cat([ids_of(data.labeled_batch(batch)[0]) for _ in range(n_batches)])
+    epochs = ids[:60].reshape(3, 20)
+    assert all(len(set(e.tolist())) == 20 for e in epochs)
+    assert set(epochs[0].tolist()) == set(epochs[1].tolist())
+
+
+def test_state_dict_round_trip_reproduces_the_next_batches(data):
+    data.labeled_batch(7), data.unlabeled_batch(9, K=2)  # mid-epoch
+    buf = io.BytesIO()
+    torch.save(data.state_dict(), buf)
+    rng = torch.get_rng_state()
+    expected = [data.labeled_batch(7)[0], *data.unlabeled_batch(9, K=2), data.labeled_batch(30)[0]]
+
+    resumed = DeviceData.build(id_dataset(), n_labeled=20, seed=1, val_size=10, device="cpu", channels_last=True)
+    buf.seek(0)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    torch.set_rng_state(rng)
+    got = [resumed.labeled_batch(7)[0], *resumed.unlabeled_batch(9, K=2), resumed.labeled_batch(30)[0]]
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_eval_batches_cover_the_split_in_order_without_augmentation(data):
+    batches = list(data.eval_batches("test", batch=8))
+    assert [len(y) for _, y in batches] == [8, 8, 8, 6]
+    x = torch.cat([b[0] for b in batches])
+    assert torch.equal(ids_of(x), torch.arange(30))
+    assert torch.equal(x, x[:, :, :1, :1].expand_as(x))  # constant images: no shift artefacts
+
+
+def test_eval_batches_reject_a_missing_val_split():
+    d = DeviceData.build(id_dataset(), n_labeled=20, seed=1, val_size=0, device="cpu", channels_last=False)
+    with pytest.raises(ValueError):
+        next(d.eval_batches("val"))
+
+
+def test_channels_last_false_gives_contiguous_batches():
+    d = DeviceData.build(id_dataset(), n_labeled=20, seed=1, val_size=0, device="cpu", channels_last=False)
+    assert d.labeled_batch(4)[0].is_contiguous()
+    assert next(d.eval_batches("test"))[0].is_contiguous()
+
+
+def test_extra_unlabeled_images_join_only_the_unlabeled_pool():
+    d = DeviceData.build(id_dataset(n=50, extra=40), n_labeled=10, seed=1, val_size=0, device="cpu",
+                         channels_last=False)
+    assert (d.n_labeled, d.n_unlabeled) == (10, 80)
+    assert set(ids_of(d.unlabeled_batch(80, K=1)[0]).tolist()) >= set(range(50, 90))
+
+
+def test_digits_device_data_batches(digits):
+    d = DeviceData.build(digits, n_labeled=50, seed=1, val_size=0, device="cpu", channels_last=False)
+    x, y = d.labeled_batch(64)  # batch larger than the labeled set: spans epochs
+    assert x.shape == (64, 1, 8, 8) and y.shape == (64,)
+    assert d.n_unlabeled == 1297 - 50 and d.image_size == (8, 8)
