@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from optuna.trial import TrialState
 from mixmatch_core.config import Config, ConfigError, validate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats and fail_stale_trials are 'experimental' in Optuna's terms; we rely on them on purpose.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 HEARTBEAT_SECONDS = int(os.environ.get("MIXMATCH_HEARTBEAT_SECONDS", "30"))

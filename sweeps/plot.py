@@ -1,0 +1,240 @@
+"""Plots of a sweep from MLflow: `mixmatch plot`.
+
+Owns three figures, each written as PNG and SVG with matplotlib's Agg backend (no display):
+- error vs number of labels: log x, mean ± std over seeds, one line per table row, plus the
+  paper's MixMatch CIFAR-10 curve (Table 5) dashed when the sweep is on CIFAR-10;
+- ablation bars: one bar per (row, label count) at the seed mean with the std as error bar and
+  each finished seed as a dot; cells without a finished run are labeled (failed, missing...);
+- learning curves: test error (metric history `test_error`, EMA model) vs step, one line per
+  cell's run (its counted run, else its newest), colored by row, one panel per label count.
+
+The numbers come from `sweeps.table.build_table`, so the plots and the tables follow the same
+rules (which run counts for a cell, what is a row). Only the learning curves need one MLflow
+call per run; beyond MAX_CURVES runs an evenly spaced subset is drawn and the title says so.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mixmatch_core.config import ConfigError
+from sweeps.table import Table, build_table, file_stem, load_reference, load_source, log_artifacts, \
+    reference_dataset
+
+MAX_CURVES = 200          # learning curves drawn at most (one get_metric_history call each)
+MAX_PANELS = 6            # label counts shown as separate learning-curve panels
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    # Stable SVG element ids: re-plotting the same data gives the same file.
+    plt.rcParams["svg.hashsalt"] = "mixmatch"
+    return plt
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    png, svg = out / f"{name}.png", out / f"{name}.svg"
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})
+    _pyplot().close(fig)
+    return [png, svg]
+
+
+def _rows(table: Table) -> list[str]:
+    return list(dict.fromkeys(table.cells["row"])) if not table.cells.empty else []
+
+
+def _colors(rows: list[str]) -> dict[str, tuple]:
+    import matplotlib
+    cmap = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"]
+    return {r: cmap(i % cmap.N) for i, r in enumerate(rows)}
+
+
+def plot_error_vs_labels(table: Table, out: Path) -> list[Path]:
+    """Error (%) vs labeled examples, log x, mean with std error bars, one line per row."""
+    cells = table.cells
+    if cells.empty or not (cells["n_finished"] > 0).any():
+        return []
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    rows = _rows(table)
+    colors = _colors(rows)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in rows:
+        d = cells[(cells["row"] == r) & (cells["n_finished"] > 0)].sort_values("n_labeled")
+        if len(d):
+            ax.errorbar(d["n_labeled"], d["error_mean"], yerr=d["error_std"].fillna(0), marker="o", capsize=3,
+                        color=colors[r], label=r)
+    ticks = sorted(cells["n_labeled"].unique())
+    if "cifar10" in {reference_dataset(str(ds)) for ds in cells["dataset"]}:
+        ref = load_reference()
+        ref = ref[(ref["dataset"] == "cifar10") & (ref["table"] == 5) & (ref["variant"] == "mixmatch")]
+        ref = ref.sort_values("n_labeled")
+        ax.errorbar(ref["n_labeled"], ref["error_mean"], yerr=ref["error_std"].fillna(0), ls="--", marker="s",
+                    ms=4, capsize=3, color="black", alpha=0.7, label="MixMatch, paper Table 5 (CIFAR-10)")
+        ticks = sorted(set(ticks) | set(ref["n_labeled"]))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("labeled examples")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"{table.sweep}: error vs labels (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, f"{file_stem(table.sweep)}_error_vs_labels")
+
+
+def plot_ablation(table: Table, out: Path) -> list[Path]:
+    """Grouped bars (rows x label counts): seed mean, std error bar, every finished seed a dot."""
+    cells = table.cells
+    if cells.empty or not (cells["n_finished"] > 0).any():
+        return []
+    plt = _pyplot()
+    rows = _rows(table)
+    ns = sorted(cells["n_labeled"].unique())
+    counted = table.runs[table.runs["counted"].fillna(False).astype(bool)]
+    width = 0.8 / len(ns)
+    colors = _colors([str(n) for n in ns])
+    fig, ax = plt.subplots(figsize=(min(14.0, max(5.0, 0.45 * len(rows) * len(ns) + 1.5)), 4.2))
+    top = float(np.nanmax(cells["error_mean"] + cells["error_std"].fillna(0)))
+    rng = np.random.default_rng(0)      # fixed jitter: the same data gives the same figure
+    labeled: set = set()                # label counts already in the legend
+    for j, n in enumerate(ns):
+        for i, r in enumerate(rows):
+            x = i - 0.4 + width * (j + 0.5)
+            c = cells[(cells["row"] == r) & (cells["n_labeled"] == n)]
+            if c.empty:
+                continue
+            c = c.iloc[0]
+            if c["n_finished"] == 0:
+                ax.text(x, 0.02 * top, c["text"], rotation=90, ha="center", va="bottom", fontsize=7, color="0.3")
+                continue
+            ax.bar(x, c["error_mean"], width * 0.9, color=colors[str(n)], alpha=0.75,
+                   label=None if n in labeled else f"{n} labels")
+            labeled.add(n)
+            if c["n_finished"] >= 2:
+                ax.errorbar(x, c["error_mean"], yerr=c["error_std"], color="black", capsize=3, lw=1)
+            if c["n_finished"] < c["n_planned"]:     # partly failed or missing: say so on the bar
+                ax.text(x, c["error_mean"] + (0 if pd.isna(c["error_std"]) else c["error_std"]) + 0.01 * top,
+                        f"n={c['n_finished']}/{c['n_planned']}", ha="center", va="bottom", fontsize=7, color="0.3")
+            seeds = counted[(counted["row"] == r) & (counted["n_labeled"] == n)]["error"].to_numpy(float)
+            ax.scatter(x + rng.uniform(-0.25, 0.25, len(seeds)) * width, seeds, s=12, color="black", zorder=3)
+    ax.set_xticks(range(len(rows)), rows, rotation=30, ha="right")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"{table.sweep}: ablations (bar: mean, line: std, dots: seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, f"{file_stem(table.sweep)}_ablation")
+
+
+def _histories(run_ids: list[str], key: str = "test_error") -> dict[str, list[tuple[int, float]]]:
+    from mixmatch_core.tracking import client
+    c = client()
+    out = {}
+    for rid in run_ids:
+        hist = c.get_metric_history(rid, key)
+        if hist:
+            out[rid] = sorted((m.step, m.value) for m in hist)
+    return out
+
+
+def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) -> list[Path]:
+    """Test error vs step, one line per cell's run (dashed: not finished), colored by row."""
+    runs = table.runs[table.runs["run_id"].notna()]
+    if runs.empty:
+        return []
+    # One run per cell: the counted one, else the newest attempt.
+    reps = runs.assign(_c=runs["counted"].fillna(False).astype(bool)).sort_values(
+        ["_c", "start_time"], ascending=False, kind="stable").drop_duplicates("cell_key")
+    reps = reps.sort_values(["n_labeled", "row", "seed"], kind="stable")
+    total = len(reps)
+    if total > max_curves:
+        reps = reps.iloc[np.linspace(0, total - 1, max_curves).round().astype(int)]
+    hist = _histories(list(reps["run_id"]))
+    if not hist:
+        return []
+    plt = _pyplot()
+    rows = _rows(table) or list(dict.fromkeys(reps["row"]))
+    colors = _colors(rows)
+    ns = sorted(reps["n_labeled"].dropna().unique())
+    panels = ns if len(ns) <= MAX_PANELS else [None]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.5, 3.2 * nrows + 0.4), sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    seen: dict[str, object] = {}
+    for ax, n in zip(axes.flat, panels):
+        sub = reps if n is None else reps[reps["n_labeled"] == n]
+        for rec in sub.itertuples(index=False):
+            h = hist.get(rec.run_id)
+            if not h:
+                continue
+            steps, vals = zip(*h)
+            line, = ax.plot(steps, vals, color=colors.get(rec.row, "grey"), lw=1, alpha=0.8,
+                            ls="-" if rec.counted is True else "--")
+            seen.setdefault(rec.row, line)
+        ax.set_title("all label counts" if n is None else f"{n} labels", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test error (%), EMA model")
+    shown = f" ({len(reps)} of {total} runs shown)" if total > len(reps) else ""
+    fig.suptitle(f"{table.sweep}: learning curves{shown}; dashed: not finished", fontsize=10)
+    order = [r for r in rows if r in seen] + [r for r in seen if r not in rows]
+    fig.legend([seen[r] for r in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out, f"{file_stem(table.sweep)}_learning_curves")
+
+
+def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
+             experiment: str | None = None) -> list[Path]:
+    """Every plot of the sweep into out_dir (PNG and SVG); with `parent_run_id`, also logged as
+    artifacts (folder `plots`) of the sweep's parent run. Returns the files written (none when
+    no cell has finished yet)."""
+    src = load_source(sweep_or_spec, experiment)
+    table = build_table(src.runs, src.planned, src.layout, "paper", sweep=src.sweep)
+    out = Path(out_dir)
+    paths = plot_error_vs_labels(table, out) + plot_ablation(table, out) + plot_learning_curves(table, out)
+    if parent_run_id and paths:
+        log_artifacts(paths, parent_run_id, "plots")
+    return paths
+
+
+def plot_main(argv: list[str]) -> int:
+    from mixmatch_core.cli import _Parser, die
+    from mixmatch_core.tracking import TrackingError
+
+    p = _Parser(prog="mixmatch plot", description="Error-vs-labels, ablation and learning-curve plots of a "
+                "sweep (PNG and SVG), from MLflow.")
+    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
+    p.add_argument("--out", metavar="DIR", default="plots", help="output directory (default plots)")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
+    args = p.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+    try:
+        paths = plot_all(args.sweep, args.out, experiment=args.experiment)
+    except (ConfigError, TrackingError) as e:
+        die(str(e))
+    except MlflowException as e:
+        die(f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    except OSError as e:
+        die(f"out: cannot write '{getattr(e, 'filename', args.out)}' ({e.strerror})")
+    if not paths:
+        print("mixmatch plot: no finished cell yet; nothing to plot", file=sys.stderr)
+    for path in paths:
+        print(path)
+    return 0
+
+
+__all__ = ["plot_all", "plot_main", "plot_error_vs_labels", "plot_ablation", "plot_learning_curves"]

@@ -1,0 +1,246 @@
+"""`mixmatch sweep SPEC`: publish a spec's cells and train them with local worker processes.
+
+Owns: the sweep command (validation, `--dry-run` with cost estimates, the MLflow parent run,
+publishing cells to the Optuna storage, starting N local workers, the sweep's progress line,
+and the closing summary with the error table). The queue itself and the worker loop live in
+store.py, so a local sweep and a sweep spread over many machines are the same mechanism:
+local workers are just `mixmatch worker` processes on the same storage.
+
+Relaunch safety: finished cells are found in the storage (and, as a fallback, in MLflow by
+`cell_key`) and skipped; cells whose worker was killed are re-queued and resume from their
+checkpoints; failed cells are retried on relaunch up to the spec's `retries`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mixmatch_core.cli import _Parser, die
+from mixmatch_core.config import ConfigError
+
+from .spec import Spec, load_spec, select
+
+# Expected seconds per training step, by (model family, device type, method), measured on
+# this project's machines (benchmarks/step_time.py; the GPU rows are estimates from FLOPs and
+# the official code's reported speed). Used only for --dry-run cost estimates and the ETA.
+STEP_SECONDS = {
+    ("small_cnn", "cpu", "mixmatch"): 0.1, ("small_cnn", "cpu", "supervised"): 0.03,
+    ("wrn", "cpu", "mixmatch"): 1.0, ("wrn", "cpu", "supervised"): 0.25,
+    ("small_cnn", "cuda", "mixmatch"): 0.004, ("small_cnn", "cuda", "supervised"): 0.002,
+    ("wrn", "cuda", "mixmatch"): 0.025, ("wrn", "cuda", "supervised"): 0.008,
+}
+
+
+def step_seconds(cfg, device_type: str) -> float:
+    fam = "small_cnn" if cfg.model == "small_cnn" else "wrn"
+    base = STEP_SECONDS[(fam, device_type, cfg.method)]
+    if cfg.model == "wrn28_large":
+        base *= 17          # ~26 M vs 1.5 M parameters; FLOPs scale about the same
+    if cfg.dataset == "digits":
+        base *= 0.5         # 8x8 images
+    return base * cfg.batch_size / 64 * ((1 + cfg.K) / 3 if cfg.method == "mixmatch" else 1)
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.0f}min"
+    return f"{s / 3600:.1f}h"
+
+
+def default_workers(device: str) -> tuple[int, list[str | None]]:
+    """One worker per visible GPU; on CPU one single-threaded worker per core (at most 4): small
+    models scale better across processes than across threads."""
+    import torch
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return n, [str(i) for i in range(n)]
+    return max(1, min(os.cpu_count() or 1, 4)), [None]
+
+
+def dry_run(spec: Spec, cells, device_type: str, workers: int) -> None:
+    total = 0.0
+    print(f"sweep '{spec.name}' ({spec.path}): {len(cells)} cells, experiment '{spec.experiment}'")
+    print(f"{'run name':<36} {'cell_key':<13} {'steps':>9} {'est. cost':>10}")
+    for c in cells:
+        cost = c.steps * step_seconds(c, device_type)
+        total += cost
+        print(f"{c.run_name:<36} {c.cell_key:<13} {c.steps:>9,} {fmt_seconds(cost):>10}")
+    print(f"total: {len(cells)} cells, ~{fmt_seconds(total)} of {device_type.upper()} time "
+          f"(~{fmt_seconds(total / max(workers, 1))} wall with {workers} worker(s)); nothing was run")
+
+
+def sweep_main(argv: list[str]) -> int:
+    p = _Parser(prog="mixmatch sweep", description="Train every cell of a sweep spec, tracked in MLflow; "
+                "relaunching the same command skips finished cells and resumes interrupted ones.")
+    p.add_argument("spec", help="sweep spec YAML (see experiments/)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per GPU; on CPU one per core, at most 4); "
+                        "0 = only publish the cells for `mixmatch worker`s elsewhere")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their estimated cost; run nothing")
+    p.add_argument("--only", help="run only cells whose run name (glob) or cell_key prefix matches; comma = or")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///optuna/<sweep>.db)")
+    p.add_argument("--device", default=None, help="device for every cell (default: the spec's, else auto)")
+    p.add_argument("--heartbeat-seconds", type=int, default=None, help="worker heartbeat (stale after 3x)")
+    p.add_argument("--no-table", action="store_true", help="skip the closing error table")
+    args = p.parse_args(argv)
+
+    from mixmatch_core.tracking import TrackingError, check_reachable, client, experiment_id, start_parent_run
+    from . import store
+    try:
+        spec = load_spec(args.spec)
+        cells = select(spec.cells(), args.only)
+        if not cells:
+            raise ConfigError(f"--only '{args.only}' matches none of the {len(spec.cells())} cells")
+        device = args.device or spec.base.get("device", "auto")
+        n_auto, gpus = default_workers(device)
+        workers = n_auto if args.workers is None else args.workers
+        if workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {workers}")
+        if args.dry_run:
+            import torch
+            dtype = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+            dry_run(spec, cells, dtype, workers or 1)
+            return 0
+        url = args.storage or store.default_storage(f"sweep-{spec.name}")
+        store.check_storage_url(url)
+        check_reachable()
+        storage = store.open_storage(url, args.heartbeat_seconds, max_retry=spec.retries)
+    except (ConfigError, TrackingError, store.StorageError) as e:
+        die(str(e))
+
+    # One parent run per sweep, reopened on relaunch (its id is kept in the study).
+    import optuna
+    c = client()
+    study = optuna.create_study(study_name=store.sweep_study_name(spec.name), storage=storage,
+                                load_if_exists=True, direction="minimize")
+    parent = study.user_attrs.get("parent_run_id")
+    try:
+        if parent is None or c.get_run(parent).info.lifecycle_stage != "active":
+            raise LookupError
+        start_parent_run(spec.experiment, spec.name, {}, run_id=parent)
+    except Exception:  # noqa: BLE001 - missing or deleted parent: make a new one
+        parent = start_parent_run(spec.experiment, spec.name, {"sweep": spec.name, "mixmatch.role": "sweep",
+                                                                "spec_path": str(spec.path)})
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "spec.yaml").write_text(Path(spec.path).read_text())
+            c.log_artifact(parent, str(Path(d, "spec.yaml")), "sweep")
+    planned = [{"cell_key": x.cell_key, "run_name": x.run_name, "dataset": x.dataset, "n_labeled": x.n_labeled,
+                "seed": x.seed, "variant": x.variant, "method": x.method} for x in spec.cells()]
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "cells.json").write_text(json.dumps(planned, indent=1))
+        c.log_artifact(parent, str(Path(d, "cells.json")), "sweep")
+
+    # MLflow is the record: a cell FINISHED there (e.g. storage file deleted) is not re-run.
+    exp = experiment_id(spec.experiment, c)
+    finished = {r.data.tags.get("cell_key") for r in c.search_runs(
+        [exp], f"tags.sweep = '{spec.name}' and attributes.status = 'FINISHED'", max_results=50000)}
+    todo = [x for x in cells if x.cell_key not in finished]
+    actions = store.publish(storage, spec.name, todo, {"parent_run_id": parent, "experiment": spec.experiment,
+                                                       "spec_path": str(spec.path)}, spec.retries)
+    n_new = sum(a in ("queued", "retry") for a in actions.values())
+    print(f"sweep '{spec.name}': {len(cells)} cells ({len(cells) - len(todo) + sum(a == 'done' for a in actions.values())}"
+          f" already done, {n_new} queued, "
+          f"{sum(a.startswith('failed') for a in actions.values())} failed beyond retries); storage {url}; "
+          f"MLflow parent run {parent}", file=sys.stderr)
+
+    pending = store.counts(study)
+    if workers and (pending["waiting"] or pending["running"]):
+        run_local_workers(spec, url, workers, gpus, device, args.heartbeat_seconds, study, cells)
+    elif not workers:
+        print(f"cells published; start workers with: mixmatch worker --storage {url} --sweep {spec.name}",
+              file=sys.stderr)
+        return 0
+    return finish(spec, study, parent, cells, no_table=args.no_table)
+
+
+def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells) -> None:
+    """Start `workers` worker processes (same process group, so a kill of the group stops
+    all) and show the sweep's progress until they exit."""
+    from . import store
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = []
+    log_dir = Path("runs") / "_workers"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(workers):
+        env = dict(os.environ)
+        if gpus[0] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        cmd = [sys.executable, "-m", "sweeps.cli", "worker", "--storage", url, "--sweep", spec.name,
+               "--threads", str(threads if gpus[0] is None else 0)]
+        if device != "auto":
+            cmd += ["--device", device]
+        if heartbeat:
+            cmd += ["--heartbeat-seconds", str(heartbeat)]
+        log = open(log_dir / f"{spec.name}-worker{i}.log", "ab")
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    keys = {x.cell_key for x in cells}
+    t0, done0, last = time.time(), None, None
+    tty = sys.stderr.isatty()
+    try:
+        while any(p.poll() is None for p, _ in procs):
+            time.sleep(1)
+            st = store.cell_states(study)
+            n = {k: sum(s.state == k for c, s in st.items() if c in keys) for k in ("done", "running", "waiting", "failed")}
+            done0 = n["done"] if done0 is None else done0
+            rate = (n["done"] - done0) / max(time.time() - t0, 1e-9)    # cells per second this launch
+            left = n["running"] + n["waiting"]
+            eta = fmt_seconds(left / rate) if rate > 0 else "?"
+            line = (f"sweep {spec.name}: {n['done']}/{len(keys)} done, {n['running']} running, "
+                    f"{n['waiting']} waiting, {n['failed']} failed | {fmt_seconds(time.time() - t0)} elapsed, ETA {eta}")
+            if tty:
+                print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+            elif tuple(n.values()) != last:   # in a log file: one line per change, not per second
+                print(line, file=sys.stderr, flush=True)
+            last = tuple(n.values())
+        if tty:
+            print(file=sys.stderr)
+    except KeyboardInterrupt:
+        for p, _ in procs:
+            p.terminate()
+        for p, _ in procs:
+            p.wait()
+        die("interrupted; relaunch the same command to resume (finished cells are kept)", 130)
+    finally:
+        for _, log in procs:
+            log.close()
+
+
+def finish(spec, study, parent, cells, no_table: bool = False) -> int:
+    """Closing summary, error table (also logged to the parent run) and the parent's status."""
+    from mixmatch_core.tracking import end_parent_run
+    from . import store
+    st = store.cell_states(study)
+    keys = [x.cell_key for x in cells]
+    by = {k: st.get(k) for k in keys}
+    done = [k for k in keys if by[k] and by[k].state == "done"]
+    failed = [k for k in keys if by[k] and by[k].state == "failed"]
+    other = [k for k in keys if k not in done and k not in failed]
+    print(f"\nsweep '{spec.name}': {len(done)} done, {len(failed)} failed, {len(other)} not run")
+    names = {x.cell_key: x.run_name for x in cells}
+    for k in failed:
+        print(f"  FAILED {names[k]} [{k}] after {by[k].attempts} attempt(s): {by[k].reason}")
+    if not no_table:
+        from . import plot, table
+        out = Path("runs") / "_tables" / spec.name
+        try:
+            table.export(spec.path, out, parent_run_id=parent, experiment=spec.experiment)
+            plot.plot_all(spec.path, out, parent_run_id=parent, experiment=spec.experiment)
+            tab = table.build_table(table.load_runs(spec.name, spec.experiment), spec.cells(), layout=spec.layout,
+                                    sweep=spec.name)
+            print()
+            print(table.to_markdown(tab))
+            print(f"\ntables and plots written to {out}/ and logged to the sweep's parent run {parent}")
+        except Exception as e:  # noqa: BLE001 - the runs are safe in MLflow; `mixmatch table` can retry
+            print(f"could not build the table ({type(e).__name__}: {e}); run `mixmatch table {spec.path}`",
+                  file=sys.stderr)
+    end_parent_run(parent, "FINISHED" if not failed and not other else "FAILED")
+    return 0 if not failed and not other else 1

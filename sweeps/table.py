@@ -1,0 +1,778 @@
+"""Paper-style error tables of a sweep, built from what MLflow holds: `mixmatch table`.
+
+Owns: reading a sweep's cell runs from MLflow into a tidy per-run DataFrame (`load_runs`),
+deciding which run stands for each cell, aggregating over seeds (`build_table`), the paper's
+numbers (results/paper_reference.csv) beside ours, the difference of every variant to the full
+method with Welch's t-test, and the renderers (Markdown, LaTeX/booktabs, CSV, standalone
+HTML), plus `export`, which the sweep runner calls at the end of a sweep.
+
+The rules, in one place:
+- A cell (one cell_key) counts once: its newest FINISHED run that has an `error` metric. A cell
+  without one is shown by what happened to its newest run: failed, killed or running; a planned
+  cell without any run is missing. None of them is dropped: a table cell with fewer finished
+  seeds than planned reads `11.20 ± 0.40 (n=2/3, 1 failed)`.
+- Value = mean ± sample std (ddof=1) of `error` (100 - median accuracy of the last evaluations,
+  in %) over the finished seeds; the std is left out when only one seed finished.
+- Rows are (dataset, method, variant) plus any other identity field that takes several values
+  within one of them (e.g. a grid over `steps`), so different configs are never averaged as
+  if they were seeds. The full method (`mixmatch`) comes first, then Table 4's order.
+- Bold: the lowest error of each label-count column, when at least two rows have a number.
+- Layouts (rows = variants, columns = label counts in both): `labels` is the paper's Table 5
+  (many label counts; the paper's numbers come as two rows under each of ours: "paper" and
+  "Δ vs paper", preferring Table 5's 5-split means); `ablation` is Table 4 (few label counts;
+  "paper" and "Δ" columns next to each label count, preferring Table 4's single-split
+  numbers). `auto` takes the spec's `layout:` if it names one, else `labels` when the sweep
+  has >= 3 label counts and <= 4 rows, else `ablation`.
+- Reference matching: same dataset, model, method, variant and n_labeled. `digits` never
+  matches. An `npz:PATH` dataset matches only when the file's stem is exactly a paper dataset
+  name (npz:/data/cifar10.npz -> cifar10): any other npz may be a subset or another split.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixmatch_core.config import FIELDS, Config, ConfigError
+
+FORMATS = ("markdown", "latex", "csv", "html")
+LAYOUTS = ("auto", "labels", "ablation")
+REFERENCES = ("paper", "none")
+FULL = "mixmatch"
+REFERENCE_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_reference.csv"
+# Table 4's row order; our own rows without a paper counterpart follow, then the rest by name.
+ROW_ORDER = ("mixmatch", "k1", "k3", "k4", "no_sharpen", "ema_guess", "no_ema", "no_mixup", "mixup_labeled_only",
+             "mixup_unlabeled_only", "mixup_separate", "supervised")
+# Which of the paper's tables each layout prefers when several have the same cell.
+PREFERRED_TABLES = {"labels": (5, 6, 7, 1, 2, 4), "ablation": (4, 5, 6, 7, 1, 2)}
+PAPER_DATASETS = ("cifar10", "cifar100", "svhn", "svhn_extra", "stl10")
+IDENTITY = tuple(n for n, f in FIELDS.items() if not f.metadata.get("runtime"))
+# Fields that place a cell in the table; any other identity field that varies becomes part of the row.
+PLACED = ("dataset", "n_labeled", "seed", "method", "variant")
+RUN_COLUMNS = ["sweep", "run_id", "run_name", "cell_key", "dataset", "model", "n_labeled", "seed", "method",
+               "variant", "status", "error", "error_last", "error_best", "error_raw", "failure_reason",
+               "start_time", "end_time", "experiment_id", "parent_run_id"]
+STATES = ("failed", "killed", "running", "missing")    # a cell without a finished run
+DASH = "—"                                             # no number (the paper has none, or no cell)
+MAX_PAGE = 10_000                                      # runs per search_runs page
+
+
+# ---- reading MLflow ----------------------------------------------------------------------------
+def _check_name(sweep: str) -> None:
+    # MLflow's filter grammar has no escape for quotes inside a string literal.
+    if not sweep or "'" in sweep or '"' in sweep:
+        raise ConfigError(f"sweep: name {sweep!r} must be non-empty and contain no quotes")
+
+
+def _experiment_ids(c, experiment: str | None) -> list[str]:
+    from mixmatch_core.tracking import tracking_uri
+    from mlflow.entities import ViewType
+
+    if experiment:
+        exp = c.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ConfigError(f"experiment: no MLflow experiment named '{experiment}' in {tracking_uri()}")
+        return [exp.experiment_id]
+    ids, token = [], None
+    while True:
+        page = c.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
+
+
+def _search(c, exp_ids: list[str], filter_string: str) -> list:
+    """All runs matching the filter (paged: one query per 10,000 runs, never one per run)."""
+    from mlflow.entities import ViewType
+
+    out, token = [], None
+    while exp_ids:
+        page = c.search_runs(exp_ids, filter_string, ViewType.ACTIVE_ONLY, max_results=MAX_PAGE,
+                             order_by=["attributes.start_time DESC"], page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            break
+    return out
+
+
+def load_runs(sweep: str, experiment: str | None = None) -> pd.DataFrame:
+    """The sweep's cell runs (tags sweep=SWEEP, mixmatch.role=cell), one row per run, newest
+    first: the RUN_COLUMNS plus `params.<field>` for every identity config field. `experiment`
+    None searches every experiment of the tracking store."""
+    from mixmatch_core.tracking import client
+
+    _check_name(sweep)
+    c = client()
+    runs = _search(c, _experiment_ids(c, experiment),
+                   f"tags.sweep = '{sweep}' and tags.`mixmatch.role` = 'cell'")
+    rows = []
+    for r in runs:
+        t, m, p = r.data.tags, r.data.metrics, r.data.params
+        row = {"sweep": t.get("sweep"), "run_id": r.info.run_id, "run_name": r.info.run_name,
+               "cell_key": t.get("cell_key"), "dataset": t.get("dataset"), "model": p.get("model"),
+               "n_labeled": t.get("n_labeled"), "seed": t.get("seed"), "method": t.get("method"),
+               "variant": t.get("variant"), "status": r.info.status, "error": m.get("error"),
+               "error_last": m.get("error_last"), "error_best": m.get("error_best"),
+               "error_raw": m.get("error_raw"), "failure_reason": t.get("failure_reason"),
+               "start_time": r.info.start_time, "end_time": r.info.end_time,
+               "experiment_id": r.info.experiment_id, "parent_run_id": t.get("mlflow.parentRunId")}
+        row.update({f"params.{k}": p.get(k) for k in IDENTITY})
+        rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=RUN_COLUMNS + [f"params.{k}" for k in IDENTITY]))
+
+
+def empty_runs() -> pd.DataFrame:
+    """`load_runs`'s frame with no rows."""
+    return _typed(pd.DataFrame(columns=RUN_COLUMNS + [f"params.{k}" for k in IDENTITY]))
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    for col in ("n_labeled", "seed"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    for col in ("error", "error_last", "error_best", "error_raw"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df
+
+
+def known_sweeps(experiment: str | None = None) -> list[str]:
+    """Names of the sweeps whose parent run the store holds (for the 'no such sweep' message)."""
+    from mixmatch_core.tracking import client
+
+    c = client()
+    runs = _search(c, _experiment_ids(c, experiment), "tags.`mixmatch.role` = 'sweep'")
+    return sorted({r.data.tags["sweep"] for r in runs if "sweep" in r.data.tags})
+
+
+@dataclass
+class Source:
+    """What a table or plot is made from: the sweep's runs and, from a spec, its planned cells."""
+    sweep: str
+    runs: pd.DataFrame
+    planned: list[Config] | None
+    layout: str = "auto"            # the spec's `layout:`; auto without a spec
+    experiment: str | None = None
+
+
+def is_spec_path(arg: str) -> bool:
+    return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
+
+
+def load_source(sweep_or_spec: str, experiment: str | None = None) -> Source:
+    """A spec path gives the sweep name, experiment and planned cells; a bare sweep name gives
+    only what MLflow holds and must match at least one run."""
+    from mixmatch_core.tracking import client
+
+    if is_spec_path(sweep_or_spec):
+        from sweeps.spec import load_spec
+        spec = load_spec(sweep_or_spec)
+        exp = experiment or spec.experiment
+        if experiment is None and client().get_experiment_by_name(exp) is None:
+            runs = empty_runs()         # nothing has run yet: every planned cell is missing
+        else:
+            runs = load_runs(spec.name, exp)
+        return Source(spec.name, runs, spec.cells(), spec.layout, exp)
+    runs = load_runs(sweep_or_spec, experiment)
+    if runs.empty:
+        names = known_sweeps(experiment)
+        where = f"experiment '{experiment}'" if experiment else "any experiment"
+        raise ConfigError(f"sweep: no cell runs tagged sweep='{sweep_or_spec}' in {where}; known sweeps: "
+                          + (", ".join(names[:20]) if names else "none") + " (or pass the spec file)")
+    return Source(sweep_or_spec, runs, None, "auto", experiment)
+
+
+# ---- the paper's numbers ---------------------------------------------------------------------
+def load_reference(path: str | Path = REFERENCE_CSV) -> pd.DataFrame:
+    """results/paper_reference.csv: dataset, model, table, paper_label, method, variant,
+    n_labeled, error_mean, error_std, n_splits, note (error in %)."""
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise ConfigError(f"reference: '{path}' does not exist; use --reference none") from None
+
+
+def reference_dataset(dataset: str) -> str | None:
+    """The paper dataset our dataset is compared with, or None (see the module docstring)."""
+    if dataset in PAPER_DATASETS:
+        return dataset
+    if dataset.startswith("npz:"):
+        stem = Path(dataset[4:]).name.removesuffix(".npz")
+        return stem if stem in PAPER_DATASETS else None
+    return None
+
+
+# ---- the table ---------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    text: str
+    bold: bool = False
+
+
+@dataclass
+class Grid:
+    """One rectangular table: header, rows of cells, and each row's kind (ours | paper | delta)."""
+    title: str
+    header: list[str]
+    rows: list[list[Cell]]
+    kinds: list[str]
+
+
+@dataclass
+class Table:
+    sweep: str
+    layout: str                      # labels | ablation (auto resolved)
+    main: Grid
+    vs_full: Grid | None             # each variant minus the full method, with Welch's t-test
+    notes: list[str]
+    runs: pd.DataFrame               # tidy, one row per run plus planned cells without a run; `row`
+                                     # is the run's table row, `counted` marks its cell's result
+    cells: pd.DataFrame              # aggregated, one row per (table row, n_labeled)
+    reference_used: bool = False
+    extra_axes: list[str] = field(default_factory=list)
+
+
+def choose_layout(n_label_counts: int, n_rows: int) -> str:
+    """`auto`: Table 5 (labels) for a label-count sweep of a few methods, else Table 4."""
+    return "labels" if n_label_counts >= 3 and n_rows <= 4 else "ablation"
+
+
+def _state(status: str) -> str:
+    return {"RUNNING": "running", "SCHEDULED": "running", "KILLED": "killed"}.get(status, "failed")
+
+
+def _cells(runs: pd.DataFrame, planned: list[Config] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per cell (planned or seen) with its state and counted error; and the runs with a
+    `counted` column (plus a MISSING row per planned cell that has no run)."""
+    runs = runs.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+    newest: dict[str, dict] = {}
+    counted: dict[str, dict] = {}
+    n_runs: dict[str, int] = {}
+    for rec in runs.to_dict("records"):            # newest first
+        key = rec["cell_key"]
+        n_runs[key] = n_runs.get(key, 0) + 1
+        newest.setdefault(key, rec)
+        if key not in counted and rec["status"] == "FINISHED" and not pd.isna(rec["error"]):
+            counted[key] = rec
+    runs["counted"] = runs["run_id"].isin({r["run_id"] for r in counted.values()})
+
+    plan = {c.cell_key: c for c in planned or []}
+    rows, missing = [], []
+    for key in list(plan) + [k for k in newest if k not in plan]:
+        cfg, rec = plan.get(key), counted.get(key) or newest.get(key)
+        if cfg is not None:
+            attrs = {f: str(getattr(cfg, f)) for f in IDENTITY}
+            place = {"dataset": cfg.dataset, "model": cfg.model, "n_labeled": cfg.n_labeled, "seed": cfg.seed,
+                     "method": cfg.method, "variant": cfg.variant}
+        else:
+            attrs = {f: rec.get(f"params.{f}") for f in IDENTITY}
+            place = {k: rec[k] for k in ("dataset", "model", "n_labeled", "seed", "method", "variant")}
+        if key in counted:
+            state, reason = "finished", None
+        elif rec is not None:
+            state = _state(rec["status"])
+            reason = rec["failure_reason"] if rec["status"] != "FINISHED" else "finished without an error metric"
+        else:
+            state, reason = "missing", None
+            missing.append({"sweep": None, "run_id": None, "run_name": cfg.run_name, "cell_key": key, **place,
+                            "status": "MISSING", "counted": False})
+        rows.append({"cell_key": key, **place, "planned": cfg is not None if planned is not None else True,
+                     "state": state, "error": rec["error"] if key in counted else np.nan,
+                     "run_id": rec["run_id"] if rec is not None else None, "n_runs": n_runs.get(key, 0),
+                     "failure_reason": reason, **{f"params.{f}": v for f, v in attrs.items()}})
+    cells = pd.DataFrame(rows, columns=["cell_key", "dataset", "model", "n_labeled", "seed", "method", "variant",
+                                        "planned", "state", "error", "run_id", "n_runs", "failure_reason"]
+                         + [f"params.{f}" for f in IDENTITY])
+    if missing:
+        runs = pd.concat([runs, pd.DataFrame(missing)], ignore_index=True)
+    return cells, runs
+
+
+def _extra_axes(cells: pd.DataFrame) -> list[str]:
+    """Identity fields (other than the placed ones) that take several values within one
+    (dataset, method, variant): they must split rows, not be averaged as seeds."""
+    cols = [f"params.{f}" for f in IDENTITY if f not in PLACED]
+    if cells.empty:
+        return []
+    counts = cells.groupby(["dataset", "method", "variant"], dropna=False)[cols].nunique()
+    return [c.removeprefix("params.") for c in cols if (counts[c] > 1).any()]
+
+
+def _sort_value(v: Any) -> tuple:
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
+def _row_sort_key(row: tuple) -> tuple:
+    dataset, method, variant, *vals = row
+    order = ROW_ORDER.index(variant) if variant in ROW_ORDER else len(ROW_ORDER)
+    return (str(dataset), order, str(variant), str(method), tuple(_sort_value(v) for v in vals))
+
+
+def _row_label(row: tuple, extras: list[str], multi_dataset: bool) -> str:
+    dataset, method, variant, *vals = row
+    label = str(variant)
+    tags = [f"method={method}"] if method not in ("mixmatch", variant) else []
+    tags += [f"{k}={v}" for k, v in zip(extras, vals)]
+    if tags:
+        label += " [" + ", ".join(tags) + "]"
+    return f"{dataset}: {label}" if multi_dataset else label
+
+
+def _fmt_mean(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if n >= 2 else f"{mean:.2f}"
+
+
+def _signed(d: float) -> str:
+    return "+0.00" if abs(d) < 0.005 else f"{d:+.2f}"
+
+
+def _value_text(a: dict) -> str:
+    """`11.20 ± 0.40`, `11.20 ± 0.40 (n=2/3, 1 failed)`, `failed`, `1 failed, 1 missing`."""
+    states = [(a[f"n_{s}"], s) for s in STATES if a[f"n_{s}"]]
+    if a["n_finished"] == 0:
+        if not states:
+            return DASH
+        return states[0][1] if len(states) == 1 else ", ".join(f"{k} {s}" for k, s in states)
+    text = _fmt_mean(a["error_mean"], a["error_std"], a["n_finished"])
+    if a["n_finished"] < a["n_planned"]:
+        text += f" (n={a['n_finished']}/{a['n_planned']}" + "".join(f", {k} {s}" for k, s in states) + ")"
+    return text
+
+
+def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    import warnings
+    from scipy.stats import ttest_ind
+    with warnings.catch_warnings():   # zero variance on both sides: p is nan, shown as p=n/a
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = ttest_ind(a, b, equal_var=False)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _p_text(p: float) -> str:
+    if math.isnan(p):
+        return "p=n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str = "auto",
+                reference: str = "paper", *, sweep: str | None = None,
+                reference_path: str | Path = REFERENCE_CSV) -> Table:
+    """Aggregate the runs of one sweep (from `load_runs`) into the paper-style table. `planned`
+    (a spec's cells) lets cells without any run show as missing; without it only the cells
+    MLflow holds are known. See the module docstring for every rule."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout: '{layout}' is not one of {', '.join(LAYOUTS)}")
+    if reference not in REFERENCES:
+        raise ConfigError(f"reference: '{reference}' is not one of {', '.join(REFERENCES)}")
+    if sweep is None:
+        names = runs_df["sweep"].dropna().unique() if "sweep" in runs_df else []
+        sweep = str(names[0]) if len(names) else "sweep"
+    runs_df = runs_df.reindex(columns=list(dict.fromkeys(list(runs_df.columns) + RUN_COLUMNS)))
+    cells, runs = _cells(runs_df, planned)
+    extras = _extra_axes(cells)
+    row_cols = ["dataset", "method", "variant"] + [f"params.{f}" for f in extras]
+    # NaN never equals itself, so it cannot be part of a row key: a run without tags or params
+    # (not written by our trainer) gets empty values instead of vanishing.
+    cells[row_cols] = cells[row_cols].astype(object).where(cells[row_cols].notna(), "")
+    cells["n_labeled"] = cells["n_labeled"].fillna(0).astype(int)
+
+    # -- aggregate over seeds, one record per (row, n_labeled) ---------------------------------
+    agg: dict[tuple, dict] = {}
+    group_model: dict[tuple, str | None] = {}
+    for key, g in cells.groupby(row_cols + ["n_labeled"], dropna=False, sort=False):
+        row, n = tuple(key[:-1]), int(key[-1])
+        errs = [float(e) for e in g.loc[g["state"] == "finished", "error"]]
+        a = {"n_labeled": n, "n_planned": len(g), "n_finished": len(errs), "errors": errs,
+             "error_mean": float(np.mean(errs)) if errs else np.nan,
+             "error_std": float(np.std(errs, ddof=1)) if len(errs) >= 2 else np.nan}
+        for s in STATES:
+            a[f"n_{s}"] = int((g["state"] == s).sum())
+        agg[(row, n)] = a
+        models = g["model"].dropna().unique()
+        group_model.setdefault(row, str(models[0]) if len(models) == 1 else None)
+    rows = sorted({r for r, _ in agg}, key=_row_sort_key)
+    label_counts = sorted({n for _, n in agg})
+    if layout == "auto":
+        layout = choose_layout(len(label_counts), len(rows))
+    datasets = sorted({str(r[0]) for r in rows})
+    multi = len(datasets) > 1
+    labels = {r: _row_label(r, extras, multi) for r in rows}
+
+    # -- the paper's numbers -------------------------------------------------------------------
+    ref_rows: dict[tuple, dict] = {}
+    ref_datasets = set()
+    if reference == "paper" and rows:
+        ref = load_reference(reference_path)
+        rank = {t: i for i, t in enumerate(PREFERRED_TABLES[layout])}
+        ref = ref.assign(_rank=ref["table"].map(rank).fillna(99)).sort_values(["_rank", "table"], kind="stable")
+        for r in rows:
+            ds = reference_dataset(str(r[0]))
+            if ds is None or not (ref["dataset"] == ds).any():
+                continue
+            ref_datasets.add(ds)
+            model = group_model.get(r)
+            for n in label_counts:
+                m = ref[(ref["dataset"] == ds) & (ref["variant"] == r[2]) & (ref["method"] == r[1])
+                        & (ref["n_labeled"] == n) & ((ref["model"] == model) if model else True)]
+                if len(m):
+                    ref_rows[(r, n)] = m.iloc[0].to_dict()
+    use_ref = bool(ref_datasets)
+
+    # -- the difference to the full method -------------------------------------------------------
+    full_of = {r: (r[0], FULL, FULL, *r[3:]) for r in rows}
+    comparisons: dict[tuple, dict] = {}
+    for r in rows:
+        f = full_of[r]
+        if f == r or f not in rows:
+            continue
+        for n in label_counts:
+            a, b = agg.get((r, n)), agg.get((f, n))
+            if not a or not b or not a["n_finished"] or not b["n_finished"]:
+                comparisons[(r, n)] = {"text": DASH}
+                continue
+            d = a["error_mean"] - b["error_mean"]
+            c = {"diff_full": d, "welch_t": np.nan, "welch_p": np.nan}
+            if a["n_finished"] >= 2 and b["n_finished"] >= 2:
+                c["welch_t"], c["welch_p"] = _welch(a["errors"], b["errors"])
+                c["test_note"] = f"Welch {_p_text(c['welch_p'])}"
+                c["text"] = f"{_signed(d)} ({_p_text(c['welch_p'])})"
+            else:
+                c["test_note"] = "n too small"
+                c["text"] = f"{_signed(d)} (n too small)"
+            comparisons[(r, n)] = c
+
+    # -- best per column (lower error is better) ------------------------------------------------
+    best: set[tuple] = set()
+    for n in label_counts:
+        vals = {r: round(agg[(r, n)]["error_mean"], 2) for r in rows
+                if (r, n) in agg and agg[(r, n)]["n_finished"]}
+        if len(vals) >= 2:
+            low = min(vals.values())
+            best |= {(r, n) for r, v in vals.items() if v == low}
+
+    def ours(r, n) -> Cell:
+        a = agg.get((r, n))
+        return Cell(_value_text(a) if a else DASH, (r, n) in best)
+
+    def paper(r, n) -> str:
+        p = ref_rows.get((r, n))
+        if p is None:
+            return DASH
+        return f"{p['error_mean']:.2f}" + ("" if pd.isna(p["error_std"]) else f" ± {p['error_std']:.2f}")
+
+    def delta(r, n) -> str:
+        p, a = ref_rows.get((r, n)), agg.get((r, n))
+        if p is None or not a or not a["n_finished"]:
+            return DASH
+        return _signed(a["error_mean"] - p["error_mean"])
+
+    # -- the grids ------------------------------------------------------------------------------
+    what = "by number of labels (layout of the paper's Table 5)" if layout == "labels" else \
+        "ablations (layout of the paper's Table 4)"
+    title = f"Sweep {sweep}: test error (%) on {', '.join(datasets) or 'no data'}, {what}"
+    header, grid_rows, kinds = ["variant"], [], []
+    if layout == "ablation" and use_ref:
+        for n in label_counts:
+            header += [str(n), "paper", "Δ"]
+        for r in rows:
+            line = [Cell(labels[r])]
+            for n in label_counts:
+                line += [ours(r, n), Cell(paper(r, n)), Cell(delta(r, n))]
+            grid_rows.append(line)
+            kinds.append("ours")
+    else:
+        header += [str(n) for n in label_counts]
+        for r in rows:
+            grid_rows.append([Cell(labels[r])] + [ours(r, n) for n in label_counts])
+            kinds.append("ours")
+            if use_ref and any((r, n) in ref_rows for n in label_counts):
+                tables = sorted({int(ref_rows[(r, n)]["table"]) for n in label_counts if (r, n) in ref_rows})
+                grid_rows.append([Cell(f"paper (Table {', '.join(map(str, tables))})")]
+                                 + [Cell(paper(r, n)) for n in label_counts])
+                grid_rows.append([Cell("Δ vs paper")] + [Cell(delta(r, n)) for n in label_counts])
+                kinds += ["paper", "delta"]
+    main = Grid(title, header, grid_rows, kinds)
+
+    vs_full = None
+    cmp_rows = [r for r in rows if any((r, n) in comparisons for n in label_counts)]
+    if cmp_rows:
+        vs_full = Grid(f"Difference to the full method ({FULL}) at the same label count, "
+                       "Welch's t-test over seeds",
+                       ["variant"] + [str(n) for n in label_counts],
+                       [[Cell(labels[r])] + [Cell(comparisons.get((r, n), {}).get("text", DASH))
+                                             for n in label_counts] for r in cmp_rows],
+                       ["ours"] * len(cmp_rows))
+
+    # -- notes ----------------------------------------------------------------------------------
+    notes = ["error: 100 - median test accuracy of the last evaluations, in %; "
+             "mean ± sample std (ddof=1) over finished seeds."]
+    if any(a["n_finished"] < a["n_planned"] for a in agg.values()):
+        notes.append("(n=k/m): k of m cells finished; failed, killed, running, missing: "
+                     "cells without a finished run.")
+    if best:
+        notes.append("bold: lowest error in its column.")
+    if use_ref:
+        used = sorted({int(p["table"]) for p in ref_rows.values()})
+        notes.append(f"paper: Berthelot et al. 2019, Table{'s' if len(used) > 1 else ''} "
+                     f"{', '.join(map(str, used)) or '-'}"
+                     f"{' (Table 4: one split)' if 4 in used else ''}; Δ = ours - paper; "
+                     f"{DASH}: the paper has no number.")
+    elif reference == "paper":
+        notes.append(f"paper: no numbers for {', '.join(datasets) or 'this sweep'}.")
+    if vs_full is not None:
+        notes.append("difference to the full method: Welch's t-test when both sides have >= 2 finished "
+                     "seeds, else n too small.")
+    if planned is None:
+        notes.append("cells known from MLflow only (no spec given): cells that never started are not shown.")
+    elif (~cells["planned"]).any():
+        notes.append(f"{int((~cells['planned']).sum())} cell(s) with runs are not in the spec's plan; "
+                     "they are included.")
+
+    # -- tidy outputs ---------------------------------------------------------------------------
+    agg_rows = []
+    for r in rows:
+        for n in label_counts:
+            a = agg.get((r, n))
+            if a is None:
+                continue
+            p, c = ref_rows.get((r, n), {}), comparisons.get((r, n), {})
+            agg_rows.append({
+                "sweep": sweep, "row": labels[r], "dataset": r[0], "model": group_model.get(r), "method": r[1],
+                "variant": r[2], **{f: v for f, v in zip(extras, r[3:])}, "n_labeled": n,
+                "n_planned": a["n_planned"], "n_finished": a["n_finished"],
+                **{f"n_{s}": a[f"n_{s}"] for s in STATES},
+                "error_mean": a["error_mean"], "error_std": a["error_std"], "text": _value_text(a),
+                "best": (r, n) in best, "paper_table": p.get("table"), "paper_error": p.get("error_mean"),
+                "paper_std": p.get("error_std"),
+                "diff_paper": a["error_mean"] - p["error_mean"] if p and a["n_finished"] else np.nan,
+                "diff_full": c.get("diff_full", np.nan), "welch_t": c.get("welch_t", np.nan),
+                "welch_p": c.get("welch_p", np.nan), "test_note": c.get("test_note"),
+                "errors": a["errors"]})
+    agg_df = pd.DataFrame(agg_rows)
+    order = {r: i for i, r in enumerate(rows)}
+    run_rows = _row_tuples(runs, cells, row_cols)
+    runs = runs.assign(row=[labels.get(x) for x in run_rows], _row=[order.get(x, len(order)) for x in run_rows])
+    runs = runs.sort_values(["_row", "n_labeled", "seed", "start_time"], kind="stable", na_position="last")
+    runs = runs.drop(columns="_row").reset_index(drop=True)
+    return Table(sweep, layout, main, vs_full, notes, runs, agg_df, use_ref, extras)
+
+
+def _row_tuples(runs: pd.DataFrame, cells: pd.DataFrame, row_cols: list[str]) -> list[tuple]:
+    """Each run's table row, via its cell (a cell's row comes from the plan when there is one)."""
+    by_key = {k: tuple(v) for k, v in zip(cells["cell_key"], cells[row_cols].itertuples(index=False))}
+    return [by_key.get(k, ()) for k in runs["cell_key"]]
+
+
+# ---- renderers ---------------------------------------------------------------------------------
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_grid(g: Grid, level: str) -> list[str]:
+    out = [f"{level} {_md(g.title)}", "", "| " + " | ".join(_md(h) for h in g.header) + " |",
+           "|" + "|".join([":---"] + ["---:"] * (len(g.header) - 1)) + "|"]
+    for row, kind in zip(g.rows, g.kinds):
+        cells = [f"**{_md(c.text)}**" if c.bold else _md(c.text) for c in row]
+        if kind != "ours":
+            cells[0] = f"*{cells[0]}*"
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub Markdown: the main table, its notes, then the difference to the full method."""
+    out = _md_grid(table.main, "###") + [""] + [f"- {_md(n)}" for n in table.notes]
+    if table.vs_full is not None:
+        out += [""] + _md_grid(table.vs_full, "####")
+    return "\n".join(out) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_UNICODE = {"±": r"$\pm$", "Δ": r"$\Delta$", DASH: "---", "≥": r"$\geq$"}
+
+
+def _tex(text: str) -> str:
+    text = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    for u, t in _LATEX_UNICODE.items():
+        text = text.replace(u, t)
+    return text
+
+
+def _tex_grid(g: Grid, notes: list[str]) -> list[str]:
+    out = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(g.title)}}}",
+           r"\begin{tabular}{l" + "r" * (len(g.header) - 1) + "}", r"\toprule",
+           " & ".join(_tex(h) for h in g.header) + r" \\", r"\midrule"]
+    for row, kind in zip(g.rows, g.kinds):
+        cells = [rf"\textbf{{{_tex(c.text)}}}" if c.bold else _tex(c.text) for c in row]
+        if kind != "ours":
+            cells[0] = rf"\quad\textit{{{cells[0]}}}"
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if notes:
+        out += [r"\par\smallskip", r"{\footnotesize " + " ".join(_tex(n) for n in notes) + "}"]
+    return out + [r"\end{table}"]
+
+
+def to_latex(table: Table) -> str:
+    """LaTeX with booktabs (\\usepackage{booktabs}): one table environment per grid."""
+    out = [f"% mixmatch table: sweep {table.sweep}; needs \\usepackage{{booktabs}}"]
+    out += _tex_grid(table.main, table.notes)
+    if table.vs_full is not None:
+        out += [""] + _tex_grid(table.vs_full, [])
+    return "\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em;color:#222}
+h2,h3{font-weight:600}
+table{border-collapse:collapse;border-top:2px solid #222;border-bottom:2px solid #222;margin:1em 0}
+th,td{padding:.3em .8em;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
+thead th{border-bottom:1px solid #222}
+tr.paper td,tr.delta td{color:#666;font-style:italic;font-size:.92em}
+ul.notes{color:#444;font-size:.9em}"""
+
+
+def _html_grid(g: Grid, level: str) -> list[str]:
+    e = html.escape
+    out = [f"<{level}>{e(g.title)}</{level}>", "<table>", "<thead><tr>"
+           + "".join(f"<th>{e(h)}</th>" for h in g.header) + "</tr></thead>", "<tbody>"]
+    for row, kind in zip(g.rows, g.kinds):
+        out.append(f'<tr class="{kind}">' + "".join(
+            f"<td><strong>{e(c.text)}</strong></td>" if c.bold else f"<td>{e(c.text)}</td>" for c in row) + "</tr>")
+    return out + ["</tbody>", "</table>"]
+
+
+def to_html(table: Table) -> str:
+    """One standalone HTML file with inline CSS."""
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           f"<title>{e(table.main.title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>"]
+    out += _html_grid(table.main, "h2")
+    out += ['<ul class="notes">'] + [f"<li>{e(n)}</li>" for n in table.notes] + ["</ul>"]
+    if table.vs_full is not None:
+        out += _html_grid(table.vs_full, "h3")
+    return "\n".join(out + ["</body>", "</html>"]) + "\n"
+
+
+RUNS_CSV_COLUMNS = ["sweep", "run_id", "run_name", "cell_key", "dataset", "model", "n_labeled", "seed", "method",
+                    "variant", "status", "counted", "error", "error_last", "error_best", "error_raw",
+                    "failure_reason", "start_time", "end_time", "experiment_id", "parent_run_id"]
+
+
+def runs_csv(table: Table) -> str:
+    """Tidy CSV, one row per run (planned cells without a run: status MISSING); `counted` marks
+    the run that stands for its cell; times in UTC ISO 8601."""
+    df = table.runs.copy()
+    for f in table.extra_axes:
+        df[f] = df.get(f"params.{f}")
+    for col in ("start_time", "end_time"):
+        t = pd.to_numeric(df[col], errors="coerce")
+        df[col] = pd.to_datetime(t, unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    cols = RUNS_CSV_COLUMNS[:10] + ["row"] + table.extra_axes + RUNS_CSV_COLUMNS[10:]
+    df["sweep"] = table.sweep
+    return df.reindex(columns=cols).to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+def cells_csv(table: Table) -> str:
+    """Aggregated CSV, one row per (table row, n_labeled), with the paper's number and the
+    difference to the full method."""
+    return table.cells.drop(columns=["errors"], errors="ignore").to_csv(index=False, float_format="%.6g",
+                                                                           lineterminator="\n")
+
+
+# ---- files and the command ---------------------------------------------------------------------
+def file_stem(sweep: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", sweep)
+
+
+def log_artifacts(paths: list[Path], parent_run_id: str, artifact_path: str) -> None:
+    from mixmatch_core.tracking import client
+    c = client()
+    for p in paths:
+        c.log_artifact(parent_run_id, str(p), artifact_path)
+
+
+def write_table(table: Table, out_dir: str | Path, formats=FORMATS) -> list[Path]:
+    """Write the chosen formats into out_dir; csv gives two files (per run, aggregated)."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"format: '{bad[0]}' is not one of {', '.join(FORMATS)}, all")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem, paths = file_stem(table.sweep), []
+    texts = {"markdown": [(f"{stem}_table.md", to_markdown)], "latex": [(f"{stem}_table.tex", to_latex)],
+             "csv": [(f"{stem}_runs.csv", runs_csv), (f"{stem}_cells.csv", cells_csv)],
+             "html": [(f"{stem}_table.html", to_html)]}
+    for fmt in formats:
+        for name, render in texts[fmt]:
+            p = out / name
+            p.write_text(render(table), encoding="utf-8")
+            paths.append(p)
+    return paths
+
+
+def export(sweep_or_spec: str, out_dir, formats=("markdown", "latex", "csv", "html"), reference: str = "paper",
+           layout: str = "auto", parent_run_id: str | None = None, experiment: str | None = None) -> list[Path]:
+    """Build the sweep's table and write it in every format; with `parent_run_id`, also log
+    the files as artifacts (folder `tables`) of the sweep's parent run. `layout` auto uses
+    the spec's `layout:` when it names one."""
+    src = load_source(sweep_or_spec, experiment)
+    table = build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
+                        sweep=src.sweep)
+    paths = write_table(table, out_dir, formats)
+    if parent_run_id:
+        log_artifacts(paths, parent_run_id, "tables")
+    return paths
+
+
+def table_main(argv: list[str]) -> int:
+    from mixmatch_core.cli import _Parser, die
+    from mixmatch_core.tracking import TrackingError
+
+    p = _Parser(prog="mixmatch table", description="Paper-style error tables of a sweep, from MLflow. "
+                "Give the spec file (planned cells are known: missing ones are marked) or the sweep's name.")
+    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
+    p.add_argument("--format", default="markdown", choices=FORMATS + ("all",),
+                   help="output format (default markdown); csv = per-run and aggregated CSV; all needs --out")
+    p.add_argument("--out", metavar="DIR", help="write files into DIR (default: print to stdout)")
+    p.add_argument("--reference", default="paper", choices=REFERENCES,
+                   help="show the paper's numbers beside ours (default paper)")
+    p.add_argument("--layout", default="auto", choices=LAYOUTS,
+                   help="labels = Table 5, ablation = Table 4; auto = the spec's layout, else labels for "
+                        ">= 3 label counts and <= 4 rows (default auto)")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
+    args = p.parse_args(argv)
+    if args.format == "all" and not args.out:
+        die("--format all writes several files; give --out DIR")
+    from mlflow.exceptions import MlflowException
+    try:
+        src = load_source(args.sweep, args.experiment)
+        table = build_table(src.runs, src.planned, src.layout if args.layout == "auto" else args.layout,
+                            args.reference, sweep=src.sweep)
+        if args.out:
+            formats = FORMATS if args.format == "all" else (args.format,)
+            for path in write_table(table, args.out, formats):
+                print(path)
+        else:
+            render = {"markdown": to_markdown, "latex": to_latex, "csv": cells_csv, "html": to_html}[args.format]
+            sys.stdout.write(render(table))
+    except (ConfigError, TrackingError) as e:
+        die(str(e))
+    except MlflowException as e:
+        die(f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    except OSError as e:
+        die(f"out: cannot write '{getattr(e, 'filename', args.out)}' ({e.strerror})")
+    return 0

@@ -1,0 +1,142 @@
+"""The training loop: weight decay, EMA, resume, non-finite losses, and every fast path on CPU."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mixmatch_core.config import resolve
+from mixmatch_core.data import DeviceData, load_dataset
+from mixmatch_core.models import build_model
+from mixmatch_core.train import (CheckpointError, TrainingFailed, decay_params, ema_update, load_checkpoint,
+                                 train, train_step)
+
+TINY = dict(dataset="digits", n_labeled=50, steps=20, eval_every=10, median_of=2, log_every=5, batch_size=16,
+            rampup_steps=10, progress=False, device="cpu")
+
+
+def tiny(tmp_path, **kw):
+    return resolve({**TINY, "out_dir": str(tmp_path / "runs"), **kw})
+
+
+def test_weight_decay_touches_only_conv_and_linear_kernels():
+    model = build_model("small_cnn", 10, 1)
+    decayed = {id(p) for p in decay_params(model)}
+    for name, p in model.named_parameters():
+        is_kernel = name.endswith("weight") and p.ndim > 1
+        assert (id(p) in decayed) == is_kernel, name
+
+
+def test_ema_update_is_decay_weighted_average():
+    ema, live = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, 6.0])]
+    ema_update(ema, live, 0.75)
+    assert torch.allclose(ema[0], torch.tensor([1.5, 3.0]))
+
+
+def test_run_reports_median_of_last_evaluations(tmp_path):
+    r = train(tiny(tmp_path))
+    errs = [h["test_error"] for h in r.history]
+    assert len(errs) == 2 and r.metrics["error"] == pytest.approx(sorted(errs)[len(errs) // 2 - 1:][0]
+                                                                     if len(errs) % 2 else sum(errs) / 2)
+    assert r.metrics["error_last"] == errs[-1] and r.metrics["error_best"] == min(errs)
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_at(step):
+    def on_eval(s, h):
+        if s == step:
+            raise Stop
+    return on_eval
+
+
+def test_resume_ends_with_exactly_the_numbers_of_an_uninterrupted_run(tmp_path):
+    full = train(tiny(tmp_path / "a", steps=30))
+    cfg = tiny(tmp_path / "b", steps=30)
+    with pytest.raises(Stop):
+        train(cfg, on_eval=_stop_at(20))        # dies right after the checkpoint at step 20
+    resumed = train(cfg)
+    assert [h for h in resumed.history] == full.history
+    assert resumed.metrics == full.metrics
+    a = torch.load(f"{tiny(tmp_path / 'a', steps=30).run_dir}/ckpt.pt", weights_only=True)
+    b = torch.load(f"{cfg.run_dir}/ckpt.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same(tmp_path):
+    cfg = tiny(tmp_path)
+    first = train(cfg)
+    again = train(cfg, on_eval=lambda s, h: pytest.fail("trained again"))
+    assert again.metrics == first.metrics
+
+
+def test_non_finite_loss_fails_the_run_with_a_clear_reason(tmp_path):
+    with pytest.raises(TrainingFailed, match="non-finite loss"):
+        train(tiny(tmp_path, lambda_u=1e40, rampup_steps=0))
+
+
+def test_foreign_checkpoint_is_rejected_with_its_path(tmp_path):
+    cfg = tiny(tmp_path)
+    other = tiny(tmp_path, seed=2)
+    train(other)
+    import shutil
+    from pathlib import Path
+    Path(cfg.run_dir).mkdir(parents=True)
+    shutil.copy(f"{other.run_dir}/ckpt.pt", f"{cfg.run_dir}/ckpt.pt")
+    with pytest.raises(CheckpointError, match="ckpt.pt.*another config"):
+        load_checkpoint(Path(cfg.run_dir) / "ckpt.pt", cfg)
+
+
+@pytest.mark.parametrize("variant", ["supervised", "no_mixup", "k1", "mixup_separate", "ema_guess", "no_ema"])
+def test_every_variant_trains(tmp_path, variant):
+    r = train(tiny(tmp_path, variant=variant, steps=10, eval_every=5))
+    assert r.status == "FINISHED" and 0 <= r.metrics["error"] <= 100
+
+
+def test_fused_bn_mode_trains(tmp_path):
+    assert train(tiny(tmp_path, bn_mode="fused", steps=10, eval_every=5)).status == "FINISHED"
+
+
+def test_validation_split_is_evaluated(tmp_path):
+    r = train(tiny(tmp_path, val_size=100, steps=10, eval_every=5))
+    assert "val_error" in r.metrics and "val_error_ema" in r.history[0]
+
+
+@pytest.mark.parametrize("opts", [dict(amp="bf16"), dict(channels_last=True), dict(amp="bf16", channels_last=True)])
+def test_fast_paths_train_on_cpu(tmp_path, opts):
+    r = train(tiny(tmp_path, steps=10, eval_every=5, **opts))
+    assert r.status == "FINISHED" and r.metrics["error"] < 100
+
+
+def test_compiled_model_trains_on_cpu(tmp_path):
+    r = train(tiny(tmp_path, steps=6, eval_every=3, compile=True))
+    assert r.status == "FINISHED"
+
+
+def _losses(opts, seed=0):
+    cfg = resolve({**TINY, **opts})
+    torch.manual_seed(seed)
+    ds = load_dataset("digits", "data")
+    data = DeviceData.build(ds, 50, 1, 0, torch.device("cpu"), cfg.channels_last)
+    model = build_model("small_cnn", 10, 1)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.amp == "bf16" else \
+        __import__("contextlib").nullcontext
+    torch.manual_seed(seed)
+    return [t.item() for t in train_step(cfg, model, model, data, amp, 10, 75.0)]
+
+
+@pytest.mark.parametrize("opts,tol", [(dict(channels_last=True), 1e-5), (dict(amp="bf16"), 3e-2),
+                                      (dict(amp="bf16", channels_last=True), 3e-2)])
+def test_fast_paths_compute_the_same_losses_as_plain_fp32(opts, tol):
+    plain = _losses({})
+    fast = _losses(opts)
+    for a, b in zip(plain, fast):
+        assert b == pytest.approx(a, rel=tol, abs=tol)
