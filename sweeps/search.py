@@ -499,7 +499,8 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
 
         def on_eval(step: int, h: dict) -> None:
             trial.report(h[spec.objective], step)
-            if trial.should_prune():
+            # Pruning at the last evaluation saves no compute and loses a complete trial.
+            if step < cfg.steps and trial.should_prune():
                 trial.set_user_attr("pruned_at_step", step)
                 raise TrialStopped(f"pruned at step {step}: {spec.objective} {h[spec.objective]:.2f}%")
 

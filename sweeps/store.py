@@ -35,7 +35,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
-HEARTBEAT_SECONDS = int(os.environ.get("MIXMATCH_HEARTBEAT_SECONDS", "30"))
+# A worker writes a heartbeat every HEARTBEAT_SECONDS; after 3x that without one its cell is
+# handed to another worker (and a relaunched local sweep waits at most that long).
+HEARTBEAT_SECONDS = int(os.environ.get("MIXMATCH_HEARTBEAT_SECONDS", "5"))
 
 
 class StorageError(RuntimeError):

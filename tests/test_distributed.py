@@ -1,0 +1,164 @@
+"""Many workers, one sweep: Optuna RDB storage on PostgreSQL and a real MLflow server.
+
+Needs the PostgreSQL at 127.0.0.1:5432 (trust auth) that this project's machines and CI run;
+skipped with the reason when it is not there. Each test makes its own databases and drops
+them, and stops every process it started.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PG = dict(host="127.0.0.1", port=5432, user=os.environ.get("PGUSER", "root"), dbname="postgres")
+
+
+def _pg_connect():
+    import psycopg   # SQLAlchemy 2.1's default driver for postgresql:// URLs (Optuna and MLflow)
+    return psycopg.connect(connect_timeout=3, autocommit=True, **PG)
+
+
+def _pg_available() -> str | None:
+    try:
+        _pg_connect().close()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"PostgreSQL at 127.0.0.1:5432 is not reachable ({type(e).__name__}: {str(e).strip()[:80]})"
+
+
+pytestmark = pytest.mark.skipif(_pg_available() is not None, reason=_pg_available() or "")
+
+
+@pytest.fixture
+def pg_db():
+    """Two fresh databases (Optuna storage, MLflow backend), dropped afterwards."""
+    names = [f"mm_test_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    conn = _pg_connect()
+    with conn.cursor() as cur:
+        for n in names:
+            cur.execute(f'CREATE DATABASE "{n}"')
+    user = PG["user"]
+    try:
+        yield [f"postgresql://{user}@127.0.0.1:5432/{n}" for n in names]
+    finally:
+        with conn.cursor() as cur:
+            for n in names:
+                cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+        conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(pg_db, tmp_path):
+    port = _free_port()
+    art = tmp_path / "server-artifacts"
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", pg_db[1], "--artifacts-destination", str(art),
+                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except Exception:  # noqa: BLE001
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _env(tmp_path, tracking):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking, "OMP_NUM_THREADS": "1"}
+
+
+SPEC = """name: dist
+experiment: dist-exp
+base: {dataset: digits, steps: 60, eval_every: 10, log_every: 10, batch_size: 16, median_of: 2, device: cpu}
+grid:
+  n_labeled: [50, 100]
+  seed: [1, 2, 3, 4]
+retries: 2
+"""
+
+
+def test_three_workers_one_killed_every_cell_finishes_exactly_once(pg_db, mlflow_server, tmp_path):
+    storage = pg_db[0]
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    env = _env(tmp_path, mlflow_server)
+    mm = [sys.executable, "-m", "sweeps.cli"]
+    pub = subprocess.run(mm + ["sweep", "spec.yaml", "--storage", storage, "--workers", "0"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert pub.returncode == 0, pub.stderr
+    workers = [subprocess.Popen(mm + ["worker", "--storage", storage, "--sweep", "dist", "--threads", "1",
+                                      "--heartbeat-seconds", "1"], cwd=tmp_path, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"w{i}.log", "w"))
+               for i in range(3)]
+    try:
+        # Kill worker 0 in the middle of a cell: once it has written a checkpoint of its own.
+        import optuna
+        from sweeps.store import load_sweep_study, open_storage
+        study = load_sweep_study(open_storage(storage), "dist")
+        victim = workers[0]
+        deadline = time.time() + 240
+        killed = False
+        while time.time() < deadline and not killed:
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if t.user_attrs.get("host", "").endswith(f":{victim.pid}"):
+                    ckpt = list(tmp_path.glob(f"runs/{t.user_attrs['run_name']}-*/ckpt.pt"))
+                    if ckpt:
+                        os.killpg(victim.pid, signal.SIGKILL)
+                        killed = True
+                        break
+            time.sleep(0.3)
+        assert killed, "worker 0 never got mid-cell"
+        for w in workers[1:]:
+            assert w.wait(timeout=300) == 0, (tmp_path / "w1.log").read_text()[-2000:]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+
+    import mlflow
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["dist-exp"], filter_string="tags.sweep = 'dist'")
+    cells = runs[runs["tags.mixmatch.role"] == "cell"]
+    finished = cells[cells["status"] == "FINISHED"]
+    assert len(finished) == 8 and finished["tags.cell_key"].nunique() == 8
+    status = subprocess.run(mm + ["status", "--storage", storage, "--sweep", "dist"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "8 done" in status.stdout and "0 failed" in status.stdout
+    from sweeps import table
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    try:
+        tab = table.build_table(table.load_runs("dist", "dist-exp"), None, layout="labels", sweep="dist")
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    counted = tab.runs[tab.runs["counted"]]
+    assert len(counted) == 8

@@ -1,0 +1,135 @@
+"""Local sweeps: spec validation, dry runs, relaunch safety, and a SIGKILL of the whole sweep."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from mixmatch_core.config import ConfigError
+from sweeps.cli import main
+from sweeps.spec import load_spec, select
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BASE = ("base: {dataset: digits, steps: 30, eval_every: 10, log_every: 10, batch_size: 16, "
+             "median_of: 2, device: cpu}\n")
+
+
+def write_spec(tmp_path, grid="grid: {n_labeled: [50], variant: [mixmatch, supervised], seed: [1, 2]}\n",
+               extra=""):
+    p = tmp_path / "spec.yaml"
+    p.write_text("name: tiny\nexperiment: tiny-exp\n" + TINY_BASE + grid + extra)
+    return p
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path
+
+
+def cell_runs(tmp_path, sweep="tiny"):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    df = mlflow.search_runs(experiment_names=["tiny-exp"], filter_string=f"tags.sweep = '{sweep}'")
+    return df[df["tags.mixmatch.role"] == "cell"] if len(df) else df
+
+
+def test_spec_expands_the_cartesian_product(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path)))
+    cells = spec.cells()
+    assert [c.run_name for c in cells] == ["digits-50-s1-mixmatch", "digits-50-s2-mixmatch",
+                                           "digits-50-s1-supervised", "digits-50-s2-supervised"]
+    assert len({c.cell_key for c in cells}) == 4
+
+
+def test_grids_are_a_union_without_duplicates(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path, "grids:\n  - {variant: [mixmatch, k1]}\n  - {variant: [k1, no_mixup]}\n")))
+    assert [c.variant for c in spec.cells()] == ["mixmatch", "k1", "no_mixup"]
+
+
+def test_spec_variants_are_named_diffs(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path, "grid: {variant: [t025]}\n", "variants: {t025: {T: 0.25}}\n")))
+    (cell,) = spec.cells()
+    assert cell.T == 0.25 and cell.run_name.endswith("-t025")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("colour: red\n", "unknown key"), ("grid: {n_labeled: []}\n", "non-empty list"),
+    ("grid: {flavour: [1]}\n", "unknown axis"), ("grid: {variant: [nope]}\n", "variant"),
+    ("grid: {n_labeled: [55]}\n", "n_labeled"), ("layout: wide\n", "layout"), ("retries: -1\n", "retries"),
+])
+def test_bad_specs_fail_in_one_line(tmp_path, text, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(TINY_BASE + text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_spec(str(p))
+    assert "\n" not in str(e.value)
+
+
+def test_only_selects_by_run_name_glob(tmp_path):
+    cells = load_spec(str(write_spec(tmp_path))).cells()
+    assert [c.run_name for c in select(cells, "*-s2-*")] == ["digits-50-s2-mixmatch", "digits-50-s2-supervised"]
+
+
+def test_dry_run_of_the_paper_spec_lists_25_cells_and_runs_nothing(store, capsys):
+    assert main(["sweep", str(ROOT / "experiments/paper_cifar10.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cifar10-") == 25 and "est. cost" in out and "nothing was run" in out
+    assert not (store / "mlflow.db").exists()
+
+
+def test_sweep_trains_every_cell_once_and_relaunch_adds_nothing(store, capsys):
+    spec = write_spec(store)
+    assert main(["sweep", str(spec), "--workers", "2", "--heartbeat-seconds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "4 done, 0 failed" in out and "| mixmatch |" in out
+    runs = cell_runs(store)
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    parents = mlflow.search_runs(experiment_names=["tiny-exp"], filter_string="tags.`mixmatch.role` = 'sweep'")
+    assert len(parents) == 1 and set(runs["tags.mlflow.parentRunId"]) == {parents["run_id"][0]}
+    t0 = time.time()
+    assert main(["sweep", str(spec), "--workers", "2", "--no-table"]) == 0
+    assert time.time() - t0 < 20
+    assert len(cell_runs(store)) == 4
+
+
+def test_adding_a_seed_runs_only_the_new_cells(store, capsys):
+    spec = write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n")
+    assert main(["sweep", str(spec), "--workers", "1", "--no-table"]) == 0
+    first = cell_runs(store)["run_id"].tolist()
+    spec = write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1, 2]}\n")
+    assert main(["sweep", str(spec), "--workers", "1", "--no-table"]) == 0
+    runs = cell_runs(store)
+    assert len(runs) == 2 and set(first) <= set(runs["run_id"])
+
+
+def test_sigkill_of_the_whole_sweep_then_relaunch_finishes_every_cell_exactly_once(store):
+    spec = write_spec(store, "grid: {n_labeled: [50], variant: [mixmatch], seed: [1, 2, 3]}\n",
+                      ).read_text().replace("steps: 30", "steps: 60")
+    (store / "spec.yaml").write_text(spec)
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "spec.yaml", "--workers", "2", "--heartbeat-seconds", "1",
+           "--no-table"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=store, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        # Kill once a checkpoint exists (cells are mid-way, with state on disk).
+        while time.time() < deadline and not list(store.glob("runs/*/ckpt.pt")):
+            time.sleep(0.5)
+        assert list(store.glob("runs/*/ckpt.pt")), "no checkpoint appeared"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = cell_runs(store)
+    assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
+    assert runs["tags.cell_key"].nunique() == 3
