@@ -11,6 +11,7 @@ could not be delivered by the end.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -27,6 +28,12 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+# MLflow's INFO lines on every run (system-metrics monitor start/stop, store creation) would bury
+# the trainer's one result or error line on stderr. MLFLOW_LOGGING_LEVEL, when set, wins.
+if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+    for _name in ("mlflow.system_metrics", "mlflow.store.db.utils"):
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -161,6 +168,8 @@ class RunTracker:
         if self.system_metrics:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+                # One sample every 10 seconds; MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+                # (seconds) overrides it. A run shorter than one interval logs no system metrics.
                 self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1,
                                                      resume_logging=run_id is not None, tracking_uri=tracking_uri())
                 self._monitor.start()

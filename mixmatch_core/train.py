@@ -128,6 +128,33 @@ def save_checkpoint(path: Path, state: dict) -> None:
         raise
 
 
+def check_out_dir(out_dir: str) -> None:
+    """Fail in one line, creating nothing, when `out_dir` cannot be created or written: its
+    nearest existing ancestor must be a writable directory (e.g. not a regular file)."""
+    probe = Path(out_dir).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        why = "is not a directory" if not probe.is_dir() else "is not writable"
+        raise ConfigError(f"out_dir: cannot create '{out_dir}' ('{probe}' {why}); choose a writable out_dir")
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it writable (a probe file), before the run is started
+    or logged; then remove temporary files left by a process killed while writing a checkpoint."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".ckpt-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"out_dir: cannot write the run directory '{run_dir}' ({e.strerror or e}); "
+                          "choose a writable out_dir") from None
+    for stray in run_dir.glob(".ckpt-*.tmp"):
+        with contextlib.suppress(OSError):
+            stray.unlink()
+
+
 def load_checkpoint(path: Path, cfg: Config) -> dict:
     """Load with weights_only=True (no arbitrary pickle); reject foreign or corrupt files."""
     try:
@@ -180,6 +207,10 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     data = DeviceData.build(ds, cfg.n_labeled, cfg.seed, cfg.val_size, device, cfg.channels_last)
     n_classes = data.n_classes
+    if cfg.method == "mixmatch" and data.n_unlabeled == 0:
+        raise ConfigError(f"n_labeled: {cfg.n_labeled} + val_size {cfg.val_size} use every training image of "
+                          f"'{cfg.dataset}', leaving no unlabeled images; lower them or use method=supervised")
+    prepare_run_dir(run_dir)   # an unwritable out_dir fails here, before MLflow hears of the run
 
     model = build_model(cfg.model, n_classes, data.in_channels).to(device)
     ema_model = build_model(cfg.model, n_classes, data.in_channels).to(device)
@@ -293,6 +324,7 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
                     bar.set_postfix(loss=f"{means[0]:.3f}", err=f"{last_err:.2f}")
                 if on_eval is not None:
                     on_eval(step, h)
+                t_last = time.perf_counter()  # throughput counts training steps, not evaluation
         if bar is not None:
             bar.close()
             bar = None
@@ -364,6 +396,7 @@ def _log_final(cfg: Config, tracker, result: RunResult, model, ema_model, data, 
                run_dir: Path, ckpt_path: Path) -> None:
     """Final metrics and artifacts of a finished run (also re-sent when a finished run is re-run)."""
     tracker.log_metrics(result.metrics, cfg.steps)
+    tracker.drop_logged()  # re-running a finished run: its final points are already logged
     tracker.flush()
     copy_buffers(ema_model, model)
     conf = evaluate(ema_model if cfg.ema else model, data, "test", amp_ctx, n_classes).cpu().numpy()

@@ -110,6 +110,9 @@ def sweep_main(argv: list[str]) -> int:
             dtype = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
             dry_run(spec, cells, dtype, workers or 1)
             return 0
+        from mixmatch_core.train import check_out_dir
+        for out_dir in sorted({x.out_dir for x in cells}) if workers else ():
+            check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
         url = args.storage or store.default_storage(f"sweep-{spec.name}")
         store.check_storage_url(url)
         check_reachable()

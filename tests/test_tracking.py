@@ -1,0 +1,363 @@
+"""Every run is tracked in MLflow: its name, tags, params, metrics by step, final errors, system
+metrics and artifacts; its terminal status (FINISHED, FAILED with a reason, KILLED); one run per
+cell across a kill and a resume; a remote tracking server; and `mixmatch ui` on loopback only.
+
+Each test has its own store in tmp_path (a copy of one empty sqlite store: creating MLflow's
+tables takes seconds). Runs are tiny: 20 steps of 16 digits, 2 evaluations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mixmatch_core.config import Config, load_config
+from mixmatch_core.models import SmallCNN
+from mixmatch_core.tracking import RunTracker, git_commit, start_parent_run
+from mixmatch_core.train import train
+from sweeps.cli import main as mixmatch
+
+TINY = ["dataset=digits", "steps=20", "eval_every=10", "log_every=5", "batch_size=16", "median_of=2",
+        "progress=false", "device=cpu", "num_threads=1"]
+# The `mixmatch` console entry of this venv (or the same entry point through -m).
+_ENTRY = Path(sys.executable).with_name("mixmatch")
+MIXMATCH = [str(_ENTRY)] if _ENTRY.exists() else [sys.executable, "-m", "sweeps.cli"]
+SERVER_START_SECONDS = 60
+
+
+# ---- fixtures and helpers -----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An sqlite MLflow store whose tables exist (copied by each test: creating them is slow)."""
+    db = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def _use_store(mp: pytest.MonkeyPatch, where: Path, empty_store: Path) -> str:
+    mp.chdir(where)
+    shutil.copy(empty_store, where / "mlflow.db")
+    uri = f"sqlite:///{where / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, empty_store) -> MlflowClient:
+    """A fresh store in tmp_path, which is also the cwd (checkpoints go to ./runs)."""
+    return MlflowClient(_use_store(monkeypatch, tmp_path, empty_store))
+
+
+def only_run(c: MlflowClient, experiment: str = "mixmatch"):
+    runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def steps_of(c: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in c.get_metric_history(run_id, key))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], log: Path, **kw) -> subprocess.Popen:
+    """A child in its own session, so that `stop` also ends the workers it spawns."""
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to the child's process group, then SIGKILL whatever of it is left after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_until(ready, seconds: float, proc: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = ready()
+        if value:
+            return value
+        assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    pytest.fail(f"not ready after {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+# ---- one finished run, inspected by several tests ----------------------------------------------------
+@dataclass
+class Finished:
+    uri: str
+    client: MlflowClient
+    cfg: Config
+    where: Path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, empty_store) -> Finished:
+    """`mixmatch train` of TINY, with system metrics sampled every second."""
+    where = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = _use_store(mp, where, empty_store)
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's own knob (seconds)
+        assert mixmatch(["train", *TINY]) == 0
+    return Finished(uri, MlflowClient(uri), load_config(overrides=TINY), where)
+
+
+def test_a_run_is_named_and_tagged_from_its_config(finished, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished.uri)
+    runs = mlflow.search_runs(experiment_names=["mixmatch"], output_format="list")
+    assert len(runs) == 1
+    run, cfg = runs[0], finished.cfg
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "digits-50-s1-mixmatch" == cfg.run_name
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("dataset", "n_labeled", "seed", "method", "variant", "cell_key")} == {
+        "dataset": "digits", "n_labeled": "50", "seed": "1", "method": "mixmatch", "variant": "mixmatch",
+        "cell_key": cfg.cell_key}
+    assert tags["code_version"] == git_commit() != ""
+    assert tags["torch_version"] == torch.__version__
+    assert tags["device_name"].startswith("cpu")
+    assert "sweep" not in tags and "failure_reason" not in tags and "logging_incomplete" not in tags
+
+
+def test_every_resolved_config_field_is_a_param(finished):
+    run = only_run(finished.client)
+    assert run.data.params == {f.name: str(getattr(finished.cfg, f.name)) for f in fields(Config)}
+
+
+@pytest.mark.parametrize("key, steps", [
+    *[(k, [5, 10, 15, 20]) for k in ("loss", "loss_x", "loss_u", "lambda_u", "lr", "steps_per_s", "images_per_s")],
+    ("test_error", [10, 20]),        # the reported (EMA) model
+    ("test_error_raw", [10, 20]),    # the live model
+    ("test_error_ema", [10, 20]),
+])
+def test_training_metrics_have_one_point_per_interval(finished, key, steps):
+    assert steps_of(finished.client, only_run(finished.client).info.run_id, key) == steps
+
+
+def test_final_errors_follow_the_reporting_rule(finished):
+    c, run_id = finished.client, only_run(finished.client).info.run_id
+    test_errors = [m.value for m in sorted(c.get_metric_history(run_id, "test_error"), key=lambda m: m.step)]
+    expected = {"error": statistics.median(test_errors[-2:]), "error_last": test_errors[-1],
+                "error_best": min(test_errors)}
+    for key, value in expected.items():
+        history = c.get_metric_history(run_id, key)
+        assert [(m.step, m.value) for m in history] == [(20, pytest.approx(value))], key
+
+
+def test_system_metrics_are_sampled_during_the_run(finished):
+    metrics = only_run(finished.client).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def _png(path: Path, cfg: Config) -> None:
+    import matplotlib.image
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.shape[2] in (3, 4)
+
+
+def _confusion_csv(path: Path, cfg: Config) -> None:
+    import pandas as pd
+    conf = pd.read_csv(path, index_col=0)
+    assert conf.shape == (10, 10) and conf.to_numpy().sum() > 0
+    assert list(conf.columns) == [str(i) for i in range(10)]
+
+
+def _per_class_csv(path: Path, cfg: Config) -> None:
+    import pandas as pd
+    per_class = pd.read_csv(path)
+    assert list(per_class.columns) == ["class", "n_test", "error"] and len(per_class) == 10
+    assert per_class["error"].between(0, 100).all()
+
+
+def _config_yaml(path: Path, cfg: Config) -> None:
+    assert load_config(str(path)) == cfg
+
+
+def _checkpoint(path: Path, cfg: Config) -> None:
+    state = torch.load(path, weights_only=True)
+    assert state["cell_key"] == cfg.cell_key and state["step"] == cfg.steps and state["finished"]
+
+
+@pytest.mark.parametrize("artifact, check", [
+    ("config.yaml", _config_yaml),
+    ("confusion_matrix.png", _png),
+    ("confusion_matrix.csv", _confusion_csv),
+    ("per_class_error.csv", _per_class_csv),
+    ("learning_curve.png", _png),
+    ("checkpoint/ckpt.pt", _checkpoint),
+])
+def test_artifacts_are_logged_and_open(finished, tmp_path, artifact, check):
+    run_id = only_run(finished.client).info.run_id
+    path = finished.client.download_artifacts(run_id, artifact, str(tmp_path))
+    check(Path(path), finished.cfg)
+
+
+def test_rerunning_a_finished_run_adds_no_run_and_no_points(finished, monkeypatch):
+    monkeypatch.chdir(finished.where)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished.uri)
+    before = only_run(finished.client)
+    assert mixmatch(["train", *TINY]) == 0
+    after = only_run(finished.client)
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    for key in ("loss", "test_error", "error", "error_last", "error_best"):
+        assert steps_of(finished.client, after.info.run_id, key) == steps_of(finished.client, before.info.run_id, key)
+    assert steps_of(finished.client, after.info.run_id, "error") == [20]
+
+
+# ---- terminal status ---------------------------------------------------------------------------
+def test_a_non_finite_loss_fails_the_run_with_one_line(store):
+    p = subprocess.run([*MIXMATCH, "train", *TINY, "lambda_u=1e40", "rampup_steps=0"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "FAILED" in lines[0] and "non-finite" in lines[0], p.stderr
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert "non-finite" in run.data.tags["failure_reason"]
+
+
+def test_an_exception_in_training_fails_the_run_naming_it(store, monkeypatch):
+    def explode(self, x):
+        raise RuntimeError("forward exploded")
+    monkeypatch.setattr(SmallCNN, "forward", explode)
+    with pytest.raises(RuntimeError, match="forward exploded"):
+        mixmatch(["train", *TINY])
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "RuntimeError: forward exploded"
+
+
+def test_an_interrupted_run_is_killed(store):
+    cfg = load_config(overrides=TINY)
+
+    def interrupt(step, metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tracker=RunTracker(cfg, system_metrics=False), on_eval=interrupt)
+    assert only_run(store).info.status == "KILLED"
+
+
+def test_a_sweep_cell_is_tagged_with_its_sweep_and_nested_under_it(store):
+    cfg = load_config(overrides=TINY)
+    parent = start_parent_run(cfg.experiment, "abl", {"sweep": "abl"})
+    tracker = RunTracker(cfg, parent_run_id=parent, tags={"sweep": "abl"}, system_metrics=False)
+    run_id = tracker.start(None, "cpu")
+    tracker.end("FINISHED")
+    tags = store.get_run(run_id).data.tags
+    assert tags["sweep"] == "abl" and tags["mlflow.parentRunId"] == parent
+
+
+# ---- resume after a crash ----------------------------------------------------------------------
+def test_a_killed_run_resumes_into_the_same_mlflow_run_without_gaps(store, tmp_path):
+    args = [*TINY, "steps=60"]
+    cfg = load_config(overrides=args)
+    ckpt = tmp_path / cfg.run_dir / "ckpt.pt"
+    log = tmp_path / "first.log"
+    first = start([*MIXMATCH, "train", *args], log)
+    try:
+        def checkpointed_step():
+            try:
+                return ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 20
+            except Exception:  # noqa: BLE001 - cannot happen with atomic saves; retry anyway
+                return False
+        wait_until(checkpointed_step, 240, first, log)
+    finally:
+        stop(first, signal.SIGKILL)
+    assert torch.load(ckpt, weights_only=True)["step"] < 60, "the first process finished before the kill"
+    assert only_run(store).info.status == "RUNNING"  # a crash: nobody ended the run
+
+    second = subprocess.run([*MIXMATCH, "train", *args], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    runs = store.search_runs([store.get_experiment_by_name("mixmatch").experiment_id],
+                             filter_string=f"tags.cell_key = '{cfg.cell_key}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert steps_of(store, run_id, "loss") == list(range(5, 61, 5))
+    assert steps_of(store, run_id, "test_error") == list(range(10, 61, 10))
+
+
+# ---- a remote tracking server ------------------------------------------------------------------
+@pytest.fixture
+def mlflow_server(tmp_path, empty_store):
+    """`mlflow server` on a free loopback port, proxying artifacts into tmp_path/server-artifacts."""
+    port, db = free_port(), tmp_path / "server.db"
+    shutil.copy(empty_store, db)
+    log = tmp_path / "server.log"
+    proc = start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
+                  "--artifacts-destination", str(tmp_path / "server-artifacts")], log, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    try:
+        wait_until(healthy, SERVER_START_SECONDS, proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+def test_a_run_is_tracked_through_a_tracking_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert mixmatch(["train", *TINY]) == 0
+    c = MlflowClient(mlflow_server)
+    run = only_run(c)
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert steps_of(c, run.info.run_id, "loss") == [5, 10, 15, 20] and "error" in run.data.metrics
+    path = c.download_artifacts(run.info.run_id, "per_class_error.csv", str(tmp_path / "download"))
+    _per_class_csv(Path(path), load_config(overrides=TINY))
+    assert list((tmp_path / "server-artifacts").rglob("learning_curve.png"))  # stored by the server
+
+
+# ---- mixmatch ui ---------------------------------------------------------------------------
+def test_ui_help_says_it_binds_to_loopback(capsys):
+    with pytest.raises(SystemExit) as e:
+        mixmatch(["ui", "--help"])
+    assert e.value.code == 0 and "default 127.0.0.1" in capsys.readouterr().out
+
+
+def test_ui_listens_on_loopback_only(store, tmp_path):
+    import psutil
+    port, log = free_port(), tmp_path / "ui.log"
+    proc = start([*MIXMATCH, "ui", "--port", str(port)], log)
+
+    def listening_addresses():
+        return {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    try:
+        assert wait_until(listening_addresses, SERVER_START_SECONDS, proc, log) == {"127.0.0.1"}
+    finally:
+        stop(proc)
