@@ -177,6 +177,12 @@ class RunTracker:
                 self._monitor = None
         return self.run_id
 
+    def is_finished(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.status == "FINISHED"
+        except Exception:  # noqa: BLE001 - deleted or unreachable: treat as not finished
+            return False
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer metric points on the host; `flush` sends them in one batch."""
         ts = int(time.time() * 1000)

@@ -22,7 +22,9 @@ Optuna's plots. A spec looks like:
     seed: 0                           # sampler seed
 
 Pruner steps are training steps (each evaluation reports at its step), so `n_warmup_steps`,
-`min_resource` and `max_resource` are in steps.
+`min_resource` and `max_resource` are in steps. A trial's checkpoint lives in
+OUT_DIR/STUDY/RUN_NAME-CELLKEY: a retried trial (same params) resumes from it, and two studies
+never share a checkpoint or an MLflow run.
 """
 
 from __future__ import annotations
@@ -359,6 +361,8 @@ def _trial_line(t, objective: str) -> str:
     if t.state.name == "PRUNED" and t.intermediate_values:
         step = max(t.intermediate_values)
         out += f" at step {step} ({objective} {t.intermediate_values[step]:.2f}%)"
+    if "resumes_trial" in t.user_attrs or "failed_trial" in t.system_attrs:
+        out += f" (resumed trial {t.user_attrs.get('resumes_trial', t.system_attrs.get('failed_trial'))})"
     if "duplicate_of" in t.user_attrs:
         out += f" (same config as trial {t.user_attrs['duplicate_of']})"
     if t.state.name == "FAIL" and "failure_reason" in t.user_attrs:
@@ -366,6 +370,10 @@ def _trial_line(t, objective: str) -> str:
     if t.duration is not None:
         out += f" [{t.duration.total_seconds():.0f} s]"
     return f"{out}: {params}"
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
 
 
 def _fmt(v) -> str:
@@ -463,6 +471,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
 
     host = f"{socket.gethostname()}:{os.getpid()}"
     metric = FINAL_METRIC[spec.objective]
+    out_root = f"{resolve(spec.base).out_dir}/{_safe_name(study_name)}"
     TrialStopped = _pruned_type()
     current: dict[str, Any] = {}
 
@@ -472,7 +481,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
         current.update(number=trial.number, params=params)
         trial.set_user_attr("host", host)
         try:
-            cfg = resolve({**user, "progress": False})
+            cfg = resolve({**user, "progress": False, "out_dir": out_root})
         except ConfigError as e:
             trial.set_user_attr("failure_reason", str(e)[:1000])
             raise
@@ -504,7 +513,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
                 trial.set_user_attr("pruned_at_step", step)
                 raise TrialStopped(f"pruned at step {step}: {spec.objective} {h[spec.objective]:.2f}%")
 
-        state = "FAIL"
+        state, result = "FAIL", None
         try:
             result = train(cfg, tracker=tracker, on_eval=on_eval)
             state = "COMPLETE"
@@ -518,9 +527,16 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:1000])
             raise
         finally:
-            if tracker.run_id is not None:
-                trial.set_user_attr("mlflow_run_id", tracker.run_id)
-                tracker.set_tags({"trial_state": state})
+            # A finished run re-reported (a retry of a trial whose worker died after training)
+            # has no tracker run; its id comes back in the result.
+            run_id = tracker.run_id or (result.run_id if result is not None else None)
+            if run_id is not None:
+                trial.set_user_attr("mlflow_run_id", run_id)
+                try:
+                    mlflow_client.set_tag(run_id, "trial_state", state)
+                    mlflow_client.set_tag(run_id, "trial_number", str(trial.number))
+                except Exception:  # noqa: BLE001 - the Optuna state is the record that counts
+                    pass
         trial.set_user_attr("test_error", result.metrics["error"])
         if "val_error" in result.metrics:
             trial.set_user_attr("val_error", result.metrics["val_error"])
@@ -555,6 +571,8 @@ def _interrupted(study, current: dict) -> None:
         t = study.get_trials(deepcopy=False)[current["number"]]
         if t.state == TrialState.RUNNING:
             study.tell(t.number, state=TrialState.FAIL)
+        elif t.state != TrialState.FAIL:
+            return                  # Ctrl-C between trials: nothing was cut short
         study.enqueue_trial(current["params"], user_attrs={"resumes_trial": current["number"]})
     except Exception:  # noqa: BLE001 - the stale-trial retry covers it on the next run
         pass
@@ -623,7 +641,7 @@ def search_main(argv: list[str]) -> int:
     p = _Parser(prog="mixmatch search", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Optuna hyperparameter search with pruning; every trial is an MLflow run "
                             "under one parent run per study. Re-running the same command resumes the study.",
-                epilog=__doc__.split("A spec looks like:", 1)[1])
+                epilog="search spec:" + __doc__.split("A spec looks like:", 1)[1])
     p.add_argument("spec", metavar="SPEC", help="search spec YAML (see below)")
     p.add_argument("--trials", type=_positive(int),
                    help="total finished (COMPLETE + PRUNED) trials of the study, counting earlier runs "
@@ -651,7 +669,7 @@ def search_main(argv: list[str]) -> int:
             raise ConfigError("--study: the study name must not be empty")
         storage_url = args.storage or default_storage(study_name)
         check_storage_url(storage_url)
-        out_dir = Path(args.out or Path("optuna") / re.sub(r"[^\w.-]+", "_", study_name))
+        out_dir = Path(args.out or Path("optuna") / _safe_name(study_name))
         if spec.objective == "test_error":
             print(TEST_OBJECTIVE_WARNING, file=sys.stderr)
         check_reachable()

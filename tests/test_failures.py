@@ -9,6 +9,7 @@ subprocess is used only where a real kill is needed.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import multiprocessing
 import os
@@ -177,8 +178,9 @@ def _sigkill_halfway_through_a_checkpoint(path: str) -> None:
     save_checkpoint(Path(path), {"cell_key": "newer", "weights": torch.zeros(10_000)})
 
 
-def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_cleans_up(tmp_path):
-    cfg = load_config(None, [*TINY, f"out_dir={tmp_path / 'runs'}"])
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, TINY)
     ckpt = Path(cfg.run_dir) / "ckpt.pt"
     with pytest.raises(Stop):
         train(cfg, on_eval=stop_at(10))                                    # checkpoint at step 10
@@ -300,18 +302,22 @@ FAILING_SPEC = ("name: failing\nexperiment: failing-exp\n" + SPEC_BASE % "" +
 
 
 def test_a_failing_cell_fails_the_sweep_not_its_other_cells_and_is_retried_at_most_retries_times(
-        store, tmp_path, capsys):
+        store, tmp_path, capsys, monkeypatch):
     import optuna
 
-    from sweeps import table
+    from sweeps import runner, table
+    from sweeps import store as queue
     from sweeps.spec import load_spec
     (tmp_path / "spec.yaml").write_text(FAILING_SPEC)
     spec = load_spec("spec.yaml")
     ok, boom = (c.cell_key for c in spec.cells())
-    first = subprocess.run([*MIXMATCH, "sweep", "spec.yaml", "--workers", "1", "--no-table"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-    assert first.returncode == 1, first.stderr[-2000:]
-    assert "1 done, 1 failed" in first.stdout and "non-finite loss" in first.stdout
+    # `mixmatch sweep` in this process, its worker too: the same `run_worker` loop a `mixmatch
+    # worker` process runs (a new process costs ~30 s of imports on a busy machine; the worker
+    # processes themselves are exercised by test_sweep.py).
+    monkeypatch.setattr(runner, "run_local_workers", lambda spec, url, *rest: queue.run_worker(
+        queue.open_storage(url), spec.name, {"num_threads": 1}, log=lambda msg: None))
+    code, out, _ = cli(["sweep", "spec.yaml", "--workers", "1", "--no-table"], capsys)
+    assert code == 1 and "1 done, 1 failed" in out and "non-finite loss" in out
 
     def cell_runs():
         return {r.data.tags["cell_key"]: r for r in all_runs(store, "failing-exp")
@@ -333,12 +339,13 @@ def test_a_failing_cell_fails_the_sweep_not_its_other_cells_and_is_retried_at_mo
 
     assert main(["sweep", "spec.yaml", "--workers", "1", "--no-table"]) == 1     # retry 1 of 1
     assert trials(boom) == Counter(FAIL=2) and trials(ok) == Counter(COMPLETE=1)
+    capsys.readouterr()
     assert main(["sweep", "spec.yaml", "--workers", "1", "--no-table"]) == 1     # retries exhausted
     assert "1 failed beyond retries" in capsys.readouterr().err
     assert trials(boom) == Counter(FAIL=2) and trials(ok) == Counter(COMPLETE=1)
-    assert cell_runs()[ok].info.run_id == runs[ok].info.run_id
+    assert cell_runs()[ok].info.run_id == runs[ok].info.run_id                 # never re-run
     assert sum(r.data.tags["cell_key"] == ok for r in all_runs(store, "failing-exp")
-               if r.data.tags.get("mixmatch.role") == "cell") == 1               # never re-run
+               if r.data.tags.get("mixmatch.role") == "cell") == 1
 
 
 # ---- 5. MLflow unreachable at start, or lost mid-run --------------------------------------------
@@ -556,11 +563,16 @@ def test_a_missing_sweep_spec_is_one_line_naming_the_file(store, tmp_path, capsy
 
 
 # ---- 8. defaults that let no one in -------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _nodes(path: Path) -> list[ast.AST]:
+    return list(ast.walk(ast.parse(path.read_text(), str(path))))
+
+
 def _calls(name: str):
     """(file, call) for every call to NAME (e.g. 'torch.load') in the project's sources."""
     mod, func = name.split(".")
     for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _nodes(path):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == func
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == mod):
                 yield path.relative_to(ROOT), node

@@ -79,6 +79,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A test server needs one web worker (MLflow's default of 4 takes a minute to start on a busy
+# 2-core machine) and no background job runner (another process importing MLflow).
+LEAN_SERVER = {"MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def start(cmd: list[str], log: Path, **kw) -> subprocess.Popen:
     """A child in its own session, so that `stop` also ends the workers it spawns."""
     with open(log, "wb") as fh:
@@ -118,11 +123,11 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, empty_store) -> Finished:
-    """`mixmatch train` of TINY, with system metrics sampled every second."""
+    """`mixmatch train` of TINY, with system metrics sampled every half second."""
     where = tmp_path_factory.mktemp("finished")
     with pytest.MonkeyPatch.context() as mp:
         uri = _use_store(mp, where, empty_store)
-        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's own knob (seconds)
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # MLflow's own knob (seconds)
         assert mixmatch(["train", *TINY]) == 0
     return Finished(uri, MlflowClient(uri), load_config(overrides=TINY), where)
 
@@ -231,13 +236,48 @@ def test_rerunning_a_finished_run_adds_no_run_and_no_points(finished, monkeypatc
     assert steps_of(finished.client, after.info.run_id, "error") == [20]
 
 
+# ---- where runs go and when points are sent -----------------------------------------------------
+def test_without_a_uri_runs_go_to_mlflow_db_in_the_cwd_with_artifacts_beside_it(tmp_path, monkeypatch,
+                                                                                  empty_store):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    cfg = load_config(overrides=[*TINY, "experiment=ablations"])
+    tracker = RunTracker(cfg, system_metrics=False)
+    run_id = tracker.start(None, "cpu")
+    (tmp_path / "note.txt").write_text("hello")
+    tracker.log_artifact(tmp_path / "note.txt")
+    tracker.end("FINISHED")
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert c.get_experiment_by_name("ablations").artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert c.get_run(run_id).info.status == "FINISHED"
+    assert (tmp_path / "mlartifacts" / run_id / "artifacts" / "note.txt").read_text() == "hello"
+
+
+def test_metric_points_are_sent_in_batches_only_at_evaluations(store):
+    cfg = load_config(overrides=TINY)
+    tracker = RunTracker(cfg, system_metrics=False)
+    sent, log_batch = [], tracker.client.log_batch
+
+    def spy(run_id, metrics=(), **kw):
+        if metrics:
+            sent.append(sorted({m.step for m in metrics}))
+        return log_batch(run_id, metrics=metrics, **kw)
+    tracker.client.log_batch = spy
+    train(cfg, tracker=tracker)
+    # Points of steps 5 and 10 go out after the evaluation at 10, those of 15 and 20 after the
+    # one at 20, then the final errors.
+    assert sent == [[5, 10], [15, 20], [20]]
+
+
 # ---- terminal status ---------------------------------------------------------------------------
-def test_a_non_finite_loss_fails_the_run_with_one_line(store):
-    p = subprocess.run([*MIXMATCH, "train", *TINY, "lambda_u=1e40", "rampup_steps=0"],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "FAILED" in lines[0] and "non-finite" in lines[0], p.stderr
+def test_a_non_finite_loss_fails_the_run_with_one_line(store, capfd):
+    with pytest.raises(SystemExit) as e:
+        mixmatch(["train", *TINY, "lambda_u=1e40", "rampup_steps=0"])
+    assert e.value.code == 1
+    stderr = capfd.readouterr().err  # MLflow's log lines included: they go to the same stream
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "FAILED" in lines[0] and "non-finite" in lines[0], stderr
     run = only_run(store)
     assert run.info.status == "FAILED"
     assert "non-finite" in run.data.tags["failure_reason"]
@@ -313,7 +353,8 @@ def mlflow_server(tmp_path, empty_store):
     log = tmp_path / "server.log"
     proc = start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                   "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
-                  "--artifacts-destination", str(tmp_path / "server-artifacts")], log, cwd=tmp_path)
+                  "--artifacts-destination", str(tmp_path / "server-artifacts")], log, cwd=tmp_path,
+                 env={**os.environ, **LEAN_SERVER})
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -352,7 +393,7 @@ def test_ui_help_says_it_binds_to_loopback(capsys):
 def test_ui_listens_on_loopback_only(store, tmp_path):
     import psutil
     port, log = free_port(), tmp_path / "ui.log"
-    proc = start([*MIXMATCH, "ui", "--port", str(port)], log)
+    proc = start([*MIXMATCH, "ui", "--port", str(port)], log, env={**os.environ, **LEAN_SERVER})
 
     def listening_addresses():
         return {c.laddr.ip for c in psutil.net_connections(kind="inet")
