@@ -9,7 +9,7 @@ dispatches here for these two subcommands.
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 
 from .config import ConfigError, help_text, load_config
@@ -74,10 +74,12 @@ def ui_main(argv: list[str]) -> int:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         die(f"MLFLOW_TRACKING_URI is a server ({uri}); open it in a browser instead")
+    # One worker is plenty for a local UI (MLflow's default of 4 takes much longer to start).
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop", file=sys.stderr)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+           "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); the runs table of an experiment is at "
+          f"#/experiments/<id>/runs?workflowType=machine_learning; Ctrl-C to stop", file=sys.stderr, flush=True)
+    # exec: the UI becomes this process, so signals (Ctrl-C, SIGTERM) reach it directly and no
+    # server is left orphaned.
+    os.execv(sys.executable, cmd)
+    return 0  # not reached

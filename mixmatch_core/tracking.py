@@ -129,7 +129,8 @@ class RunTracker:
         self.client = client()
         self.run_id: str | None = None
         self.pending: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
-        self.incomplete = False
+        self.incomplete = False  # some MLflow call failed at some point (its points may have arrived later)
+        self.lost = False        # an artifact or tag could not be written: the run is missing something
         self._monitor = None
 
     def tags(self, device_name: str) -> dict[str, str]:
@@ -219,13 +220,13 @@ class RunTracker:
         try:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
         except Exception:  # noqa: BLE001
-            self.incomplete = True
+            self.incomplete = self.lost = True
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         try:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         except Exception:  # noqa: BLE001
-            self.incomplete = True
+            self.incomplete = self.lost = True
 
     def end(self, status: str, reason: str | None = None) -> None:
         """FINISHED | FAILED (with a failure_reason tag) | KILLED. Retries the buffered points."""
@@ -238,7 +239,7 @@ class RunTracker:
             return
         ok = self.flush()
         tags = {"failure_reason": reason[:4000]} if reason else {}
-        if not ok or self.incomplete:
+        if not ok or self.lost:
             tags["logging_incomplete"] = "true"
         try:
             if tags:

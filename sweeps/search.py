@@ -36,6 +36,7 @@ import re
 import socket
 import sys
 import time
+import zlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,6 +350,17 @@ def _open_parent_run(study, spec: SearchSpec, storage_url: str) -> str:
         except Exception:  # noqa: BLE001 - fall through and create a new parent
             pass
     run_id = start_parent_run(spec.experiment, study.study_name, tags)
+    # Workers started together (e.g. a Slurm array) may each have created a parent: all of them
+    # converge on the oldest one and the others delete their own, so a study has one parent.
+    from mixmatch_core.tracking import client, experiment_id
+    c = client()
+    parents = c.search_runs([experiment_id(spec.experiment, c)],
+                            f"tags.study = '{study.study_name}' and tags.`mixmatch.role` = 'study'",
+                            order_by=["attributes.start_time ASC"], max_results=100)
+    oldest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
+    if oldest != run_id:
+        c.delete_run(run_id)
+        run_id = oldest
     study.set_user_attr("parent_run_id", run_id)
     return run_id
 
@@ -451,7 +463,13 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     existing = study.get_trials(deepcopy=False)
     # Offset the sampler's seed by the trials already in the study: a resumed process seeded as
     # the first one would draw the same params again (same runs, same checkpoints).
-    study.sampler = make_sampler(spec, spec.seed + len(existing))
+    seed = spec.seed + len(existing)
+    from sweeps.store import default_storage
+    if storage_url != default_storage(study_name):
+        # A shared storage may have several workers starting together: without this they would
+        # all draw the same first params. (The embedded default stays reproducible.)
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
+    study.sampler = make_sampler(spec, seed)
     study.pruner = make_pruner(spec, resolve(spec.base))
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("spec", spec.path)
@@ -548,10 +566,12 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     t0 = time.perf_counter()
     if remaining > 0:
         try:
-            # n_trials caps this process; MaxTrialsCallback stops every worker sharing the
-            # storage once the study as a whole has `trials` finished (COMPLETE + PRUNED) trials.
-            study.optimize(objective, n_trials=remaining, timeout=spec.timeout_seconds, catch=(Exception,),
-                           callbacks=[MaxTrialsCallback(spec.trials, states=finished), report])
+            # MaxTrialsCallback stops every worker sharing the storage once the study as a whole
+            # has `trials` finished (COMPLETE + PRUNED) trials; failed trials (invalid params, a
+            # config another worker is training) do not count, but too many of them stop us.
+            study.optimize(objective, n_trials=None, timeout=spec.timeout_seconds, catch=(Exception,),
+                           callbacks=[MaxTrialsCallback(spec.trials, states=finished), report,
+                                      _StopAfterFailures(remaining + 10)])
         except KeyboardInterrupt:
             _interrupted(study, current)
             end_parent_run(parent, "KILLED")
@@ -559,6 +579,21 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
                 f"'{study_name}' (the interrupted trial resumes from its checkpoint)", 130)
     elapsed = time.perf_counter() - t0
     return _finish(study, spec, study_name, storage_url, out_dir, parent, elapsed, log)
+
+
+class _StopAfterFailures:
+    """Stop this process after `limit` failed trials (a search space full of invalid configs
+    must not loop forever, now that failures do not count toward --trials)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.failed = limit, 0
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+        if trial.state == TrialState.FAIL:
+            self.failed += 1
+            if self.failed >= self.limit:
+                study.stop()
 
 
 def _interrupted(study, current: dict) -> None:

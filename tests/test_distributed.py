@@ -162,3 +162,62 @@ def test_three_workers_one_killed_every_cell_finishes_exactly_once(pg_db, mlflow
             os.environ["MLFLOW_TRACKING_URI"] = old
     counted = tab.runs[tab.runs["counted"]]
     assert len(counted) == 8
+
+
+SEARCH_SPEC = """name: dsearch
+experiment: dsearch-exp
+base: {dataset: digits, val_size: 100, steps: 40, eval_every: 10, log_every: 10, batch_size: 16, median_of: 2,
+       device: cpu, num_threads: 1}
+space:
+  lr: {type: float, low: 1.0e-3, high: 5.0e-3, log: true}
+  T: {type: float, low: 0.3, high: 1.0}
+sampler: random
+pruner: none
+seed: 0
+"""
+
+
+def test_two_search_workers_share_one_study_one_killed_trials_complete_once(pg_db, mlflow_server, tmp_path):
+    storage = pg_db[0]
+    (tmp_path / "search.yaml").write_text(SEARCH_SPEC)
+    env = _env(tmp_path, mlflow_server)
+    cmd = [sys.executable, "-m", "sweeps.cli", "search", "search.yaml", "--storage", storage, "--trials", "5",
+           "--heartbeat-seconds", "1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / f"s{i}.log", "w")) for i in range(2)]
+    try:
+        import optuna
+        from sweeps.store import open_storage
+        st = open_storage(storage)
+        deadline = time.time() + 240
+        killed = False
+        while time.time() < deadline and not killed:
+            try:
+                study = optuna.load_study(study_name="dsearch", storage=st)
+            except KeyError:
+                time.sleep(0.5)
+                continue
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if running and list(tmp_path.glob("runs/**/ckpt.pt")):
+                os.killpg(procs[0].pid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.3)
+        assert killed, "no trial got going"
+        assert procs[1].wait(timeout=300) == 0, (tmp_path / "s1.log").read_text()[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    study = optuna.load_study(study_name="dsearch", storage=open_storage(storage))
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 5, "\n".join([f"{t.number} {t.state.name} {t.user_attrs.get('cell_key')} "
+                                       f"{t.user_attrs.get('failure_reason', '')} {t.system_attrs}"
+                                       for t in study.get_trials()] + [(tmp_path / "s1.log").read_text()[-3000:]])
+    import mlflow
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["dsearch-exp"], filter_string="tags.study = 'dsearch'")
+    trials = runs[(runs["tags.mixmatch.role"] == "trial") & (runs["status"] == "FINISHED")]
+    assert len(trials) == 5 and trials["tags.cell_key"].nunique() == 5, runs[
+        ["status", "tags.mixmatch.role", "tags.cell_key", "tags.trial_number", "tags.mlflow.parentRunId"]].to_string()
+    assert (runs["tags.mixmatch.role"] == "study").sum() == 1
