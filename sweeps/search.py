@@ -571,7 +571,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             # config another worker is training) do not count, but too many of them stop us.
             study.optimize(objective, n_trials=None, timeout=spec.timeout_seconds, catch=(Exception,),
                            callbacks=[MaxTrialsCallback(spec.trials, states=finished), report,
-                                      _StopAfterFailures(remaining + 10)])
+                                      _StopAfterFailures(3)])
         except KeyboardInterrupt:
             _interrupted(study, current)
             end_parent_run(parent, "KILLED")
@@ -582,18 +582,17 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
 
 
 class _StopAfterFailures:
-    """Stop this process after `limit` failed trials (a search space full of invalid configs
-    must not loop forever, now that failures do not count toward --trials)."""
+    """Stop this process after `limit` failed trials in a row: failures do not count toward
+    --trials, so a search space full of invalid configs must not loop forever."""
 
     def __init__(self, limit: int):
         self.limit, self.failed = limit, 0
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
-        if trial.state == TrialState.FAIL:
-            self.failed += 1
-            if self.failed >= self.limit:
-                study.stop()
+        self.failed = self.failed + 1 if trial.state == TrialState.FAIL else 0
+        if self.failed >= self.limit:
+            study.stop()
 
 
 def _interrupted(study, current: dict) -> None:
