@@ -126,12 +126,22 @@ class RunTracker:
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(tags or {})
         self.system_metrics = system_metrics
-        self.client = client()
+        self._client = None     # opened on first use: a config error found later writes nothing
         self.run_id: str | None = None
         self.pending: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
         self.incomplete = False  # some MLflow call failed at some point (its points may have arrived later)
         self.lost = False        # an artifact or tag could not be written: the run is missing something
         self._monitor = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = client()
+        return self._client
+
+    @client.setter
+    def client(self, value) -> None:
+        self._client = value
 
     def tags(self, device_name: str) -> dict[str, str]:
         import torch
