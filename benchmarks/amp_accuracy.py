@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"amp_accuracy: {args.method} {args.model}, {args.steps} steps, {out['dataset']}, seed {args.seed}; "
           f"{device} ({out['threads']} threads, bf16 native: {out['bf16_native']})")
-    print(f"{'setting':<20} {'seed':>4} {'error EMA %':>11} {'error live %':>12} {'vs fp32':>8} {'s/step':>7} {'wall s':>7}")
+    print(f"{'setting':<20} {'seed':>4} {'error EMA %':>11} {'error live %':>12} {'vs fp32':>8} {'s/step':>7} "
+          f"{'wall s':>7}")
     for x in results:
         sps = f"{x['train_s_per_step']:.3f}" if x["train_s_per_step"] else "-"
         print(f"{x['setting']:<20} {x['seed']:>4} {x['error_ema']:>11.2f} {x['error_raw']:>12.2f} "
