@@ -137,10 +137,12 @@ class SmallCNN(nn.Module):
     It has batch norm, because MixMatch's batch-norm handling (interleave, stats of the
     label-guessing pass discarded) is part of what the small runs must exercise."""
 
-    def __init__(self, n_classes: int, in_channels: int = 1, bn_momentum: float = SMALL_CNN_BN_MOMENTUM):
+    def __init__(self, n_classes: int, in_channels: int = 1, bn_momentum: float = SMALL_CNN_BN_MOMENTUM,
+                 width: int = 32):
         super().__init__()
         layers, ch = [], in_channels
-        for out, stride in ((32, 1), (32, 1), (64, 2), (64, 1), (128, 2)):
+        w = width
+        for out, stride in ((w, 1), (w, 1), (2 * w, 2), (2 * w, 1), (4 * w, 2)):
             # No conv bias: the following batch norm's shift makes it redundant.
             layers += [Conv2dSame(ch, out, 3, stride, bias=False), _bn(out, bn_momentum), nn.LeakyReLU(LRELU_SLOPE)]
             ch = out
@@ -170,7 +172,7 @@ def _init_official(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-MODEL_NAMES = "wrn28_2, wrn28_large, wrnD_K, small_cnn"
+MODEL_NAMES = "wrn28_2, wrn28_large, wrnD_K, small_cnn, small_cnnW (e.g. small_cnn16)"
 LARGE_FILTERS = 135  # Table 1's large model: WRN-28 with 135 filters in the first stage (~26 M params)
 
 
@@ -178,8 +180,10 @@ def build_model(name: str, n_classes: int, in_channels: int, **kwargs) -> nn.Mod
     """The classifier called `name` (`Config.model`): `wrn{D}_{K}` = WRN-D-K (16 * K filters in
     the first stage), `wrn28_large`, or `small_cnn`. kwargs go to the constructor (e.g.
     `scales=4` for STL-10's WRN, `bn_momentum` for small_cnn)."""
-    if name == "small_cnn":
-        return SmallCNN(n_classes, in_channels, **kwargs)
+    m = re.fullmatch(r"small_cnn(\d*)", name)
+    if m and (not m[1] or int(m[1]) >= 4):
+        # small_cnnW: first-block width W (default 32); compute scales with W^2.
+        return SmallCNN(n_classes, in_channels, width=int(m[1] or 32), **kwargs)
     if name == "wrn28_large":
         return WideResNet(n_classes, in_channels, depth=28, filters=LARGE_FILTERS, **kwargs)
     m = re.fullmatch(r"wrn(\d+)_(\d+)", name)

@@ -42,7 +42,7 @@ STEP_SECONDS = {
 
 
 def step_seconds(cfg, device_type: str) -> float:
-    fam = "small_cnn" if cfg.model == "small_cnn" else "wrn"
+    fam = "small_cnn" if cfg.model.startswith("small_cnn") else "wrn"
     base = STEP_SECONDS[(fam, device_type, cfg.method)]
     if cfg.model == "wrn28_large":
         base *= 17          # ~26 M vs 1.5 M parameters; FLOPs scale about the same
