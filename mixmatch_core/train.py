@@ -15,7 +15,6 @@ augmented there, and losses are accumulated on the device; the host reads them o
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import tempfile
@@ -289,7 +288,7 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
     result = RunResult(status="RUNNING", metrics={}, history=history, run_id=run_id, run_dir=str(run_dir))
     bar = None
     try:
-        B, K = cfg.batch_size, cfg.K
+        B = cfg.batch_size
         # Device-side accumulators: sum of (loss, loss_x, loss_u) and a non-finite flag. The
         # host reads them once per log interval, never per step.
         acc = torch.zeros(3, device=device)

@@ -13,7 +13,6 @@ checkpoints; failed cells are retried on relaunch up to the spec's `retries`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess

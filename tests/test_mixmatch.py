@@ -1,5 +1,4 @@
 """Specification of mixmatch_core.mixmatch: the pure MixMatch algorithm (Algorithm 1)."""
-import copy
 import math
 
 import pytest
