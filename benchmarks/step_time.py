@@ -144,21 +144,11 @@ class ProjectStep:
     channels_last, Adam) and the same loop body, one call = one optimiser step."""
 
     def __init__(self, cfg, data):
-        from mixmatch_core.models import build_model
-        from mixmatch_core.train import _amp_context, decay_params, make_optimizer
+        from mixmatch_core.train import _amp_context, build_models, decay_params, make_optimizer
         self.cfg, self.data = cfg, data
         device = data.device
         n_classes = data.n_classes
-        model = build_model(cfg.model, n_classes, data.in_channels).to(device)
-        ema_model = build_model(cfg.model, n_classes, data.in_channels).to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            ema_model = ema_model.to(memory_format=torch.channels_last)
-        ema_model.load_state_dict(model.state_dict())
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
-        model.train()
-        ema_model.train()
+        model, ema_model = build_models(cfg, n_classes, data.in_channels, device)
         self.model, self.ema_model = model, ema_model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema_params = list(ema_model.parameters())

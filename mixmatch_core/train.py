@@ -77,6 +77,21 @@ def decay_params(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def build_models(cfg: Config, n_classes: int, in_channels: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The live model and its EMA copy (same initial weights, no gradients), both in training
+    mode: the EMA model is switched to eval() for evaluation and, with ema_guess, guesses
+    labels in training mode like the live model."""
+    model = build_model(cfg.model, n_classes, in_channels).to(device)
+    ema_model = build_model(cfg.model, n_classes, in_channels).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        ema_model = ema_model.to(memory_format=torch.channels_last)
+    ema_model.load_state_dict(model.state_dict())
+    for p in ema_model.parameters():
+        p.requires_grad_(False)
+    return model.train(), ema_model.train()
+
+
 @torch.no_grad()
 def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * param, on every trainable parameter (TF's
@@ -233,16 +248,7 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
                           f"'{cfg.dataset}', leaving no unlabeled images; lower them or use method=supervised")
     prepare_run_dir(run_dir)   # an unwritable out_dir fails here, before MLflow hears of the run
 
-    model = build_model(cfg.model, n_classes, data.in_channels).to(device)
-    ema_model = build_model(cfg.model, n_classes, data.in_channels).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        ema_model = ema_model.to(memory_format=torch.channels_last)
-    ema_model.load_state_dict(model.state_dict())
-    for p in ema_model.parameters():
-        p.requires_grad_(False)
-    model.train()
-    ema_model.train()  # only used in eval() for evaluation and, with ema_guess, to guess labels
+    model, ema_model = build_models(cfg, n_classes, data.in_channels, device)
     params = [p for p in model.parameters() if p.requires_grad]
     ema_params = list(ema_model.parameters())
     wd_params = decay_params(model)
