@@ -130,7 +130,7 @@ def test_initialisation_follows_the_official_code():
 def test_unknown_model_name_raises_one_line_config_error(name):
     with pytest.raises(ConfigError) as e:
         build_model(name, 10, 3)
-    assert str(e.value) == f"model: unknown '{name}'; allowed: wrn28_2, wrn28_large, wrnD_K, small_cnn"
+    assert str(e.value) == f"model: unknown '{name}'; allowed: wrn28_2, wrn28_large, wrnD_K, small_cnn, small_cnnW (e.g. small_cnn16)"
 
 
 def test_wrn_depth_must_be_6n_plus_4():

@@ -145,11 +145,11 @@ def test_latex_is_booktabs_with_escaped_names_and_bold_best(store):
 QUICK_CELLS_CSV = """\
 sweep,row,dataset,model,method,variant,n_labeled,n_planned,n_finished,n_failed,n_killed,n_running,n_missing,\
 error_mean,error_std,text,best,paper_table,paper_error,paper_std,diff_paper,diff_full,welch_t,welch_p,test_note
-quick,mixmatch,digits,small_cnn,mixmatch,mixmatch,50,2,2,0,0,0,0,21,1.41421,21.00 ± 1.41,True,,,,,,,,
-quick,mixmatch,digits,small_cnn,mixmatch,mixmatch,100,2,2,0,0,0,0,13,1.41421,13.00 ± 1.41,True,,,,,,,,
-quick,no_sharpen,digits,small_cnn,mixmatch,no_sharpen,50,2,1,1,0,0,0,30,,"30.00 (n=1/2, 1 failed)",False,,,,,9,,,\
+quick,mixmatch,digits,small_cnn16,mixmatch,mixmatch,50,2,2,0,0,0,0,21,1.41421,21.00 ± 1.41,True,,,,,,,,
+quick,mixmatch,digits,small_cnn16,mixmatch,mixmatch,100,2,2,0,0,0,0,13,1.41421,13.00 ± 1.41,True,,,,,,,,
+quick,no_sharpen,digits,small_cnn16,mixmatch,no_sharpen,50,2,1,1,0,0,0,30,,"30.00 (n=1/2, 1 failed)",False,,,,,9,,,\
 n too small
-quick,no_sharpen,digits,small_cnn,mixmatch,no_sharpen,100,2,1,0,0,0,1,15,,"15.00 (n=1/2, 1 missing)",False,,,,,2,,,\
+quick,no_sharpen,digits,small_cnn16,mixmatch,no_sharpen,100,2,1,0,0,0,1,15,,"15.00 (n=1/2, 1 missing)",False,,,,,2,,,\
 n too small
 """
 
