@@ -252,13 +252,11 @@ def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, An
     return cfg
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None,
-                extra: dict[str, Any] | None = None) -> Config:
-    """YAML file (optional) < extra dict < key=value overrides, then `resolve`."""
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) < key=value overrides, then `resolve`."""
     user: dict[str, Any] = {}
     if path:
         user.update(load_yaml(path))
-    user.update(extra or {})
     user.update(parse_overrides(overrides or []))
     return resolve(user)
 

@@ -19,7 +19,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -215,7 +215,6 @@ class RunResult:
     run_dir: str = ""
     reason: str = ""
     steps_per_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _amp_context(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

@@ -237,12 +237,10 @@ def finish(spec, study, parent, cells, no_table: bool = False) -> int:
         from . import plot, table
         out = Path("runs") / "_tables" / spec.name
         try:
-            table.export(spec.path, out, parent_run_id=parent, experiment=spec.experiment)
+            paths = table.export(spec.path, out, parent_run_id=parent, experiment=spec.experiment)
             plot.plot_all(spec.path, out, parent_run_id=parent, experiment=spec.experiment)
-            tab = table.build_table(table.load_runs(spec.name, spec.experiment), spec.cells(), layout=spec.layout,
-                                    sweep=spec.name)
             print()
-            print(table.to_markdown(tab))
+            print(next(p for p in paths if p.suffix == ".md").read_text().rstrip())
             print(f"\ntables and plots written to {out}/ and logged to the sweep's parent run {parent}")
         except Exception as e:  # noqa: BLE001 - the runs are safe in MLflow; `mixmatch table` can retry
             print(f"could not build the table ({type(e).__name__}: {e}); run `mixmatch table {spec.path}`",
