@@ -19,17 +19,21 @@ EXIT_RUN_FAILED = 1
 
 
 def die(msg: str, code: int = EXIT_USER_ERROR) -> None:
+    """Exit with one `mixmatch: error: MSG` line on stderr (the user-error contract)."""
     print(f"mixmatch: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error contract: usage errors are one `mixmatch: error:` line
+    and exit code 2. Shared by every `mixmatch` subcommand (sweeps/ uses it too)."""
+
     def error(self, message: str) -> None:  # argparse's own errors: one line too
         die(f"{self.prog}: {message}")
 
 
 def train_main(argv: list[str]) -> int:
-    p = _Parser(prog="mixmatch train", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = ArgumentParser(prog="mixmatch train", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Train one MixMatch (or supervised) run, tracked in MLflow; "
                             "re-running the same command resumes it from its checkpoint.",
                 epilog=help_text())
@@ -66,7 +70,7 @@ def train_main(argv: list[str]) -> int:
 
 
 def ui_main(argv: list[str]) -> int:
-    p = _Parser(prog="mixmatch ui", description="Start the MLflow UI on the configured tracking store.")
+    p = ArgumentParser(prog="mixmatch ui", description="Start the MLflow UI on the configured tracking store.")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
     args = p.parse_args(argv)

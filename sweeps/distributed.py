@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from mixmatch_core.cli import _Parser, die
+from mixmatch_core.cli import ArgumentParser, die
 from mixmatch_core.config import ConfigError
 
 
@@ -20,7 +20,7 @@ def _common(p) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    p = _Parser(prog="mixmatch worker", description="Claim and train cells of a published sweep until none are "
+    p = ArgumentParser(prog="mixmatch worker", description="Claim and train cells of a published sweep until none are "
                 "left. Start one per GPU (CUDA_VISIBLE_DEVICES) on any number of machines.")
     _common(p)
     p.add_argument("--device", default=None, help="device for every cell (default: the cell's own)")
@@ -52,7 +52,7 @@ def worker_main(argv: list[str]) -> int:
 
 
 def status_main(argv: list[str]) -> int:
-    p = _Parser(prog="mixmatch status", description="Cells of a sweep: waiting, running (on which host), done, failed.")
+    p = ArgumentParser(prog="mixmatch status", description="Cells of a sweep: waiting, running (on which host), done, failed.")
     _common(p)
     args = p.parse_args(argv)
     from . import store

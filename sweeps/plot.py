@@ -211,10 +211,10 @@ def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
 
 
 def plot_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import _Parser, die
+    from mixmatch_core.cli import ArgumentParser, die
     from mixmatch_core.tracking import TrackingError
 
-    p = _Parser(prog="mixmatch plot", description="Error-vs-labels, ablation and learning-curve plots of a "
+    p = ArgumentParser(prog="mixmatch plot", description="Error-vs-labels, ablation and learning-curve plots of a "
                 "sweep (PNG and SVG), from MLflow.")
     p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
     p.add_argument("--out", metavar="DIR", default="plots", help="output directory (default plots)")

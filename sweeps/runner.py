@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mixmatch_core.cli import _Parser, die
+from mixmatch_core.cli import ArgumentParser, die
 from mixmatch_core.config import ConfigError
 
 from .spec import Spec, load_spec, select
@@ -81,7 +81,7 @@ def dry_run(spec: Spec, cells, device_type: str, workers: int) -> None:
 
 
 def sweep_main(argv: list[str]) -> int:
-    p = _Parser(prog="mixmatch sweep", description="Train every cell of a sweep spec, tracked in MLflow; "
+    p = ArgumentParser(prog="mixmatch sweep", description="Train every cell of a sweep spec, tracked in MLflow; "
                 "relaunching the same command skips finished cells and resumes interrupted ones.")
     p.add_argument("spec", help="sweep spec YAML (see experiments/)")
     p.add_argument("--workers", type=int, default=None,

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from mixmatch_core.cli import EXIT_RUN_FAILED, EXIT_USER_ERROR, _Parser, die
+from mixmatch_core.cli import EXIT_RUN_FAILED, EXIT_USER_ERROR, ArgumentParser, die
 from mixmatch_core.config import FIELDS, Config, ConfigError, load_yaml, resolve
 
 SEARCH_KEYS = {"name", "experiment", "base", "space", "sampler", "pruner", "trials", "timeout_seconds",
@@ -672,7 +672,7 @@ def _positive(kind):
 
 
 def search_main(argv: list[str]) -> int:
-    p = _Parser(prog="mixmatch search", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = ArgumentParser(prog="mixmatch search", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Optuna hyperparameter search with pruning; every trial is an MLflow run "
                             "under one parent run per study. Re-running the same command resumes the study.",
                 epilog="search spec:" + __doc__.split("A spec looks like:", 1)[1])

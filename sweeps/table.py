@@ -738,10 +738,10 @@ def export(sweep_or_spec: str, out_dir, formats=("markdown", "latex", "csv", "ht
 
 
 def table_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import _Parser, die
+    from mixmatch_core.cli import ArgumentParser, die
     from mixmatch_core.tracking import TrackingError
 
-    p = _Parser(prog="mixmatch table", description="Paper-style error tables of a sweep, from MLflow. "
+    p = ArgumentParser(prog="mixmatch table", description="Paper-style error tables of a sweep, from MLflow. "
                 "Give the spec file (planned cells are known: missing ones are marked) or the sweep's name.")
     p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
     p.add_argument("--format", default="markdown", choices=FORMATS + ("all",),

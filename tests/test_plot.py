@@ -1,14 +1,14 @@
 """Plots from MLflow: each figure is written as a real PNG and SVG, logged to the parent run,
 with the paper's curve for CIFAR-10 and a sampled subset of learning curves for big sweeps."""
 
-import time
-
 import pandas as pd
 import pytest
 
 from sweeps import plot as pl
 from sweeps import table as tb
 from sweeps.cli import main
+
+from mlflow_store import log_cell, sqlite_store
 
 SPEC = """name: tiny
 experiment: mixmatch-plot
@@ -23,30 +23,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
-    from mixmatch_core.tracking import client, experiment_id, start_parent_run
+    from mixmatch_core.tracking import start_parent_run
     from sweeps.spec import load_spec
 
     root = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.chdir(root)
-        (root / "tiny.yaml").write_text(SPEC)
-        c = client()
+    (root / "tiny.yaml").write_text(SPEC)
+    with sqlite_store(root) as c:
         parent = start_parent_run("mixmatch-plot", "tiny", {"sweep": "tiny", "mixmatch.role": "sweep"})
         for i, cfg in enumerate(load_spec("tiny.yaml").cells()):
             failed = i == 3
-            tags = {"sweep": "tiny", "mixmatch.role": "cell", "dataset": cfg.dataset, "n_labeled": str(cfg.n_labeled),
-                    "seed": str(cfg.seed), "method": cfg.method, "variant": cfg.variant, "cell_key": cfg.cell_key,
-                    "mlflow.parentRunId": parent}
-            run_id = c.create_run(experiment_id(cfg.experiment, c), run_name=cfg.run_name, tags=tags).info.run_id
             final = 10.0 + 5 * (cfg.variant == "k1") + i % 3
             curve = [Metric("test_error", final + 50 * 0.5 ** k, 0, 100 * k) for k in range(1, 6)]
-            c.log_batch(run_id, metrics=curve + ([] if failed else [Metric("error", final, 0, 0)]),
-                        params=[Param(k, str(v)) for k, v in cfg.to_dict().items()])
-            c.set_terminated(run_id, "FAILED" if failed else "FINISHED")
-            time.sleep(0.005)
+            log_cell(c, "tiny", parent, cfg, None if failed else final, "FAILED" if failed else "FINISHED",
+                     curve=curve)
         yield {"root": root, "parent": parent}
 
 

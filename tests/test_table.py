@@ -7,14 +7,14 @@ One small SQLite store per module (creating MLflow's schema takes seconds) holds
 Rules that need no store are tested on hand-made DataFrames.
 """
 
-import time
-
 import pandas as pd
 import pytest
 
 from mixmatch_core.config import ConfigError, resolve
 from sweeps import table as tb
 from sweeps.cli import main
+
+from mlflow_store import log_cell, sqlite_store
 
 QUICK_SPEC = """name: quick
 experiment: mixmatch-test
@@ -37,33 +37,14 @@ C10_RUNS = [("mixmatch", 250, 1, 11.0), ("mixmatch", 250, 2, 11.4), ("mixmatch",
             ("supervised", 4000, 1, 20.0), ("supervised", 4000, 2, 21.0)]
 
 
-def log_cell(c, sweep: str, parent: str, cfg, error, status="FINISHED", reason=None) -> str:
-    """One cell run as the trainer writes it: tags, every config field as a param, `error`."""
-    from mlflow.entities import Metric, Param
-
-    from mixmatch_core.tracking import experiment_id
-    tags = {"sweep": sweep, "mixmatch.role": "cell", "dataset": cfg.dataset, "n_labeled": str(cfg.n_labeled),
-            "seed": str(cfg.seed), "method": cfg.method, "variant": cfg.variant, "cell_key": cfg.cell_key,
-            "mlflow.parentRunId": parent, **({"failure_reason": reason} if reason else {})}
-    run_id = c.create_run(experiment_id(cfg.experiment, c), run_name=cfg.run_name, tags=tags).info.run_id
-    c.log_batch(run_id, metrics=[Metric("error", error, 0, 0)] if error is not None else [],
-                params=[Param(k, str(v)) for k, v in cfg.to_dict().items()])
-    c.set_terminated(run_id, status)
-    time.sleep(0.005)       # distinct start times: "newest" is well defined
-    return run_id
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from mixmatch_core.tracking import client, start_parent_run
+    from mixmatch_core.tracking import start_parent_run
     from sweeps.spec import load_spec
 
     root = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.chdir(root)
-        (root / "quick.yaml").write_text(QUICK_SPEC)
-        c = client()
+    (root / "quick.yaml").write_text(QUICK_SPEC)
+    with sqlite_store(root) as c:
         parents = {"quick": start_parent_run("mixmatch-test", "quick", {"sweep": "quick", "mixmatch.role": "sweep"}),
                    "c10": start_parent_run("mixmatch-c10", "c10", {"sweep": "c10", "mixmatch.role": "sweep"})}
         cells = {(x.variant, x.n_labeled, x.seed): x for x in load_spec("quick.yaml").cells()}
