@@ -39,7 +39,7 @@ def worker_main(argv: list[str]) -> int:
         overrides["out_dir"] = args.out_dir
     try:
         check_reachable()
-        storage = store.open_storage(args.storage, args.heartbeat_seconds)
+        storage = store.open_storage(args.storage, args.heartbeat_seconds, must_exist=True)
         store.load_sweep_study(storage, args.sweep)
         done = store.run_worker(storage, args.sweep, overrides,
                                 log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -52,13 +52,24 @@ def worker_main(argv: list[str]) -> int:
 
 
 def status_main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="mixmatch status", description="Cells of a sweep: waiting, running (on which host), done, failed.")
-    _common(p)
+    p = ArgumentParser(prog="mixmatch status", description="Cells of a sweep: waiting, running (on which host), "
+                       "done, failed. Give the spec (local sweep, default storage) or --storage and --sweep.")
+    p.add_argument("spec", nargs="?", help="sweep spec YAML: its name and default storage (sqlite:///optuna/...)")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host:5432/db "
+                   "(default: the spec's local default)")
+    p.add_argument("--sweep", help="sweep name (default: the spec's `name`)")
     args = p.parse_args(argv)
     from . import store
+    name, url = args.sweep, args.storage
     try:
-        storage = store.open_storage(args.storage)
-        study = store.load_sweep_study(storage, args.sweep)
+        if args.spec:
+            from .spec import load_spec
+            name = name or load_spec(args.spec).name
+            url = url or store.default_storage(f"sweep-{name}")
+        if not (name and url):
+            die("mixmatch status: give a sweep spec, or both --storage and --sweep")
+        storage = store.open_storage(url, must_exist=True)
+        study = store.load_sweep_study(storage, name)
     except (ConfigError, store.StorageError) as e:
         die(str(e))
     states = store.cell_states(study)

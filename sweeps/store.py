@@ -61,11 +61,16 @@ def check_storage_url(url: str) -> None:
                           "sqlite:///FILE, postgresql://USER@HOST:PORT/DB, mysql://...")
 
 
-def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int | None = 2) -> RDBStorage:
-    """An RDBStorage with heartbeats (stale cells are failed and re-enqueued up to max_retry)."""
+def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int | None = 2,
+                 must_exist: bool = False) -> RDBStorage:
+    """An RDBStorage with heartbeats (stale cells are failed and re-enqueued up to max_retry).
+    must_exist: a missing SQLite file is an error instead of a new, empty storage (commands that
+    only read a sweep, like `mixmatch status`, must not create files)."""
     check_storage_url(url)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
+        if must_exist and not path.exists():
+            raise StorageError(f"storage {url}: no such file (has the sweep been started here?)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -459,6 +459,17 @@ def test_an_unknown_storage_scheme_is_one_line_naming_the_allowed_ones(tmp_path,
     assert_nothing_started(tmp_path)
 
 
+def test_status_of_a_sweep_never_started_here_is_one_line_and_creates_no_storage(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(FAILING_SPEC)
+    code, _, err = cli(["status", "spec.yaml"], capsys)
+    line = the_error_line(err)
+    assert code == 2 and "sqlite:///optuna/sweep-failing.db" in line and "no such file" in line
+    assert not (tmp_path / "optuna").exists()
+    code, _, err = cli(["status"], capsys)
+    assert code == 2 and "--storage" in the_error_line(err)
+
+
 # ---- 7. bad input -------------------------------------------------------------------------------
 def _file(d: Path, name: str, text: str) -> str:
     (d / name).write_text(text)

@@ -96,6 +96,9 @@ def test_sweep_trains_every_cell_once_and_relaunch_adds_nothing(store, capsys):
     assert main(["sweep", str(spec), "--workers", "2", "--no-table"]) == 0
     assert time.time() - t0 < 20
     assert len(cell_runs(store)) == 4
+    capsys.readouterr()
+    assert main(["status", str(spec)]) == 0      # the spec finds the sweep's default local storage
+    assert "4 cells: 0 waiting, 0 running, 4 done, 0 failed" in capsys.readouterr().out
 
 
 def test_adding_a_seed_runs_only_the_new_cells(store, capsys):
