@@ -322,6 +322,15 @@ def test_reference_none_leaves_the_paper_out():
     assert texts(table.main) == [["mixmatch", "11.00"]] and not any("paper" in n for n in table.notes)
 
 
+def test_a_model_the_paper_did_not_use_gets_no_paper_column_and_a_note_saying_why():
+    runs = frame(("mixmatch", 250, 1, 48.0), ("mixmatch", 250, 2, 49.0), dataset="npz:data/cifar10.npz")
+    runs["model"] = "small_cnn16"
+    table = tb.build_table(runs, None)
+    assert texts(table.main) == [["mixmatch", "48.50 ± 0.71"]]
+    assert "paper: no numbers for small_cnn16 (its cifar10 numbers are for wrn28_2, wrn28_large); not shown." \
+        in table.notes
+
+
 def test_html_is_one_standalone_file():
     page = tb.to_html(tb.build_table(frame(("mixmatch", 50, 1, 10.0), ("k1", 50, 1, 12.0)), None))
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page and "<strong>10.00</strong>" in page
