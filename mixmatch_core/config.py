@@ -68,7 +68,7 @@ class Config:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", runtime=True)
     amp: str = _f("none", "none | bf16 (autocast; batch norm, losses and weights stay fp32)")
     channels_last: bool = _f(True, "channels_last (NHWC) memory format for images and model: same results within 1e-5, "
-                                   "1.15-1.3x faster on CPU (README Performance); false = NCHW", runtime=True)
+                                   "1.15-1.35x faster on CPU (README Performance); false = NCHW", runtime=True)
     compile: bool = _f(False, "torch.compile the model (compiled once per process)", runtime=True)
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default)", runtime=True)
     experiment: str = _f("mixmatch", "MLflow experiment name", runtime=True)

@@ -65,7 +65,7 @@ def status_main(argv: list[str]) -> int:
         if args.spec:
             from .spec import load_spec
             name = name or load_spec(args.spec).name
-            url = url or store.default_storage(f"sweep-{name}")
+            url = url or store.default_sweep_storage(name)
         if not (name and url):
             die("mixmatch status: give a sweep spec, or both --storage and --sweep")
         storage = store.open_storage(url, must_exist=True)

@@ -121,7 +121,7 @@ def sweep_main(argv: list[str]) -> int:
         from mixmatch_core.train import check_out_dir
         for out_dir in sorted({x.out_dir for x in cells}) if workers else ():
             check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
-        url = args.storage or store.default_storage(f"sweep-{spec.name}")
+        url = args.storage or store.default_sweep_storage(spec.name)
         store.check_storage_url(url)
         check_reachable()
         storage = store.open_storage(url, args.heartbeat_seconds, max_retry=spec.retries)

@@ -48,6 +48,11 @@ def sweep_study_name(sweep: str) -> str:
     return f"sweep:{sweep}"
 
 
+def default_sweep_storage(sweep: str) -> str:
+    """Where `mixmatch sweep SPEC` keeps a sweep's cells unless --storage says otherwise."""
+    return default_storage(f"sweep-{sweep}")
+
+
 def default_storage(name: str) -> str:
     """The embedded default: one SQLite file per sweep or study under ./optuna/."""
     safe = re.sub(r"[^\w.-]+", "_", name)

@@ -430,7 +430,7 @@ def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str 
     use_ref = bool(ref_rows)
     # The paper's numbers are per model: a small CNN on CIFAR-10 gets none (a WRN-28-2 number
     # beside it would read as a reproduction gap); the note says why the column is absent.
-    ref_models = sorted({str(m) for m in load_reference(reference_path).query("dataset in @ref_datasets")["model"]}) \
+    ref_models = sorted({str(m) for m in ref.loc[ref["dataset"].isin(ref_datasets), "model"]}) \
         if ref_datasets and not use_ref else []
 
     # -- the difference to the full method -------------------------------------------------------

@@ -10,14 +10,16 @@ import mlflow
 import pytest
 
 
+def _unset_global_tracking_uri() -> None:
+    """Clear MLflow's process-global URI; set_tracking_uri(None) also drops the env var, so restore it."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(None)
+    if env is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 @pytest.fixture(autouse=True)
 def _fresh_mlflow_tracking_uri():
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(None)
-    if env is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = env
+    _unset_global_tracking_uri()
     yield
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(None)
-    if env is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = env
+    _unset_global_tracking_uri()

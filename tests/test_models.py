@@ -140,7 +140,6 @@ def test_wrn_depth_must_be_6n_plus_4():
 
 
 def test_small_cnn_width_suffix_scales_the_channels():
-    from mixmatch_core.models import build_model
     narrow, wide = build_model("small_cnn16", 10, 1), build_model("small_cnn", 10, 1)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(narrow) < count(wide) / 3 and narrow(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
