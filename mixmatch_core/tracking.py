@@ -238,13 +238,22 @@ class RunTracker:
         except Exception:  # noqa: BLE001
             self.incomplete = self.lost = True
 
-    def end(self, status: str, reason: str | None = None) -> None:
-        """FINISHED | FAILED (with a failure_reason tag) | KILLED. Retries the buffered points."""
+    def _stop_monitor(self) -> None:
         if self._monitor is not None:
             try:
                 self._monitor.finish()
             except Exception:  # noqa: BLE001
                 pass
+            self._monitor = None
+
+    def detach(self) -> None:
+        """Stop logging without touching the run: another process has taken it over."""
+        self._stop_monitor()
+        self.pending.clear()
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """FINISHED | FAILED (with a failure_reason tag) | KILLED. Retries the buffered points."""
+        self._stop_monitor()
         if self.run_id is None:
             return
         ok = self.flush()

@@ -370,10 +370,13 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
         raise
     except BaseException as e:
         # A caller-raised stop (e.g. an Optuna prune) marks itself with `tracking_status`; the
-        # caller then owns the run's final status. Anything else is a failure of this run.
+        # caller then owns the run's final status. `tracking_detach`: someone else owns the run
+        # now; leave it as it is. Anything else is a failure of this run.
         if tracker is not None:
             status = getattr(e, "tracking_status", None)
-            if status:
+            if getattr(e, "tracking_detach", False):
+                tracker.detach()    # another process now owns this run (a sweep cell handed over)
+            elif status:
                 tracker.end(status, getattr(e, "tracking_reason", None))
             else:
                 tracker.end("FAILED", f"{type(e).__name__}: {e}")

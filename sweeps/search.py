@@ -447,7 +447,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
 
     from mixmatch_core.tracking import RunTracker, client, end_parent_run
     from mixmatch_core.train import train
-    from sweeps.store import open_storage
+    from sweeps.store import CellHandedOff, open_storage
 
     # Failed trials are reported in one line each by our callback; Optuna's own warning would
     # add a traceback for every invalid combination of params.
@@ -496,7 +496,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     def objective(trial: optuna.Trial) -> float:
         params = {d.name: d.suggest(trial) for d in spec.space.values()}
         user = spec.user_config(params)
-        current.update(number=trial.number, params=params)
+        current.update(number=trial.number, params=params, trial_id=trial._trial_id)
         trial.set_user_attr("host", host)
         try:
             cfg = resolve({**user, "progress": False, "out_dir": out_root})
@@ -525,6 +525,10 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             "study": study_name, "mixmatch.role": "trial", "trial_number": str(trial.number)})
 
         def on_eval(step: int, h: dict) -> None:
+            # A trial whose heartbeat went stale was failed and re-queued for another worker:
+            # stop here and leave its run to the retry (which resumes from the checkpoint).
+            if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                raise CellHandedOff(f"heartbeat went stale; trial handed to another worker at step {step}")
             trial.report(h[spec.objective], step)
             # Pruning at the last evaluation saves no compute and loses a complete trial.
             if step < cfg.steps and trial.should_prune():
@@ -538,6 +542,9 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
         except TrialStopped:
             state = "PRUNED"
             raise
+        except CellHandedOff:
+            state = "HANDED_OFF"
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
             raise
@@ -548,7 +555,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             # A finished run re-reported (a retry of a trial whose worker died after training)
             # has no tracker run; its id comes back in the result.
             run_id = tracker.run_id or (result.run_id if result is not None else None)
-            if run_id is not None:
+            if run_id is not None and state != "HANDED_OFF":
                 trial.set_user_attr("mlflow_run_id", run_id)
                 try:
                     mlflow_client.set_tag(run_id, "trial_state", state)
@@ -561,22 +568,32 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
         return result.metrics[metric]
 
     def report(_study, t) -> None:
+        current.pop("trial_id", None)       # told: no trial of ours is in flight
         log(_trial_line(t, spec.objective))
 
     t0 = time.perf_counter()
-    if remaining > 0:
+    deadline = None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
+    callbacks = [MaxTrialsCallback(spec.trials, states=finished), report, _StopAfterFailures(3)]
+    while remaining > 0:
         try:
             # MaxTrialsCallback stops every worker sharing the storage once the study as a whole
             # has `trials` finished (COMPLETE + PRUNED) trials; failed trials (invalid params, a
             # config another worker is training) do not count, but too many of them stop us.
-            study.optimize(objective, n_trials=None, timeout=spec.timeout_seconds, catch=(Exception,),
-                           callbacks=[MaxTrialsCallback(spec.trials, states=finished), report,
-                                      _StopAfterFailures(3)])
+            study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=callbacks,
+                           timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
+            break
         except KeyboardInterrupt:
             _interrupted(study, current)
             end_parent_run(parent, "KILLED")
             die(f"interrupted; the trial's MLflow run ended KILLED. Re-run the same command to resume study "
                 f"'{study_name}' (the interrupted trial resumes from its checkpoint)", 130)
+        except Exception:
+            # Optuna refuses to tell a trial that is already finished: ours went stale (its
+            # heartbeat stopped for a grace period) and was re-queued while we still held it.
+            tid = current.pop("trial_id", None)
+            if tid is None or not storage.get_trial(tid).state.is_finished():
+                raise
+            log(f"trial {current['number']}: handed to another worker (this worker's heartbeat went stale)")
     elapsed = time.perf_counter() - t0
     return _finish(study, spec, study_name, storage_url, out_dir, parent, elapsed, log)
 

@@ -1,5 +1,6 @@
 """Local sweeps: spec validation, dry runs, relaunch safety, and a SIGKILL of the whole sweep."""
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +82,42 @@ def test_dry_run_of_the_paper_spec_lists_25_cells_and_runs_nothing(store, capsys
     out = capsys.readouterr().out
     assert out.count("cifar10-") == 25 and "est. cost" in out and "nothing was run" in out
     assert not (store / "mlflow.db").exists()
+
+
+POP_UNTIL_EMPTY = """
+import json, os, sys, time
+import optuna
+from sweeps.store import load_sweep_study, open_storage
+study = load_sweep_study(open_storage(sys.argv[1], must_exist=True), "race")
+while not os.path.exists(sys.argv[2]):     # start together: the race needs simultaneous claims
+    time.sleep(0.01)
+got = []
+while (tid := study._pop_waiting_trial_id()) is not None:   # what study.ask() uses to claim
+    got.append(tid)
+print(json.dumps(got))
+"""
+
+
+def test_concurrent_workers_never_claim_the_same_cell_on_sqlite(tmp_path):
+    # Regression: on SQLite, Optuna's claim (SELECT ... FOR UPDATE, then UPDATE) is not atomic,
+    # and plain RDBStorage let 4 processes double-claim 25 of 300 enqueued trials (a CI sweep
+    # trained one cell twice). open_storage makes SQLite transactions BEGIN IMMEDIATE.
+    import optuna
+    from sweeps.store import open_storage, sweep_study_name
+    url = f"sqlite:///{tmp_path}/queue.db"
+    study = optuna.create_study(study_name=sweep_study_name("race"), storage=open_storage(url))
+    for i in range(200):
+        study.enqueue_trial({}, user_attrs={"cell_key": str(i)})
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", POP_UNTIL_EMPTY, url, str(go)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(3)   # let every process import optuna and open the storage
+    go.touch()
+    claims = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    flat = [t for c in claims for t in c]
+    assert len(flat) == len(set(flat)) == 200, f"{len(flat) - len(set(flat))} trials claimed twice"
+    assert sum(bool(c) for c in claims) >= 2      # the workers really competed
 
 
 def test_sweep_trains_every_cell_once_and_relaunch_adds_nothing(store, capsys):

@@ -47,8 +47,11 @@ SERVER_START_SECONDS = 60
 @pytest.fixture(scope="session")
 def empty_store(request, tmp_path_factory) -> Path:
     """An sqlite MLflow store whose tables exist, copied by each test (creating MLflow's tables
-    takes seconds); kept in pytest's cache for this MLflow version."""
-    db = request.config.cache.mkdir(f"mlflow-{mlflow.__version__}-empty-store") / "mlflow.db"
+    takes seconds); kept in pytest's cache for this MLflow version (in a temporary directory when
+    the cache plugin is off, `-p no:cacheprovider`)."""
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir(f"mlflow-{mlflow.__version__}-empty-store") if cache else tmp_path_factory.mktemp("cache")
+    db = root / "mlflow.db"
     if not db.exists():
         tmp = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
         with pytest.MonkeyPatch.context() as mp:
