@@ -203,8 +203,7 @@ def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
     parent = study.user_attrs.get("parent_run_id")
     host = f"{socket.gethostname()}:{os.getpid()}"
     done = Counter()
-
-    claimed: dict = {}
+    claimed: dict = {}      # the trial this worker is training (for a refused tell)
 
     def objective(trial: optuna.Trial) -> float:
         claimed["trial_id"] = trial._trial_id
