@@ -5,7 +5,8 @@ parameter EMA, the step (sampling, label guessing, MixUp, interleaved forward, l
 evaluation of the EMA and live models, the reporting rule (median of the last N
 evaluations), atomic checkpoints with exact resume, non-finite-loss detection, the progress
 bar, and handing metrics/artifacts to the tracker. It knows nothing of sweeps or Optuna: a
-caller may pass `on_eval` (e.g. to report to a pruner) and a `tracker`.
+caller may pass `on_eval` (e.g. to report to a pruner), `still_owner` (a lease: a queue
+that can hand a run to another process) and a `tracker`.
 
 GPU discipline (airbench): images live on the device as uint8, batches are sampled and
 augmented there, and losses are accumulated on the device; the host reads them once per
@@ -43,6 +44,11 @@ class TrainingFailed(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used; the message names the file."""
+
+
+class RunTakenOver(RuntimeError):
+    """`still_owner()` said no: another process now trains this run. This one stops before
+    writing anything of the current evaluation and leaves the tracked run as it is."""
 
 
 # ---- setup -------------------------------------------------------------------------------------
@@ -224,9 +230,11 @@ def _amp_context(cfg: Config, device: torch.device) -> Callable[[], contextlib.A
 
 
 def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None = None,
-          restart: bool = False) -> RunResult:
+          restart: bool = False, still_owner: Callable[[], bool] | None = None) -> RunResult:
     """Train (or resume, or just report a finished) run of `cfg`. `tracker` is a RunTracker or
-    None; `on_eval(step, metrics)` is called after each evaluation and may raise to stop."""
+    None; `on_eval(step, metrics)` is called after each evaluation (and its checkpoint) and may
+    raise to stop; `still_owner()` is asked before each evaluation writes anything, and False
+    raises RunTakenOver."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
@@ -335,6 +343,8 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
                     bar.set_postfix(loss=f"{means[0]:.3f}", err=f"{last_err:.2f}")
 
             if is_eval:
+                if still_owner is not None and not still_owner():
+                    raise RunTakenOver(f"another process took this run over; stopped at step {step}")
                 h = evaluate_all(cfg, model, ema_model, data, amp_ctx, n_classes)
                 h["step"] = step
                 history.append(h)
@@ -368,15 +378,16 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
         if tracker is not None:
             tracker.end("KILLED", "interrupted")
         raise
+    except RunTakenOver:
+        if tracker is not None:
+            tracker.detach()        # the new owner resumes this run: leave its status alone
+        raise
     except BaseException as e:
         # A caller-raised stop (e.g. an Optuna prune) marks itself with `tracking_status`; the
-        # caller then owns the run's final status. `tracking_detach`: someone else owns the run
-        # now; leave it as it is. Anything else is a failure of this run.
+        # caller then owns the run's final status. Anything else is a failure of this run.
         if tracker is not None:
             status = getattr(e, "tracking_status", None)
-            if getattr(e, "tracking_detach", False):
-                tracker.detach()    # another process now owns this run (a sweep cell handed over)
-            elif status:
+            if status:
                 tracker.end(status, getattr(e, "tracking_reason", None))
             else:
                 tracker.end("FAILED", f"{type(e).__name__}: {e}")

@@ -68,7 +68,7 @@ def status_main(argv: list[str]) -> int:
             url = url or store.default_sweep_storage(name)
         if not (name and url):
             die("mixmatch status: give a sweep spec, or both --storage and --sweep")
-        storage = store.open_storage(url, must_exist=True)
+        storage = store.open_storage(url, must_exist=True, read_only=True)
         study = store.load_sweep_study(storage, name)
     except (ConfigError, store.StorageError) as e:
         die(str(e))

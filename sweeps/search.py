@@ -447,7 +447,8 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
 
     from mixmatch_core.tracking import RunTracker, client, end_parent_run
     from mixmatch_core.train import train
-    from sweeps.store import CellHandedOff, open_storage
+    from mixmatch_core.train import RunTakenOver
+    from sweeps.store import holds, open_storage
 
     # Failed trials are reported in one line each by our callback; Optuna's own warning would
     # add a traceback for every invalid combination of params.
@@ -496,7 +497,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     def objective(trial: optuna.Trial) -> float:
         params = {d.name: d.suggest(trial) for d in spec.space.values()}
         user = spec.user_config(params)
-        current.update(number=trial.number, params=params, trial_id=trial._trial_id)
+        current.update(number=trial.number, params=params)
         trial.set_user_attr("host", host)
         try:
             cfg = resolve({**user, "progress": False, "out_dir": out_root})
@@ -525,10 +526,6 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             "study": study_name, "mixmatch.role": "trial", "trial_number": str(trial.number)})
 
         def on_eval(step: int, h: dict) -> None:
-            # A trial whose heartbeat went stale was failed and re-queued for another worker:
-            # stop here and leave its run to the retry (which resumes from the checkpoint).
-            if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
-                raise CellHandedOff(f"heartbeat went stale; trial handed to another worker at step {step}")
             trial.report(h[spec.objective], step)
             # Pruning at the last evaluation saves no compute and loses a complete trial.
             if step < cfg.steps and trial.should_prune():
@@ -537,13 +534,18 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
 
         state, result = "FAIL", None
         try:
-            result = train(cfg, tracker=tracker, on_eval=on_eval)
+            # still_owner: if our heartbeat went stale, another worker failed this trial and
+            # re-queued its params; stop and leave the run to the retry (it resumes the checkpoint).
+            result = train(cfg, tracker=tracker, on_eval=on_eval, still_owner=lambda: holds(storage, trial._trial_id))
+            if not holds(storage, trial._trial_id):     # lost after the last evaluation
+                raise RunTakenOver("trial handed to another worker after training; it reuses this run")
             state = "COMPLETE"
         except TrialStopped:
             state = "PRUNED"
             raise
-        except CellHandedOff:
+        except RunTakenOver:
             state = "HANDED_OFF"
+            current["handed_off"] = True
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
@@ -568,13 +570,13 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
         return result.metrics[metric]
 
     def report(_study, t) -> None:
-        current.pop("trial_id", None)       # told: no trial of ours is in flight
         log(_trial_line(t, spec.objective))
 
     t0 = time.perf_counter()
     deadline = None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
     callbacks = [MaxTrialsCallback(spec.trials, states=finished), report, _StopAfterFailures(3)]
     while remaining > 0:
+        current.clear()
         try:
             # MaxTrialsCallback stops every worker sharing the storage once the study as a whole
             # has `trials` finished (COMPLETE + PRUNED) trials; failed trials (invalid params, a
@@ -588,12 +590,12 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             die(f"interrupted; the trial's MLflow run ended KILLED. Re-run the same command to resume study "
                 f"'{study_name}' (the interrupted trial resumes from its checkpoint)", 130)
         except Exception:
-            # Optuna refuses to tell a trial that is already finished: ours went stale (its
-            # heartbeat stopped for a grace period) and was re-queued while we still held it.
-            tid = current.pop("trial_id", None)
-            if tid is None or not storage.get_trial(tid).state.is_finished():
+            # Optuna refuses to tell a trial another worker already failed as stale (our
+            # objective raised RunTakenOver). That is no error of this process; others are.
+            if not current.get("handed_off"):
                 raise
             log(f"trial {current['number']}: handed to another worker (this worker's heartbeat went stale)")
+            remaining = spec.trials - len(study.get_trials(deepcopy=False, states=finished))
     elapsed = time.perf_counter() - t0
     return _finish(study, spec, study_name, storage_url, out_dir, parent, elapsed, log)
 

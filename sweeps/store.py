@@ -44,12 +44,6 @@ class StorageError(RuntimeError):
     """The Optuna storage cannot be used; the message is one line."""
 
 
-class CellHandedOff(Exception):
-    """Raised inside a worker's training when its trial is no longer RUNNING (failed as stale
-    and re-queued). `tracking_detach` tells train() to leave the MLflow run to the new owner."""
-    tracking_detach = True
-
-
 def sweep_study_name(sweep: str) -> str:
     return f"sweep:{sweep}"
 
@@ -73,10 +67,11 @@ def check_storage_url(url: str) -> None:
 
 
 def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int | None = 2,
-                 must_exist: bool = False) -> RDBStorage:
+                 must_exist: bool = False, read_only: bool = False) -> RDBStorage:
     """An RDBStorage with heartbeats (stale cells are failed and re-enqueued up to max_retry).
     must_exist: a missing SQLite file is an error instead of a new, empty storage (commands that
-    only read a sweep, like `mixmatch status`, must not create files)."""
+    only read a sweep, like `mixmatch status`, must not create files). read_only: never claims
+    or writes, so SQLite transactions need no write lock (and a read-only file works)."""
     check_storage_url(url)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
@@ -95,7 +90,7 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int 
     except Exception as e:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"storage {url} is unreachable or unusable: {first}") from None
-    if storage.engine.name == "sqlite":
+    if storage.engine.name == "sqlite" and not read_only:
         serialize_sqlite_transactions(storage.engine)
     return storage
 
@@ -192,12 +187,23 @@ def counts(study: optuna.Study) -> Counter:
     return Counter(s.state for s in cell_states(study).values())
 
 
+def holds(storage: RDBStorage, trial_id: int) -> bool:
+    """The lease a worker checks at every evaluation: is its trial still RUNNING? If its
+    heartbeat went stale (a stalled machine, a network partition), another worker failed it and
+    re-queued the cell; training on would train it twice. An unreadable storage (a blip) is not
+    a lost lease: keep training, Optuna's tell settles it."""
+    try:
+        return storage.get_trial(trial_id).state == TrialState.RUNNING
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
                poll_seconds: float = 2.0, log=print) -> Counter:
     """Claim cells until none are waiting or running; train each as a tracked MLflow run.
     `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell."""
     from mixmatch_core.tracking import RunTracker, experiment_id, find_cell_runs
-    from mixmatch_core.train import train
+    from mixmatch_core.train import RunTakenOver, train
 
     study = load_sweep_study(storage, sweep)
     parent = study.user_attrs.get("parent_run_id")
@@ -224,23 +230,17 @@ def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
                 return run.data.metrics["error"]
         tracker = RunTracker(cfg, parent_run_id=parent, tags={"sweep": sweep, "mixmatch.role": "cell",
                                                                  "optuna_trial": str(trial.number)})
-
-        def still_ours(step: int, _metrics: dict) -> None:
-            # The lease: if our heartbeat went stale (a stalled machine, a network partition),
-            # the cell was failed and re-queued for another worker. Stop at this evaluation
-            # instead of training it twice; the new owner resumes from the checkpoint.
-            if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
-                raise CellHandedOff(f"heartbeat went stale; cell handed to another worker at step {step}")
-
         try:
-            result = train(cfg, tracker=tracker, on_eval=still_ours)
-        except CellHandedOff:
+            result = train(cfg, tracker=tracker, still_owner=lambda: holds(storage, trial._trial_id))
+            if not holds(storage, trial._trial_id):     # lost after the last evaluation
+                raise RunTakenOver("cell handed to another worker after training; it reuses this run")
+        except RunTakenOver:
+            claimed["handed_off"] = True
             raise
         except BaseException as e:
             trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:1000])
             raise
-        if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-            trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("mlflow_run_id", result.run_id)
         return result.metrics["error"]
 
     def report(_study, t) -> None:
@@ -260,14 +260,12 @@ def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report])
             except Exception:
-                # Optuna refuses to tell a trial that is already finished: ours was failed as
-                # stale and re-queued while we still held it. Not an error of this worker.
-                tid = claimed.get("trial_id")
-                if tid is None or not storage.get_trial(tid).state.is_finished():
+                # Optuna refuses to tell a trial another worker already failed as stale (our
+                # objective raised RunTakenOver). That is no error of this worker; others are.
+                if not claimed.get("handed_off"):
                     raise
-                t = storage.get_trial(tid)
-                log(f"[{host}] {t.user_attrs.get('run_name', '?')}: handed to another worker "
-                    "(this worker's heartbeat went stale)")
+                name = storage.get_trial(claimed["trial_id"]).user_attrs.get("run_name", "?")
+                log(f"[{host}] {name}: handed to another worker (this worker's heartbeat went stale)")
                 done["HANDED_OFF"] += 1
             continue
         if any(t.state == TrialState.RUNNING for t in trials):

@@ -296,11 +296,14 @@ def test_an_exception_inside_one_cell_fails_only_that_cell_and_the_worker_goes_o
     assert "RuntimeError: simulated crash" in runs["2"].data.tags["failure_reason"]
 
 
+@pytest.mark.parametrize("stale_at_step", [10, 20])
 def test_a_worker_whose_heartbeat_went_stale_hands_its_cell_over_and_it_is_trained_once(
-        store, tmp_path, monkeypatch):
+        store, tmp_path, monkeypatch, stale_at_step):
     # A live worker whose heartbeat went stale (stalled machine, network partition) has its cell
-    # failed and re-queued. It must stop at its next evaluation, leave the MLflow run alone, and
-    # survive Optuna refusing to tell the finished trial; the retry resumes from the checkpoint.
+    # failed and re-queued. It must stop before writing its next evaluation, leave the MLflow
+    # run alone, and survive Optuna refusing to tell the finished trial. Stale mid-run (step 10):
+    # the retry resumes from the checkpoint. Stale after the last evaluation (step 20): the
+    # retry finds the finished run and trains nothing.
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
@@ -314,23 +317,24 @@ def test_a_worker_whose_heartbeat_went_stale_hands_its_cell_over_and_it_is_train
     def train_and_go_stale_once(cfg, tracker=None, on_eval=None, **kw):
         calls.append(cfg.cell_key)
 
-        def eval_hook(step, h):
-            if len(calls) == 1 and step == 10:   # what fail_stale_trials does from another worker
+        def hook(step, h):
+            if len(calls) == 1 and step == stale_at_step:   # what fail_stale_trials does elsewhere
                 (t,) = study.get_trials(states=(TrialState.RUNNING,))
                 storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
                 RetryHeartbeatStaleTrialCallback(max_retry=2)(study, storage.get_trial(t._trial_id))
-            on_eval(step, h)
-        return real_train(cfg, tracker=tracker, on_eval=eval_hook, **kw)
+            if on_eval is not None:
+                on_eval(step, h)
+        return real_train(cfg, tracker=tracker, on_eval=hook, **kw)
 
     monkeypatch.setattr(train_module, "train", train_and_go_stale_once)
     lines = []
     done = queue.run_worker(storage, "stale", {"num_threads": 1}, log=lines.append)
     assert done == Counter(HANDED_OFF=1, COMPLETE=1) and any("handed to another worker" in m for m in lines)
-    assert calls == [cell.cell_key, cell.cell_key]
+    assert len(calls) == (2 if stale_at_step == 10 else 1)
     assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "FAIL"]
-    (run,) = all_runs(store, "stale-exp")        # resumed the same run: one run, finished
-    assert run.info.status == "FINISHED"
-    assert steps_of(store, run.info.run_id, "test_error") == [10, 20]     # resumed at 10, nothing twice
+    (run,) = all_runs(store, "stale-exp")        # the same run resumed or reused: one, finished
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    assert steps_of(store, run.info.run_id, "test_error") == [10, 20]     # nothing logged twice
 
 
 FAILING_SPEC = ("name: failing\nexperiment: failing-exp\n" + SPEC_BASE % "" +

@@ -227,12 +227,16 @@ def test_ctrl_c_kills_the_trial_run_and_the_rerun_resumes_it(workdir, monkeypatc
     assert parent_runs("exp-ctrlc")[0].info.status == "FINISHED"
 
 
-def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(workdir, monkeypatch, capsys):
+@pytest.mark.parametrize("stale_at_step", [20, 40])
+def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
+        workdir, monkeypatch, capsys, stale_at_step):
     # Another worker failed our trial as stale and re-queued it while we still trained it: we
-    # stop at the next evaluation (Optuna then refuses our tell; the search goes on), and the
-    # retry resumes the same config from its checkpoint in the same MLflow run.
+    # stop before writing the next evaluation (Optuna then refuses our tell; the search goes
+    # on), and the retry resumes the same config from its checkpoint in the same MLflow run
+    # (or, stale after the last evaluation, reports the finished run without training).
     from optuna.storages import RetryHeartbeatStaleTrialCallback
-    spec = write_spec(workdir, "stale", pruner="none", trials=1,
+    name = f"stale{stale_at_step}"
+    spec = write_spec(workdir, name, pruner="none", trials=1,
                       space={"lr": {"type": "categorical", "choices": [GOOD_LR]}})
     real_train, calls = mixmatch_core.train.train, []
 
@@ -240,20 +244,20 @@ def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(wor
         calls.append(cfg.cell_key)
 
         def on(step, h):
-            if len(calls) == 1 and step == 20:
-                study = load_study("stale")
+            on_eval(step, h)
+            if len(calls) == 1 and step == stale_at_step:
+                study = load_study(name)
                 (t,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
                 study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
                 RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(t._trial_id))
-            on_eval(step, h)
         return real_train(cfg, tracker=tracker, on_eval=on, **kw)
 
     monkeypatch.setattr(mixmatch_core.train, "train", train_and_go_stale_once)
     assert search_main([spec]) == 0
     assert "trial 0: handed to another worker" in capsys.readouterr().out
     assert len(calls) == 2 and len(set(calls)) == 1
-    assert [t.state.name for t in load_study("stale").trials] == ["FAIL", "COMPLETE"]
-    (run,) = trial_runs("exp-stale").values()
+    assert [t.state.name for t in load_study(name).trials] == ["FAIL", "COMPLETE"]
+    (run,) = trial_runs(f"exp-{name}").values()
     assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == "COMPLETE"
     assert "failure_reason" not in run.data.tags     # the stale worker left the run alone
     assert logged_steps(run.info.run_id) == [10, 20, 30, 40]

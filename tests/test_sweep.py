@@ -89,6 +89,7 @@ import json, os, sys, time
 import optuna
 from sweeps.store import load_sweep_study, open_storage
 study = load_sweep_study(open_storage(sys.argv[1], must_exist=True), "race")
+open(sys.argv[2] + "." + str(os.getpid()), "w").close()      # ready
 while not os.path.exists(sys.argv[2]):     # start together: the race needs simultaneous claims
     time.sleep(0.01)
 got = []
@@ -111,13 +112,34 @@ def test_concurrent_workers_never_claim_the_same_cell_on_sqlite(tmp_path):
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", POP_UNTIL_EMPTY, url, str(go)], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    time.sleep(3)   # let every process import optuna and open the storage
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("go.*"))) < len(procs) and time.time() < deadline:
+        time.sleep(0.05)        # every process has imported optuna and opened the storage
     go.touch()
     claims = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     flat = [t for c in claims for t in c]
     assert len(flat) == len(set(flat)) == 200, f"{len(flat) - len(set(flat))} trials claimed twice"
     assert sum(bool(c) for c in claims) >= 2      # the workers really competed
+
+
+def test_status_reads_while_a_worker_holds_the_sqlite_write_lock(tmp_path, capsys):
+    # Workers' transactions take SQLite's write lock (BEGIN IMMEDIATE); `mixmatch status` only
+    # reads, so it must not queue behind them (it would wait for the 60 s busy timeout).
+    import sqlite3
+
+    from sweeps import store as queue
+    url = f"sqlite:///{tmp_path}/queue.db"
+    queue.publish(queue.open_storage(url), "tiny", load_spec(str(write_spec(tmp_path))).cells(), {}, retries=0)
+    worker = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    worker.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.time()
+        assert main(["status", "--storage", url, "--sweep", "tiny"]) == 0
+        assert time.time() - t0 < 20 and "4 cells: 4 waiting" in capsys.readouterr().out
+    finally:
+        worker.execute("ROLLBACK")
+        worker.close()
 
 
 def test_sweep_trains_every_cell_once_and_relaunch_adds_nothing(store, capsys):
