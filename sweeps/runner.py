@@ -74,16 +74,34 @@ def default_workers(device: str) -> tuple[int, list[str | None]]:
     return max(1, min(os.cpu_count() or 1, 4)), [None]
 
 
-def dry_run(spec: Spec, cells, device_type: str, workers: int) -> None:
-    total = 0.0
+def dry_run(spec: Spec, cells, device_type: str, workers: int, states: dict | None = None) -> None:
+    """List the cells with their estimated cost; cells the sweep's storage already has done
+    cost nothing, so the total is what a (re)launch would still spend."""
+    states = states or {}
+    total, n_done = 0.0, 0
     print(f"sweep '{spec.name}' ({spec.path}): {len(cells)} cells, experiment '{spec.experiment}'")
-    print(f"{'run name':<36} {'cell_key':<13} {'steps':>9} {'est. cost':>10}")
+    print(f"{'run name':<36} {'cell_key':<13} {'steps':>9} {'state':>8} {'est. cost':>10}")
     for c in cells:
-        cost = c.steps * step_seconds(c, device_type)
+        state = states[c.cell_key].state if c.cell_key in states else "new"
+        cost = 0.0 if state == "done" else c.steps * step_seconds(c, device_type)
+        n_done += state == "done"
         total += cost
-        print(f"{c.run_name:<36} {c.cell_key:<13} {c.steps:>9,} {fmt_seconds(cost):>10}")
-    print(f"total: {len(cells)} cells, ~{fmt_seconds(total)} of {device_type.upper()} time "
+        print(f"{c.run_name:<36} {c.cell_key:<13} {c.steps:>9,} {state:>8} {fmt_seconds(cost):>10}")
+    print(f"total: {len(cells)} cells ({n_done} done), ~{fmt_seconds(total)} of {device_type.upper()} time to go "
           f"(~{fmt_seconds(total / max(workers, 1))} wall with {workers} worker(s)); nothing was run")
+
+
+def known_states(url: str, sweep: str) -> dict:
+    """Cell states from an existing SQLite storage, read-only; {} when the sweep has not been
+    started here (a dry run must not create files or tables)."""
+    from . import store
+    if not url.startswith("sqlite:///") or not Path(url[len("sqlite:///"):]).exists():
+        return {}
+    try:
+        return store.cell_states(store.load_sweep_study(store.open_storage(url, must_exist=True, read_only=True),
+                                                        sweep))
+    except (ConfigError, store.StorageError):
+        return {}
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -116,7 +134,8 @@ def sweep_main(argv: list[str]) -> int:
         if args.dry_run:
             import torch
             dtype = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
-            dry_run(spec, cells, dtype, workers or 1)
+            dry_run(spec, cells, dtype, workers or 1,
+                    known_states(args.storage or store.default_sweep_storage(spec.name), spec.name))
             return 0
         from mixmatch_core.train import check_out_dir
         for out_dir in sorted({x.out_dir for x in cells}) if workers else ():

@@ -158,6 +158,8 @@ def test_sweep_trains_every_cell_once_and_relaunch_adds_nothing(store, capsys):
     capsys.readouterr()
     assert main(["status", str(spec)]) == 0      # the spec finds the sweep's default local storage
     assert "4 cells: 0 waiting, 0 running, 4 done, 0 failed" in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--dry-run"]) == 0    # done cells cost nothing in the plan
+    assert "4 cells (4 done), ~0s of CPU time to go" in capsys.readouterr().out
 
 
 def test_adding_a_seed_runs_only_the_new_cells(store, capsys):
