@@ -446,9 +446,8 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     from optuna.trial import TrialState
 
     from mixmatch_core.tracking import RunTracker, client, end_parent_run
-    from mixmatch_core.train import train
     from mixmatch_core.train import RunTakenOver
-    from sweeps.store import holds, open_storage
+    from sweeps.store import open_storage, train_holding
 
     # Failed trials are reported in one line each by our callback; Optuna's own warning would
     # add a traceback for every invalid combination of params.
@@ -534,11 +533,9 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
 
         state, result = "FAIL", None
         try:
-            # still_owner: if our heartbeat went stale, another worker failed this trial and
-            # re-queued its params; stop and leave the run to the retry (it resumes the checkpoint).
-            result = train(cfg, tracker=tracker, on_eval=on_eval, still_owner=lambda: holds(storage, trial._trial_id))
-            if not holds(storage, trial._trial_id):     # lost after the last evaluation
-                raise RunTakenOver("trial handed to another worker after training; it reuses this run")
+            # If our heartbeat went stale, another worker failed this trial and re-queued its
+            # params: stop and leave the run to the retry (it resumes the checkpoint).
+            result = train_holding(storage, trial._trial_id, cfg, tracker, on_eval)
             state = "COMPLETE"
         except TrialStopped:
             state = "PRUNED"

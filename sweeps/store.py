@@ -198,12 +198,22 @@ def holds(storage: RDBStorage, trial_id: int) -> bool:
         return True
 
 
+def train_holding(storage: RDBStorage, trial_id: int, cfg: Config, tracker, on_eval=None):
+    """train() for as long as this worker holds the trial (`holds`), checked at every evaluation
+    and once more after the last one; a lost trial raises RunTakenOver."""
+    from mixmatch_core.train import RunTakenOver, train
+    result = train(cfg, tracker=tracker, on_eval=on_eval, still_owner=lambda: holds(storage, trial_id))
+    if not holds(storage, trial_id):
+        raise RunTakenOver("handed to another worker after the last evaluation; it reuses this run")
+    return result
+
+
 def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
                poll_seconds: float = 2.0, log=print) -> Counter:
     """Claim cells until none are waiting or running; train each as a tracked MLflow run.
     `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell."""
     from mixmatch_core.tracking import RunTracker, experiment_id, find_cell_runs
-    from mixmatch_core.train import RunTakenOver, train
+    from mixmatch_core.train import RunTakenOver
 
     study = load_sweep_study(storage, sweep)
     parent = study.user_attrs.get("parent_run_id")
@@ -231,9 +241,7 @@ def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
         tracker = RunTracker(cfg, parent_run_id=parent, tags={"sweep": sweep, "mixmatch.role": "cell",
                                                                  "optuna_trial": str(trial.number)})
         try:
-            result = train(cfg, tracker=tracker, still_owner=lambda: holds(storage, trial._trial_id))
-            if not holds(storage, trial._trial_id):     # lost after the last evaluation
-                raise RunTakenOver("cell handed to another worker after training; it reuses this run")
+            result = train_holding(storage, trial._trial_id, cfg, tracker)
         except RunTakenOver:
             claimed["handed_off"] = True
             raise
