@@ -156,7 +156,9 @@ class ProjectStep:
         self.opt = make_optimizer(self.params, cfg.lr)
         self.wd_factor = 1.0 - cfg.wd * cfg.lr
         self.fwd = torch.compile(model) if cfg.compile else model
-        self.fwd_ema = torch.compile(ema_model) if cfg.compile and cfg.ema_guess else ema_model
+        self.fwd_ema = torch.compile(ema_model) if cfg.compile else ema_model
+        from mixmatch_core import methods
+        self.method = methods.load(cfg.method)
         self.amp_ctx = _amp_context(cfg, device)
         self.n_classes = n_classes
         self.acc = torch.zeros(3, device=device)
@@ -164,11 +166,10 @@ class ProjectStep:
         self.step = 0
 
     def __call__(self) -> None:
-        from mixmatch_core import mixmatch as mm
         from mixmatch_core.train import optimizer_update, train_step
         cfg = self.cfg
-        w = cfg.lambda_u * mm.rampup(self.step, cfg.rampup_steps)
-        loss, lx, lu = train_step(cfg, self.fwd, self.fwd_ema, self.data, self.amp_ctx, self.n_classes, w)
+        w = self.method.unlabeled_weight(cfg, self.step)
+        loss, lx, lu = train_step(cfg, self.method, self.fwd, self.fwd_ema, self.data, self.amp_ctx, w)
         optimizer_update(self.opt, loss, self.params, self.ema_params, self.wd_params, self.wd_factor,
                          cfg.ema_decay)
         with torch.no_grad():

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from .methods import FULL_METHOD, METHODS, MIXMATCH_FIELDS, method_fields, owned_fields
+
 
 class ConfigError(ValueError):
     """A user error in a config, spec or override: its message is one line naming the field."""
@@ -41,8 +43,8 @@ class Config:
     val_size: int = _f(0, "training images carved out as a validation split (0 = none)")
     seed: int = _f(1, "labeled-split seed (the paper uses 1..5) and RNG seed of the run")
     # --- method -----------------------------------------------------------------------------
-    method: str = _f("mixmatch", "mixmatch | supervised (labeled data only, same schedule)")
-    variant: str = _f("mixmatch", "named ablation diff applied on top (see --help variants)")
+    method: str = _f("mixmatch", "training method (see --help methods); its own hyperparameters follow below")
+    variant: str = _f("mixmatch", "named diff applied on top: an ablation or a method (see --help variants)")
     model: str = _f("wrn28_2", "wrn28_2 (1.47 M params) | wrn28_large (135 filters) | wrnD_K | small_cnn[W] (CPU scale)")
     # --- schedule (units: optimizer steps; one step = batch_size labeled images) ------------
     steps: int = _f(1 << 20, "training length in steps (paper: 2^26 images / 64 = 1,048,576)")
@@ -59,6 +61,22 @@ class Config:
     mixup: str = _f("all", "all | none | labeled | unlabeled | separate (Table 4 MixUp ablations)")
     ema_guess: bool = _f(False, "the EMA model guesses labels (Table 4 'with parameter EMA')")
     bn_mode: str = _f("interleave", "interleave (official: only the first pass updates BN stats) | fused")
+    # --- the baselines' hyperparameters (official flag names and meanings; a field is set only
+    # for the methods that own it, None otherwise; defaults: methods/__init__.py) ------------
+    consistency_weight: float | None = _f(None, "weight of the consistency loss after warm-up (pi_model, "
+                                                "mean_teacher, ict; pseudo_label: of the pseudo-label loss)",
+                                          kind=float)
+    warmup_pos: float | None = _f(None, "the consistency weight ramps linearly from 0 over this fraction of "
+                                        "the run (official warmup_pos: 0.4 = the first 40% of steps)", kind=float)
+    threshold: float | None = _f(None, "pseudo_label: minimum max-probability for a pseudo-label to count",
+                                 kind=float)
+    vat_weight: float | None = _f(None, "vat: weight of the VAT loss after warm-up (official flag `vat`)",
+                                  kind=float)
+    vat_eps: float | None = _f(None, "vat: L2 norm of the adversarial perturbation (pixels in [-1, 1])",
+                               kind=float)
+    vat_xi: float | None = _f(None, "vat: norm of the probe perturbation of the power iteration", kind=float)
+    entmin_weight: float | None = _f(None, "vat: weight of the entropy-minimisation loss (not warmed up)",
+                                     kind=float)
     # --- optimisation -----------------------------------------------------------------------
     lr: float = _f(0.002, "Adam learning rate (constant)")
     wd: float = _f(0.02, "decoupled weight decay: conv/linear kernels *= 1 - wd * lr each step")
@@ -77,9 +95,18 @@ class Config:
 
     # -- identity ------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """The fields that define the experiment (runtime fields excluded), sorted by name."""
-        return {f.name: getattr(self, f.name) for f in sorted(fields(self), key=lambda f: f.name)
-                if not f.metadata.get("runtime")}
+        """The fields that define the experiment, sorted by name: the common fields, the
+        method's own hyperparameters (only those), and any field added since release 0.1 that
+        no method owns once it is set away from its default. So every run made before the method
+        registry keeps its cell_key (tests/test_identity.py pins them), and a baseline's
+        identity never holds another method's knobs."""
+        method = METHODS[self.method]
+        names = set(LEGACY_IDENTITY)
+        if not method.legacy:
+            names = (names - set(MIXMATCH_FIELDS)) | set(method.hparams)
+        names |= {f.name for f in fields(self) if not f.metadata.get("runtime") and f.name not in LEGACY_IDENTITY
+                  and f.name not in method_fields() and getattr(self, f.name) != f.default}
+        return {n: getattr(self, n) for n in sorted(names)}
 
     @property
     def cell_key(self) -> str:
@@ -107,6 +134,11 @@ class Config:
 
 FIELDS = {f.name: f for f in fields(Config)}
 DEFAULTS = Config()
+# The identity hashed by release 0.1 (every non-runtime field it had). Legacy methods
+# (mixmatch, supervised) hash exactly these; do not edit this tuple, it is the past.
+LEGACY_IDENTITY = ("K", "T", "alpha", "amp", "batch_size", "bn_mode", "data_dir", "dataset", "ema", "ema_decay",
+                   "ema_guess", "eval_every", "lambda_u", "log_every", "lr", "median_of", "method", "mixup",
+                   "model", "n_labeled", "rampup_steps", "seed", "steps", "val_size", "variant", "wd")
 
 # Per-dataset presets, applied to fields the user left unset (REFERENCE.md "lambda_u per
 # dataset"). `digits` is the embedded CPU setting: a small CNN, about a minute on 2 cores.
@@ -124,10 +156,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                    log_every=50, lambda_u=75.0, alpha=0.75, rampup_steps=200, ema_decay=0.99),
 }
 
-# Named ablations: each is a one-line diff against the full method (Table 4 names).
+# Named diffs against the full method: one per method (so a sweep's `variant` axis gives one
+# table row per method), the official fully supervised recipe, and the Table 4 ablations.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "mixmatch": {},
-    "supervised": dict(method="supervised"),
+    **{name: ({} if name == FULL_METHOD else dict(method=name)) for name in METHODS},
+    # fully_supervised/fs_mixup.py with every label (the paper's "fully supervised" rows):
+    # MixUp Beta(0.5), wd 0.002 are fs_mixup's preset; set n_labeled to the training set size.
+    "fully_supervised": dict(method="fs_mixup"),
     "no_sharpen": dict(T=1.0),
     "no_mixup": dict(mixup="none"),
     "k1": dict(K=1),
@@ -141,7 +176,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 CHOICES = {
-    "method": ("mixmatch", "supervised"),
+    "method": tuple(METHODS),
     "mixup": ("all", "none", "labeled", "unlabeled", "separate"),
     "bn_mode": ("interleave", "fused"),
     "amp": ("none", "bf16"),
@@ -162,7 +197,7 @@ def _coerce(name: str, value: Any) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise a one-line error."""
     if name not in FIELDS:
         raise ConfigError(f"unknown config key '{name}'; known keys: {', '.join(FIELDS)}")
-    typ = type(getattr(DEFAULTS, name))
+    typ = FIELDS[name].metadata.get("kind") or type(getattr(DEFAULTS, name))
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -228,29 +263,64 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 
 # ---- resolution and validation ----------------------------------------------------------------
-def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, Any]] | None = None) -> Config:
+def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, Any]] | None = None,
+            base: dict[str, Any] | None = None) -> Config:
     """Build the validated Config from the user's values (see the module docstring for order).
-    `variants` adds named diffs (e.g. a sweep spec's own) to the built-in VARIANTS."""
+    `variants` adds named diffs (e.g. a sweep spec's own) to the built-in VARIANTS. `base` (a
+    sweep spec's shared values) is like `user`, except that a method hyperparameter in it
+    applies only to cells whose method owns it (one base serves a grid of several methods)."""
     user = {k: _coerce(k, v) for k, v in (user or {}).items()}
+    base = {k: _coerce(k, v) for k, v in (base or {}).items()}
     known = {**VARIANTS, **(variants or {})}
+    given = {**base, **user}
     values = DEFAULTS.to_dict()
-    dataset = user.get("dataset", values["dataset"])
+    dataset = given.get("dataset", values["dataset"])
     family = dataset_family(dataset)
     if family not in PRESETS:
         raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {', '.join(DATASETS)}, npz:PATH")
     values.update(PRESETS[family])
+    method = _method_of(given, known)
+    values.update({k: v for k, v in METHODS[method].hparams.items() if v is not None})
+    values.update(METHODS[method].preset)
+    foreign = _foreign_fields(method)
+    values.update({k: v for k, v in base.items() if k not in foreign})
+    diff = {k: _coerce(k, v) for k, v in known[given.get("variant", values["variant"])].items()}
+    for key in [*user, *diff]:
+        if key in foreign:
+            mine = sorted(owned_fields(method)) or ["none"]
+            raise ConfigError(f"{key}: not a hyperparameter of method '{method}'; its hyperparameters: "
+                              f"{', '.join(mine)}")
     values.update(user)
-    variant = values["variant"]
-    if variant not in known:
-        raise ConfigError(f"variant: unknown '{variant}'; allowed: {', '.join(known)}")
-    for key, val in known[variant].items():
-        val = _coerce(key, val)
-        if key in user and user[key] != val:
-            raise ConfigError(f"variant '{variant}' sets {key}={val}, which contradicts {key}={user[key]}")
+    if "variant" not in given and "method" in user and not METHODS[method].legacy:
+        values["variant"] = method   # `method=vat` alone names its runs after the method
+    explicit = {**{k: v for k, v in base.items() if k not in foreign}, **user}
+    for key, val in diff.items():
+        if key in explicit and explicit[key] != val:
+            raise ConfigError(f"variant '{values['variant']}' sets {key}={val}, which contradicts "
+                              f"{key}={explicit[key]}")
         values[key] = val
+    values.update({k: None for k in foreign})   # another method's knobs: not part of this run
     cfg = Config(**values)
     validate(cfg)
     return cfg
+
+
+def _method_of(given: dict[str, Any], known: dict[str, dict[str, Any]]) -> str:
+    """The run's method: the variant's, else the user's, else MixMatch; one-line errors."""
+    variant = given.get("variant", DEFAULTS.variant)
+    if variant not in known:
+        raise ConfigError(f"variant: unknown '{variant}'; allowed: {', '.join(known)}")
+    method = known[variant].get("method", given.get("method", DEFAULTS.method))
+    if method not in METHODS:
+        raise ConfigError(f"method: '{method}' is not one of {', '.join(METHODS)}")
+    return method
+
+
+def _foreign_fields(method: str) -> set[str]:
+    """Hyperparameters of other methods, which this method's runs leave unset (None).
+    Legacy methods keep MixMatch's fields: `supervised` runs have always carried them."""
+    mine = owned_fields(method) | (set(MIXMATCH_FIELDS) if METHODS[method].legacy else set())
+    return method_fields() - mine
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
@@ -271,7 +341,7 @@ def validate(c: Config) -> None:
     """Range checks that need no data. Data-dependent checks (n_labeled vs the train set size)
     happen when the dataset is opened, before anything is started or written."""
     for name, allowed in CHOICES.items():
-        _check(getattr(c, name) in allowed, f"{name}: '{getattr(c, name)}' is not one of {', '.join(allowed)}")
+        _check(getattr(c, name) is None or getattr(c, name) in allowed, f"{name}: '{getattr(c, name)}' is not one of {', '.join(allowed)}")
     _check(bool(re.fullmatch(r"small_cnn(\d*)|wrn28_large|wrn\d+_\d+", c.model))
            and not re.fullmatch(r"small_cnn[0-3]", c.model),
            f"model: '{c.model}' is not one of wrn28_2, wrn28_large, wrnD_K (D = 6n+4), small_cnn, small_cnnW (W >= 4)")
@@ -292,11 +362,17 @@ def validate(c: Config) -> None:
     _check(1 <= c.eval_every <= c.steps, f"eval_every: must be in 1..steps ({c.steps}), got {c.eval_every}")
     _check(c.median_of >= 1, f"median_of: must be >= 1, got {c.median_of}")
     _check(c.log_every >= 1, f"log_every: must be >= 1, got {c.log_every}")
-    _check(c.K >= 1, f"K: must be >= 1, got {c.K}")
-    _check(c.T > 0, f"T: must be > 0, got {c.T}")
-    _check(c.alpha >= 0, f"alpha: must be >= 0, got {c.alpha}")
-    _check(c.lambda_u >= 0, f"lambda_u: must be >= 0, got {c.lambda_u}")
-    _check(c.rampup_steps >= 0, f"rampup_steps: must be >= 0, got {c.rampup_steps}")
+    # Method hyperparameters are None for methods that do not own them.
+    for name, ok, rule in (("K", lambda v: v >= 1, ">= 1"), ("T", lambda v: v > 0, "> 0"),
+                           ("alpha", lambda v: v >= 0, ">= 0"), ("lambda_u", lambda v: v >= 0, ">= 0"),
+                           ("rampup_steps", lambda v: v >= 0, ">= 0"),
+                           ("consistency_weight", lambda v: v >= 0, ">= 0"),
+                           ("warmup_pos", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                           ("threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                           ("vat_weight", lambda v: v >= 0, ">= 0"), ("vat_eps", lambda v: v > 0, "> 0"),
+                           ("vat_xi", lambda v: v > 0, "> 0"), ("entmin_weight", lambda v: v >= 0, ">= 0")):
+        value = getattr(c, name)
+        _check(value is None or ok(value), f"{name}: must be {rule}, got {value}")
     _check(c.lr > 0, f"lr: must be > 0, got {c.lr}")
     _check(0 <= c.wd * c.lr < 1, f"wd: wd * lr must be in [0, 1), got wd={c.wd}")
     _check(0 <= c.ema_decay < 1, f"ema_decay: must be in [0, 1), got {c.ema_decay}")
@@ -314,6 +390,12 @@ def help_text() -> str:
     lines.append("\ndataset presets (applied to fields you leave unset):")
     for name, preset in PRESETS.items():
         lines.append(f"  {name:<10} " + ", ".join(f"{k}={v}" for k, v in preset.items()))
+    lines.append("\nmethods (the fields each owns, official defaults; then its runs/table5.sh preset):")
+    for name, m in METHODS.items():
+        own = ", ".join(f"{k}={v}" for k, v in m.hparams.items() if v is not None) or \
+            (", ".join(m.hparams) + " (the fields above)" if m.hparams else "none")
+        preset = ", ".join(f"{k}={v}" for k, v in m.preset.items())
+        lines.append(f"  {name:<14} {m.title} ({m.official}): {own}" + (f"; preset {preset}" if preset else ""))
     lines.append("\nvariants (one-line diffs against the full method):")
     for name, diff in VARIANTS.items():
         lines.append(f"  {name:<22} " + (", ".join(f"{k}={v}" for k, v in diff.items()) or "(full method)"))

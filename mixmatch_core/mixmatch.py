@@ -79,6 +79,15 @@ def sample_lambda(n: int, alpha: float, device: torch.device | str | None = None
     return torch.maximum(lam, 1.0 - lam)
 
 
+def mix_rows(t: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
+    """Eq. 10 for one tensor: t'_i = lam_i t_i + (1 - lam_i) t_perm[i], lam broadcast over the
+    trailing dims (C, or C, H, W), in t's dtype (integer targets are made fp32 first)."""
+    if not t.is_floating_point():
+        t = t.float()
+    lam_t = lam.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
+    return lam_t * t + (1 - lam_t) * t[perm]
+
+
 def mixup_pairs(x: Tensor, targets: Tensor, perm: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     """Eq. 10-11 with a given partner index and weights, applied identically to both:
     x'_i = lam_i x_i + (1 - lam_i) x_perm[i],  p'_i = lam_i p_i + (1 - lam_i) p_perm[i].
@@ -86,11 +95,7 @@ def mixup_pairs(x: Tensor, targets: Tensor, perm: Tensor, lam: Tensor) -> tuple[
     x: [N, ...] inputs, targets: [N, C] probabilities, perm: [N] long, lam: [N] (>= 0.5).
     """
     lam = lam.float()
-    lam_x = lam.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))  # broadcast over C, H, W
-    lam_t = lam.view(-1, *([1] * (targets.dim() - 1)))
-    x_mix = lam_x * x + (1 - lam_x) * x[perm]
-    t_mix = lam_t * targets.float() + (1 - lam_t) * targets.float()[perm]
-    return x_mix, t_mix
+    return mix_rows(x, perm, lam), mix_rows(targets.float(), perm, lam)
 
 
 def _mix_block(x: Tensor, targets: Tensor, alpha: float) -> tuple[Tensor, Tensor]:

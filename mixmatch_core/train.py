@@ -1,8 +1,8 @@
-"""The training loop: one MixMatch (or supervised) run from a resolved Config.
+"""The training loop: one run of any registered method from a resolved Config.
 
 Owns: device and RNG setup, the optimiser (Adam + the official decoupled weight decay), the
-parameter EMA, the step (sampling, label guessing, MixUp, interleaved forward, losses),
-evaluation of the EMA and live models, the reporting rule (median of the last N
+parameter EMA, the step (sampling and augmenting the batches on the device, then the method's
+losses from mixmatch_core/methods/<method>.py, backward and updates), evaluation of the EMA and live models, the reporting rule (median of the last N
 evaluations), atomic checkpoints with exact resume, non-finite-loss detection, the progress
 bar, and handing metrics/artifacts to the tracker. It knows nothing of sweeps or Optuna: a
 caller may pass `on_eval` (e.g. to report to a pruner), `still_owner` (a lease: a queue
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import mixmatch as mm
+from . import methods
 from .config import Config, ConfigError
 from .data import DeviceData, load_dataset
 from .models import build_model
@@ -250,9 +250,11 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     data = DeviceData.build(ds, cfg.n_labeled, cfg.seed, cfg.val_size, device, cfg.channels_last)
     n_classes = data.n_classes
-    if cfg.method == "mixmatch" and data.n_unlabeled == 0:
+    method = methods.load(cfg.method)
+    if method.unlabeled_views(cfg) and data.n_unlabeled == 0:
         raise ConfigError(f"n_labeled: {cfg.n_labeled} + val_size {cfg.val_size} use every training image of "
-                          f"'{cfg.dataset}', leaving no unlabeled images; lower them or use method=supervised")
+                          f"'{cfg.dataset}', leaving no unlabeled images for method '{cfg.method}'; lower them "
+                          "or use a supervised method (supervised, fs_mixup)")
     prepare_run_dir(run_dir)   # an unwritable out_dir fails here, before MLflow hears of the run
 
     model, ema_model = build_models(cfg, n_classes, data.in_channels, device)
@@ -264,8 +266,9 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
     # (0.02 * 0.002 = 4e-5 per step; the paper's text says 0.0004, ten times the code's value).
     wd_factor = 1.0 - cfg.wd * cfg.lr
     fwd = torch.compile(model) if cfg.compile else model
-    # The EMA model runs forward in the step only when it guesses labels (ema_guess).
-    fwd_ema = torch.compile(ema_model) if cfg.compile and cfg.ema_guess else ema_model
+    # The EMA model runs forward in the step only as a teacher (mean_teacher, ict, ema_guess);
+    # torch.compile is lazy, so an unused compiled wrapper costs nothing.
+    fwd_ema = torch.compile(ema_model) if cfg.compile else ema_model
     amp_ctx = _amp_context(cfg, device)
 
     step, history, pending = 0, [], []
@@ -313,8 +316,8 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
             bar = tqdm(total=cfg.steps, initial=step, desc=cfg.run_name, unit="step", dynamic_ncols=True)
 
         while step < cfg.steps:
-            w = cfg.lambda_u * mm.rampup(step, cfg.rampup_steps)   # host float: no sync
-            loss, lx, lu = train_step(cfg, fwd, fwd_ema, data, amp_ctx, n_classes, w)
+            w = method.unlabeled_weight(cfg, step)   # host float: no sync
+            loss, lx, lu = train_step(cfg, method, fwd, fwd_ema, data, amp_ctx, w)
             optimizer_update(opt, loss, params, ema_params, wd_params, wd_factor, cfg.ema_decay)
             with torch.no_grad():
                 acc += torch.stack([loss.detach(), lx.detach(), lu.detach()])
@@ -397,25 +400,16 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
             bar.close()
 
 
-def train_step(cfg: Config, fwd, fwd_ema, data: DeviceData, amp_ctx, n_classes: int, w: float):
-    """One step's losses (Algorithm 1). Returns (loss, loss_x, loss_u) as device tensors."""
-    B, K = cfg.batch_size, cfg.K
+def train_step(cfg: Config, method, fwd, fwd_ema, data: DeviceData, amp_ctx, w: float):
+    """One step's losses: the labeled batch and the method's unlabeled views, sampled and
+    augmented on the device, then `method.losses` (mixmatch_core/methods). Returns (loss,
+    loss_x, loss_u) as device tensors; `w` is the unlabeled weight at this step."""
+    B = cfg.batch_size
     x, y = data.labeled_batch(B)
-    if cfg.method == "supervised":
-        with amp_ctx():
-            logits = fwd(x)
-        lx = F.cross_entropy(logits.float(), y)
-        return lx, lx, torch.zeros((), device=lx.device)
-    u_views = data.unlabeled_batch(B, K)
+    n_views = method.unlabeled_views(cfg)
+    u_views = data.unlabeled_batch(B, n_views) if n_views else []
     with amp_ctx():
-        # Lines 6-8: the live model guesses (official), in training mode, BN updates discarded.
-        q = mm.guess_labels(fwd_ema if cfg.ema_guess else fwd, u_views, cfg.T)
-        targets = torch.cat([F.one_hot(y, n_classes).float()] + [q] * K)
-        mixed, mixed_t = mm.mixup(torch.cat([x] + u_views), targets, B, cfg.alpha, cfg.mixup)
-        logits = mm.forward_interleaved(fwd, list(mixed.split(B)), B, cfg.bn_mode)
-    lx = mm.loss_x(logits[0].float(), mixed_t[:B])
-    lu = mm.loss_u(torch.cat(logits[1:]).float(), mixed_t[B:])
-    return lx + w * lu, lx, lu
+        return method.losses(cfg, fwd, fwd_ema, x, y, u_views, w)
 
 
 def evaluate_all(cfg: Config, model, ema_model, data: DeviceData, amp_ctx, n_classes: int) -> dict:

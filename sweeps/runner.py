@@ -23,26 +23,26 @@ from pathlib import Path
 
 from mixmatch_core.cli import ArgumentParser, die
 from mixmatch_core.config import ConfigError
+from mixmatch_core.methods import FULL_METHOD, METHODS
 
 from .spec import Spec, load_spec, select
 
-# Expected seconds per training step, by (model family, device type, method), for --dry-run
+# Expected seconds per MixMatch (K = 2) step, by (model family, device type), for --dry-run
 # cost estimates and nothing else. CPU rows: measured on this project's 2-core AVX2 machines
 # (benchmarks/step_time.py: WRN-28-2 MixMatch 3.1-3.6 s/step eager; small CNN on digits about
 # 20 steps/s on one thread). GPU rows: estimates (about 0.43 GFLOP per 32x32 forward for
 # WRN-28-2, x3 for forward+backward, 192 + 128 images per step, at a realistic ~25% of a
 # modern GPU's peak), not measurements.
 STEP_SECONDS = {
-    ("small_cnn", "cpu", "mixmatch"): 0.6, ("small_cnn", "cpu", "supervised"): 0.2,
-    ("wrn", "cpu", "mixmatch"): 3.3, ("wrn", "cpu", "supervised"): 1.0,
-    ("small_cnn", "cuda", "mixmatch"): 0.004, ("small_cnn", "cuda", "supervised"): 0.002,
-    ("wrn", "cuda", "mixmatch"): 0.025, ("wrn", "cuda", "supervised"): 0.008,
+    ("small_cnn", "cpu"): 0.6, ("wrn", "cpu"): 3.3, ("small_cnn", "cuda"): 0.004, ("wrn", "cuda"): 0.025,
 }
 
 
 def step_seconds(cfg, device_type: str) -> float:
+    """Estimated seconds per step of `cfg`: MixMatch's (K = 2) measured or estimated step,
+    scaled by the method's forwards per step (mixmatch_core.methods) and by K for MixMatch."""
     fam = "small_cnn" if cfg.model.startswith("small_cnn") else "wrn"
-    base = STEP_SECONDS[(fam, device_type, cfg.method)]
+    base = STEP_SECONDS[(fam, device_type)]
     width = cfg.model[len("small_cnn"):] if fam == "small_cnn" else ""
     if width:
         # FLOPs scale with W^2, but narrow nets use the cores worse: on CPU small_cnn16 takes
@@ -53,7 +53,10 @@ def step_seconds(cfg, device_type: str) -> float:
         base *= 17          # ~26 M vs 1.5 M parameters; FLOPs scale about the same
     if cfg.dataset == "digits":
         base *= 0.1         # 8x8 images: about a tenth of the 32x32 cost (measured)
-    return base * cfg.batch_size / 64 * ((1 + cfg.K) / 3 if cfg.method == "mixmatch" else 1)
+    method = METHODS[cfg.method]
+    relative = (1 + cfg.K) / 3 if cfg.method == FULL_METHOD else \
+        method.forwards_per_step / METHODS[FULL_METHOD].forwards_per_step
+    return base * cfg.batch_size / 64 * relative
 
 
 def fmt_seconds(s: float) -> str:

@@ -49,9 +49,11 @@ class Spec:
         for grid in self.grids:
             keys = list(grid)
             for combo in itertools.product(*(grid[k] for k in keys)):
-                user = {**self.base, **dict(zip(keys, combo)), "experiment": self.experiment}
+                user = {**dict(zip(keys, combo)), "experiment": self.experiment}
                 try:
-                    cfg = resolve(user, self.variants)
+                    # The base is shared by every cell: a method hyperparameter in it applies
+                    # only to the cells whose method owns it (e.g. lambda_u to MixMatch's).
+                    cfg = resolve(user, self.variants, base=self.base)
                 except ConfigError as e:
                     raise ConfigError(f"spec '{self.path}', cell {dict(zip(keys, combo))}: {e}") from None
                 if cfg.cell_key not in seen:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mixmatch_core import methods
 from mixmatch_core.config import resolve
 from mixmatch_core.data import DeviceData, load_dataset
 from mixmatch_core.models import build_model
@@ -127,7 +128,7 @@ def _losses(opts, seed=0):
     amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.amp == "bf16" else \
         __import__("contextlib").nullcontext
     torch.manual_seed(seed)
-    return [t.item() for t in train_step(cfg, model, model, data, amp, 10, 75.0)]
+    return [t.item() for t in train_step(cfg, methods.load(cfg.method), model, model, data, amp, 75.0)]
 
 
 @pytest.mark.parametrize("opts,tol", [(dict(channels_last=True), 1e-5), (dict(amp="bf16", channels_last=False), 3e-2),

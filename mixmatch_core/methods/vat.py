@@ -1,0 +1,77 @@
+"""Virtual Adversarial Training (Miyato et al. 2018, arXiv 1704.03976), as the official vat.py
+with third_party/vat_utils.py, plus its entropy minimisation.
+
+Owns: its losses and the adversarial direction. One power iteration finds the direction that
+most changes the prediction on an unlabeled image u; the model is then asked to predict the
+same on u + r_adv:
+    d = xi * normalize(N(0, 1));  g = grad_d KL(p(u) || p(u + d));  r_adv = vat_eps * normalize(g)
+    L = xent(labeled) + vat_weight * warmup(t) * KL(p(u + r_adv) || p(u))
+        + entmin_weight * H(p(u))
+Official code vs. the paper: `normalize` divides by the max-abs value and then by
+sqrt(1e-6 + squared L2 norm) per image; the final KL is taken as KL(student || teacher)
+(layers.kl_divergence_from_logits(logits_student, logits_teacher)), the reverse of the
+paper's KL(p(u) || p(u + r)); the entropy term (VAT+EntMin) is not warmed up and its gradient
+flows through the clean unlabeled logits; the teacher p(u) carries no gradient in the VAT term.
+All unlabeled passes run in training mode (batch statistics); only the labeled pass updates
+the running statistics. `smoothing` is accepted but unused by vat.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import mixmatch as mm
+from .common import consistency_warmup, xent
+
+
+def unlabeled_views(cfg) -> int:
+    return 1                           # libml/data.py: one augmentation per unlabeled image
+
+
+def unlabeled_weight(cfg, step: int) -> float:
+    return cfg.vat_weight * consistency_warmup(step, cfg.steps, cfg.warmup_pos)
+
+
+def normalize(d: Tensor) -> Tensor:
+    """vat_utils.get_normalized_vector: per row, divide by 1e-12 + max|d|, then by
+    sqrt(1e-6 + sum d^2) (the first step keeps the squares from underflowing)."""
+    dims = tuple(range(1, d.dim()))
+    d = d / (1e-12 + d.abs().amax(dim=dims, keepdim=True))
+    return d / torch.sqrt(1e-6 + d.square().sum(dim=dims, keepdim=True))
+
+
+def kl_from_logits(a: Tensor, b: Tensor) -> Tensor:
+    """KL(Cat(softmax a) || Cat(softmax b)) per row, in nats, in fp32 at least (bf16 logits
+    under autocast are promoted)."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    la, lb = F.log_softmax(a.to(dtype), dim=-1), F.log_softmax(b.to(dtype), dim=-1)
+    return (la.exp() * (la - lb)).sum(dim=-1)
+
+
+def adversarial_perturbation(forward, u: Tensor, logits_u: Tensor, eps: float, xi: float) -> Tensor:
+    """vat_utils.generate_perturbation: one power iteration from a Gaussian probe of norm xi.
+    `logits_u` is the clean prediction (no gradient needed); the gradient is taken with respect
+    to the probe only, so the model's parameters receive nothing from this pass."""
+    d = (xi * normalize(torch.randn_like(u))).requires_grad_(True)
+    dist = kl_from_logits(logits_u.detach(), forward(u + d)).mean()
+    (grad,) = torch.autograd.grad(dist, [d])
+    return eps * normalize(grad.detach())
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Mean entropy of softmax(logits) over rows, in nats."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1).mean()
+
+
+def losses(cfg, model, ema_model, x, y, u_views, w: float):
+    logits_x = model(x)                         # the one pass that updates BN statistics
+    u = u_views[0]
+    with mm.frozen_bn_stats(model):
+        logits_u = model(u)
+        r_adv = adversarial_perturbation(model, u, logits_u, cfg.vat_eps, cfg.vat_xi)
+        logits_adv = model(u + r_adv)
+    lx = xent(logits_x, y)
+    lu = kl_from_logits(logits_adv, logits_u.detach()).mean()
+    return lx + w * lu + cfg.entmin_weight * entropy(logits_u), lx, lu
