@@ -1,6 +1,7 @@
 """Specification of data.py: loaders, the official labeled split, and device-resident batches."""
 
 import io
+import os
 import urllib.error
 import urllib.request
 
@@ -129,6 +130,21 @@ def test_split_selects_the_images_create_split_selects(labels, size, seed):
     lab, unl, val = split_labeled(y, size, 10, seed=seed)
     assert lab.tolist() == create_split_labeled(y, size, seed)
     assert len(val) == 0 and np.array_equal(np.sort(np.concatenate([lab, unl])), np.arange(len(y)))
+
+
+CIFAR10_NPZ = "/work/shared/datasets/cifar10.npz"
+
+
+@pytest.mark.skipif(not os.path.isfile(CIFAR10_NPZ), reason=f"real CIFAR-10 not at {CIFAR10_NPZ}")
+@pytest.mark.parametrize("size", [250, 4000])
+def test_split_seed_3_on_real_cifar10_labels_is_create_splits_draw_and_balanced(size):
+    # This copy's images are in a fixed shuffled order (its README), so these are not the
+    # official images; through torchvision (the official batch order) they are.
+    with np.load(CIFAR10_NPZ, allow_pickle=False) as f:
+        y = f["y_train"].astype(np.int64)
+    lab, _, _ = split_labeled(y, size, 10, seed=3)
+    assert lab.tolist() == create_split_labeled(y, size, 3)
+    assert np.bincount(y[lab], minlength=10).tolist() == [size // 10] * 10
 
 
 @pytest.mark.parametrize("size", [250, 500, 1000, 2000, 4000])
