@@ -285,7 +285,7 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
     counts = np.bincount(y, minlength=n_classes)
     n_val = _largest_remainder(counts, val_size) if val_size else np.zeros(n_classes, np.int64)
     fold = None
-    if folds is not None and n_labeled == len(folds[0]):
+    if folds and n_labeled == len(folds[0]):
         if not 0 <= seed < len(folds):
             raise ConfigError(f"seed: at n_labeled={n_labeled} the labeled set is a predefined fold; "
                               f"allowed: 0..{len(folds) - 1}, got {seed}")

@@ -179,7 +179,8 @@ LARGE_FILTERS = 135  # Table 1's large model: WRN-28 with 135 filters in the fir
 def official_scales(image_width: int) -> int:
     """The official default number of WRN stages, `FLAGS.scales or (ilog2(width) - 2)` with
     libml/utils.py's ilog2(x) = ceil(log2(x)): 3 at 32 px, 1 at 8 px, and 5 at STL-10's 96 px,
-    which is why runs/table2.sh passes --scales=4 explicitly (our STL-10 preset does the same)."""
+    which is why runs/table2.sh passes --scales=4 explicitly (our STL-10 preset does the same).
+    At least 1 (the official formula gives no stage at all below 5 px)."""
     return max(1, math.ceil(math.log2(image_width)) - 2)
 
 

@@ -56,6 +56,14 @@ def test_stl10_at_1000_labels_with_seed_10_exits_2_and_starts_nothing(tmp_path, 
     assert list(tmp_path.iterdir()) == []        # no runs/, no mlflow.db, no dataset download
 
 
+@pytest.mark.xfail(strict=True, reason="train.build_models does not pass cfg.scales to build_model yet "
+                   "(train.py is not this change's file); remove this mark when it does")
+def test_the_trainer_builds_stl10s_wrn_with_four_stages():
+    from mixmatch_core.train import build_models
+    model, _ = build_models(resolve({"dataset": "stl10", "n_labeled": 5000}), 10, 3, "cpu")
+    assert len(model.blocks) == 4 * 4 and model.fc.in_features == 256
+
+
 @pytest.mark.parametrize("dataset", ["svhn", "svhn_extra"])
 def test_svhn_takes_any_label_count(dataset):
     # create_split's draw follows SVHN's class frequencies: no per-class count to divide into
