@@ -148,7 +148,7 @@ class ProjectStep:
         self.cfg, self.data = cfg, data
         device = data.device
         n_classes = data.n_classes
-        model, ema_model = build_models(cfg, n_classes, data.in_channels, device)
+        model, ema_model = build_models(cfg, n_classes, data.in_channels, device, data.image_size[1])
         self.model, self.ema_model = model, ema_model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema_params = list(ema_model.parameters())

@@ -39,13 +39,16 @@ class Config:
     # --- data -------------------------------------------------------------------------------
     dataset: str = _f("cifar10", "digits | cifar10 | cifar100 | svhn | svhn_extra | stl10 | npz:PATH")
     data_dir: str = _f("data", "where torchvision datasets are downloaded/read")
-    n_labeled: int = _f(250, "labeled training images (a positive multiple of the class count)")
+    n_labeled: int = _f(250, "labeled training images (a multiple of the class count where the official split is "
+                                  "balanced: CIFAR, STL-10, digits; any count on SVHN)")
     val_size: int = _f(0, "training images carved out as a validation split (0 = none)")
     seed: int = _f(1, "labeled-split seed (the paper uses 1..5) and RNG seed of the run")
     # --- method -----------------------------------------------------------------------------
     method: str = _f("mixmatch", "training method (see --help methods); its own hyperparameters follow below")
     variant: str = _f("mixmatch", "named diff applied on top: an ablation or a method (see --help variants)")
     model: str = _f("wrn28_2", "wrn28_2 (1.47 M params) | wrn28_large (135 filters) | wrnD_K | small_cnn[W] (CPU scale)")
+    scales: int = _f(0, "WRN stages (2x downscalings); 0 = auto, the official ilog2(width) - 2 with ilog2 = "
+                        "ceil(log2): 3 at 32 px (STL-10's preset sets table2.sh's --scales=4)")
     # --- schedule (units: optimizer steps; one step = batch_size labeled images) ------------
     steps: int = _f(1 << 20, "training length in steps (paper: 2^26 images / 64 = 1,048,576)")
     batch_size: int = _f(64, "labeled images per step; the unlabeled batch has the same size")
@@ -147,7 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar100": dict(lambda_u=150.0, alpha=0.75),
     "svhn": dict(lambda_u=250.0, alpha=0.75),
     "svhn_extra": dict(lambda_u=250.0, alpha=0.25),
-    "stl10": dict(lambda_u=50.0, alpha=0.75),
+    "stl10": dict(lambda_u=50.0, alpha=0.75, scales=4),   # runs/table2.sh --scales=4 (auto would give 5 at 96 px)
     "npz": dict(lambda_u=75.0, alpha=0.75),
     # digits: 500 steps x 64 labeled images ~ 25 epochs of the 1297 training images; the
     # ramp-up is 40% of the run (the paper's 16k of 1M steps would never finish ramping). The
@@ -353,9 +356,15 @@ def validate(c: Config) -> None:
         _check(len(c.dataset) > 4, "dataset: npz: needs a path, e.g. npz:data/cifar10.npz")
     ncls = N_CLASSES.get(c.dataset)
     _check(c.n_labeled > 0, f"n_labeled: must be positive, got {c.n_labeled}")
-    if ncls:
+    # The official split (create_split.py) is balanced where the classes are (CIFAR, STL-10,
+    # digits), so there n_labeled must divide evenly; SVHN's follows the class frequencies.
+    if ncls and c.dataset not in ("svhn", "svhn_extra"):
         _check(c.n_labeled % ncls == 0,
                f"n_labeled: must be a positive multiple of the class count ({ncls}), got {c.n_labeled}")
+    if c.dataset == "stl10" and c.n_labeled == 1000:   # the labeled set is predefined fold `seed`
+        _check(0 <= c.seed <= 9, f"seed: STL-10 at n_labeled=1000 uses the predefined fold `seed`; "
+                                 f"allowed: 0..9, got {c.seed}")
+    _check(c.scales >= 0, f"scales: must be >= 0 (0 = auto), got {c.scales}")
     _check(c.val_size >= 0, f"val_size: must be >= 0, got {c.val_size}")
     _check(c.steps >= 1, f"steps: must be >= 1, got {c.steps}")
     _check(c.batch_size >= 2, f"batch_size: must be >= 2, got {c.batch_size}")

@@ -4,8 +4,10 @@ Owns:
 - `load_dataset`: the raw uint8 NHWC arrays of a dataset on the host (scikit-learn digits,
   torchvision CIFAR-10/100, SVHN, SVHN+extra, STL-10, or a user `npz:PATH` file) and the
   dataset's augmentation spec (REFERENCE.md "Data and protocol");
-- `split_labeled`: the official balanced labeled split (exactly n_labeled / n_classes images
-  per class from a seeded per-class shuffle) plus an optional validation split;
+- `split_labeled`: the official labeled split of scripts/create_split.py (a seeded per-class
+  shuffle, then a greedy draw that follows the class frequencies: exactly n_labeled / n_classes
+  per class on balanced data such as CIFAR, proportional on SVHN; STL-10's predefined folds at
+  1000 labels; every image for the fully supervised runs) plus an optional validation split;
 - `DeviceData`: every image of the run stored ONCE on the device as uint8 (the training
   images already reflect-padded for augmentation), epoch-style samplers over random
   device permutations, and the batch functions the trainer calls.
@@ -47,7 +49,12 @@ DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split is the same for ever
 class Dataset:
     """Raw arrays on the host. Images uint8 NHWC [N, H, W, C]; labels int64 [N] in
     0..n_classes-1. `x_unlabeled_extra` holds extra unlabeled images without labels (STL-10's
-    'unlabeled' split) that only ever join the unlabeled pool."""
+    'unlabeled' split) that only ever join the unlabeled pool.
+
+    The labeled split is drawn on `split_labels` when set: the class ids of the official
+    tfrecords where they differ from ours (SVHN, whose class order decides the draw), so that a
+    seed selects the official labeled images. `label_folds` are predefined labeled sets (STL-10's
+    ten 1000-image folds), indices into the training set."""
 
     name: str
     x_train: np.ndarray
@@ -57,6 +64,8 @@ class Dataset:
     n_classes: int
     augment: AugmentSpec
     x_unlabeled_extra: np.ndarray | None = None
+    split_labels: np.ndarray | None = None
+    label_folds: tuple[np.ndarray, ...] | None = None
 
 
 # ---- loaders ------------------------------------------------------------------------------------
@@ -130,16 +139,41 @@ def _load_torchvision(name: str, data_dir: str) -> Dataset:
         trs = [get(tvd.SVHN, split=s) for s in splits]
         te = get(tvd.SVHN, split="test")
         # svhn_extra: the extra images join the training set, labels and all, as in the
-        # official 'svhn' (with extra) dataset, whose labeled split is drawn from train+extra.
-        return Dataset(name, np.concatenate([_nchw_to_nhwc(t.data) for t in trs]),
-                       np.concatenate([np.asarray(t.labels, np.int64) for t in trs]),
-                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name])
+        # official 'svhn' (with extra) dataset, whose labeled split is drawn from train+extra
+        # (create_split.py svhn-train.tfrecord svhn-extra.tfrecord: the same image order).
+        y = np.concatenate([np.asarray(t.labels, np.int64) for t in trs])
+        return Dataset(name, np.concatenate([_nchw_to_nhwc(t.data) for t in trs]), y,
+                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name],
+                       split_labels=svhn_official_classes(y))
     # stl10: labels from 'train' (5000), 'unlabeled' (100,000) only joins the unlabeled pool.
     tr, te = get(tvd.STL10, split="train"), get(tvd.STL10, split="test")
     unl = get(tvd.STL10, split="unlabeled")
+    folds_file = os.path.join(data_dir, getattr(tvd.STL10, "base_folder", "stl10_binary"),
+                              getattr(tvd.STL10, "folds_list_file", "fold_indices.txt"))
     return Dataset(name, _nchw_to_nhwc(tr.data), np.asarray(tr.labels, np.int64),
                    _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name],
-                   x_unlabeled_extra=_nchw_to_nhwc(unl.data))
+                   x_unlabeled_extra=_nchw_to_nhwc(unl.data), label_folds=read_folds(folds_file))
+
+
+def svhn_official_classes(y: np.ndarray) -> np.ndarray:
+    """SVHN class ids as the official code numbers them: the .mat files label digit d as d (1..9)
+    and digit 0 as 10, and scripts/create_datasets.py subtracts 1 (digit 1 -> class 0, ...,
+    digit 0 -> class 9), while torchvision maps 10 -> 0 (class = digit). The per-class shuffles
+    of create_split.py run in class order and its greedy draw breaks ties toward the lowest
+    class id, so the official labeled split needs the official ids."""
+    return (np.asarray(y, np.int64) + 9) % 10
+
+
+def read_folds(path: str) -> tuple[np.ndarray, ...]:
+    """STL-10's predefined labeled folds (stl10_binary/fold_indices.txt): one line per fold of
+    0-based indices into the 5000 training images; create_split.py takes line `seed`."""
+    try:
+        with open(path) as fh:
+            lines = [ln.split() for ln in fh.read().splitlines() if ln.strip()]
+    except OSError:
+        raise ConfigError(f"dataset: STL-10 fold file '{path}' cannot be read; put the dataset's "
+                          "stl10_binary/ files into data_dir") from None
+    return tuple(np.asarray(list(map(int, ln)), np.int64) for ln in lines)
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -204,41 +238,87 @@ def _load_npz(path: str) -> Dataset:
 
 
 # ---- splits -------------------------------------------------------------------------------------
-def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int,
-                  val_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_counts(class_counts: np.ndarray, n: int) -> np.ndarray:
+    """How many of `n` labels each class gets: the official greedy draw (scripts/create_split.py).
+
+    Label i goes to the class with the largest `train_stats - npos / max(npos.max(), 1)`, where
+    train_stats is each class's share of the training set relative to the largest class and npos
+    counts the labels drawn so far (ties go to the lowest class id). It keeps npos proportional to
+    the class frequencies: equal counts (CIFAR, STL-10) give a round robin, exactly n / n_classes
+    per class; SVHN's skewed digits give a skewed labeled set. Same float64 expression as the
+    official code, so ties break the same way."""
+    train_stats = np.asarray(class_counts, np.float64)
+    train_stats = train_stats / train_stats.max()
+    npos = np.zeros(len(train_stats), np.int64)
+    for _ in range(n):
+        npos[np.argmax(train_stats - npos / max(npos.max(), 1))] += 1
+    return npos
+
+
+def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_size: int = 0,
+                  folds: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labeled_idx, unlabeled_idx, val_idx): sorted int64 indices into the training set.
 
-    Official protocol: each class's indices are shuffled once with a seeded RandomState
-    (numpy's frozen legacy stream: the same split on every machine and numpy version). The
-    validation images are the first ones of each class's shuffle (`val_size` split over the
-    classes in proportion to their sizes, so balanced data gives a balanced split); the next
-    n_labeled / n_classes of each class are labeled; all the rest are unlabeled. So the
-    three sets are disjoint and cover the training set, and the labeled set is exactly
-    balanced (25 per class at 250 labels on CIFAR-10)."""
+    Official protocol (scripts/create_split.py): `np.random.seed(seed)`, then each class's index
+    list, in class order, is shuffled once (RandomState(seed).permutation draws the same stream:
+    numpy's frozen legacy generator, the same split on every machine); `draw_counts` says how
+    many labels each class gets, and they are the first ones of the class's shuffle. So on data in
+    the official order with the official class ids (`Dataset.split_labels`) seed s selects the
+    official labeled set of seed s. All the rest is unlabeled: labeled images never join it.
+
+    - `val_size` (ours; the official runs use none but one image, see experiments/): the
+      validation images are taken first from each class's shuffle (`val_size` split over the
+      classes in proportion to their sizes), the labels from what follows.
+    - `n_labeled` = every image left after val_size: every image is labeled (the fully
+      supervised runs, fully_supervised/fs_*.py, train on the whole training set).
+    - `folds` (STL-10): at n_labeled == the fold size the labeled set is the predefined fold
+      `seed` (create_split reads line `seed` of stl10_fold_indices.txt), not a seeded draw.
+    """
     y = np.asarray(y)
     n = len(y)
-    if n_labeled <= 0 or n_labeled % n_classes:
-        raise ConfigError(f"n_labeled: must be a positive multiple of the class count ({n_classes}), "
-                          f"got {n_labeled}")
+    if n_labeled <= 0:
+        raise ConfigError(f"n_labeled: must be positive, got {n_labeled}")
     if n_labeled > n:
         raise ConfigError(f"n_labeled: {n_labeled} exceeds the {n} training images")
     if val_size < 0 or val_size + n_labeled > n:
         raise ConfigError(f"val_size: {val_size} + n_labeled {n_labeled} exceeds the {n} training images")
     counts = np.bincount(y, minlength=n_classes)
     n_val = _largest_remainder(counts, val_size) if val_size else np.zeros(n_classes, np.int64)
-    per_class = n_labeled // n_classes
+    fold = None
+    if folds and n_labeled == len(folds[0]):
+        if not 0 <= seed < len(folds):
+            raise ConfigError(f"seed: at n_labeled={n_labeled} the labeled set is a predefined fold; "
+                              f"allowed: 0..{len(folds) - 1}, got {seed}")
+        fold = np.zeros(n, bool)
+        fold[np.asarray(folds[seed], np.int64)] = True
+    if fold is not None or n_labeled == n - val_size:
+        n_lab = np.zeros(n_classes, np.int64)           # the labeled set is fixed, not drawn
+    else:
+        n_lab = draw_counts(counts, n_labeled)
     rs = np.random.RandomState(seed)
     labeled, unlabeled, val = [], [], []
     for c in range(n_classes):
         idx = rs.permutation(np.flatnonzero(y == c))
-        if n_val[c] + per_class > len(idx):
-            raise ConfigError(f"n_labeled: {n_labeled} needs {per_class} images of class {c} but it has "
+        if fold is not None:                             # val from the non-fold images of the class
+            val.append(idx[~fold[idx]][: n_val[c]])
+            continue
+        if n_val[c] + n_lab[c] > len(idx):
+            raise ConfigError(f"n_labeled: {n_labeled} needs {n_lab[c]} images of class {c} but it has "
                               f"only {len(idx)} training images" + (f" ({n_val[c]} went to val_size)"
                                                                     if n_val[c] else ""))
         val.append(idx[: n_val[c]])
-        labeled.append(idx[n_val[c]: n_val[c] + per_class])
-        unlabeled.append(idx[n_val[c] + per_class:])
-    return tuple(np.sort(np.concatenate(s)).astype(np.int64) for s in (labeled, unlabeled, val))
+        labeled.append(idx[n_val[c]: n_val[c] + n_lab[c]])
+    val_idx = np.concatenate(val).astype(np.int64)
+    rest = np.ones(n, bool)
+    rest[val_idx] = False
+    if fold is not None:
+        lab_idx = np.flatnonzero(fold)
+    elif n_labeled == n - val_size:
+        lab_idx = np.flatnonzero(rest)
+    else:
+        lab_idx = np.concatenate(labeled).astype(np.int64)
+    rest[lab_idx] = False
+    return np.sort(lab_idx).astype(np.int64), np.flatnonzero(rest).astype(np.int64), np.sort(val_idx)
 
 
 # ---- device-resident data -----------------------------------------------------------------------
@@ -298,7 +378,8 @@ class DeviceData:
               channels_last: bool) -> "DeviceData":
         """Split `ds` (see `split_labeled`) and copy everything to `device` once."""
         device = torch.device(device)
-        lab, unl, val = split_labeled(ds.y_train, n_labeled, ds.n_classes, seed, val_size)
+        y_split = ds.y_train if ds.split_labels is None else ds.split_labels
+        lab, unl, val = split_labeled(y_split, n_labeled, ds.n_classes, seed, val_size, ds.label_folds)
 
         def put(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)

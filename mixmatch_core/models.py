@@ -1,7 +1,7 @@
 """The classifiers: the official MixMatch wide ResNet (WRN-28-2 and relatives) and a small CNN.
 
-Owns: `build_model(name, n_classes, in_channels)`, the architectures and their
-initialisation, and `BatchNorm2d` (batch norm that always computes in fp32).
+Owns: `build_model(name, n_classes, in_channels, scales=, image_width=)`, the architectures
+and their initialisation, and `BatchNorm2d` (batch norm that always computes in fp32).
 
 The wide ResNet is a transcription of the official code (google-research/mixmatch,
 libml/models.py `ResNet.classifier`, with `scales=3, filters=32, repeat=4` for WRN-28-2):
@@ -176,17 +176,28 @@ MODEL_NAMES = "wrn28_2, wrn28_large, wrnD_K, small_cnn, small_cnnW (e.g. small_c
 LARGE_FILTERS = 135  # Table 1's large model: WRN-28 with 135 filters in the first stage (~26 M params)
 
 
-def build_model(name: str, n_classes: int, in_channels: int, **kwargs) -> nn.Module:
+def official_scales(image_width: int) -> int:
+    """The official default number of WRN stages, `FLAGS.scales or (ilog2(width) - 2)` with
+    libml/utils.py's ilog2(x) = ceil(log2(x)): 3 at 32 px, 1 at 8 px, and 5 at STL-10's 96 px,
+    which is why runs/table2.sh passes --scales=4 explicitly (our STL-10 preset does the same).
+    At least 1 (the official formula gives no stage at all below 5 px)."""
+    return max(1, math.ceil(math.log2(image_width)) - 2)
+
+
+def build_model(name: str, n_classes: int, in_channels: int, *, scales: int = 0, image_width: int = 32,
+                **kwargs) -> nn.Module:
     """The classifier called `name` (`Config.model`): `wrn{D}_{K}` = WRN-D-K (16 * K filters in
-    the first stage), `wrn28_large`, or `small_cnn`. kwargs go to the constructor (e.g.
-    `scales=4` for STL-10's WRN, `bn_momentum` for small_cnn)."""
+    the first stage), `wrn28_large`, or `small_cnn`. `scales` (`Config.scales`) is the WRN's
+    number of stages, 0 = `official_scales(image_width)`; small_cnn has no stages and ignores
+    it. Other kwargs go to the constructor (e.g. `bn_momentum` for small_cnn)."""
     m = re.fullmatch(r"small_cnn(\d*)", name)
     if m and (not m[1] or int(m[1]) >= 4):
         # small_cnnW: first-block width W (default 32); compute scales with W^2.
         return SmallCNN(n_classes, in_channels, width=int(m[1] or 32), **kwargs)
+    scales = scales or official_scales(image_width)
     if name == "wrn28_large":
-        return WideResNet(n_classes, in_channels, depth=28, filters=LARGE_FILTERS, **kwargs)
+        return WideResNet(n_classes, in_channels, depth=28, filters=LARGE_FILTERS, scales=scales, **kwargs)
     m = re.fullmatch(r"wrn(\d+)_(\d+)", name)
     if m and int(m[2]) >= 1:
-        return WideResNet(n_classes, in_channels, depth=int(m[1]), filters=16 * int(m[2]), **kwargs)
+        return WideResNet(n_classes, in_channels, depth=int(m[1]), filters=16 * int(m[2]), scales=scales, **kwargs)
     raise ConfigError(f"model: unknown '{name}'; allowed: {MODEL_NAMES}")

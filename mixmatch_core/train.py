@@ -83,12 +83,14 @@ def decay_params(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def build_models(cfg: Config, n_classes: int, in_channels: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+def build_models(cfg: Config, n_classes: int, in_channels: int, device: torch.device,
+                 image_width: int = 32) -> tuple[nn.Module, nn.Module]:
     """The live model and its EMA copy (same initial weights, no gradients), both in training
     mode: the EMA model is switched to eval() for evaluation and, with ema_guess, guesses
     labels in training mode like the live model."""
-    model = build_model(cfg.model, n_classes, in_channels).to(device)
-    ema_model = build_model(cfg.model, n_classes, in_channels).to(device)
+    shape = dict(scales=cfg.scales, image_width=image_width)   # WRN stages: cfg.scales, 0 = official auto
+    model = build_model(cfg.model, n_classes, in_channels, **shape).to(device)
+    ema_model = build_model(cfg.model, n_classes, in_channels, **shape).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
         ema_model = ema_model.to(memory_format=torch.channels_last)
@@ -257,7 +259,7 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
                           "or use a supervised method (supervised, fs_mixup)")
     prepare_run_dir(run_dir)   # an unwritable out_dir fails here, before MLflow hears of the run
 
-    model, ema_model = build_models(cfg, n_classes, data.in_channels, device)
+    model, ema_model = build_models(cfg, n_classes, data.in_channels, device, data.image_size[1])
     params = [p for p in model.parameters() if p.requires_grad]
     ema_params = list(ema_model.parameters())
     wd_params = decay_params(model)

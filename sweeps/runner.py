@@ -53,6 +53,8 @@ def step_seconds(cfg, device_type: str) -> float:
         base *= 17          # ~26 M vs 1.5 M parameters; FLOPs scale about the same
     if cfg.dataset == "digits":
         base *= 0.1         # 8x8 images: about a tenth of the 32x32 cost (measured)
+    if cfg.dataset == "stl10":
+        base *= 9           # 96x96 images: 9x the pixels of 32x32 (estimate)
     method = METHODS[cfg.method]
     relative = (1 + cfg.K) / 3 if cfg.method == FULL_METHOD else \
         method.forwards_per_step / METHODS[FULL_METHOD].forwards_per_step
@@ -82,6 +84,8 @@ def dry_run(spec: Spec, cells, device_type: str, workers: int, states: dict | No
     cost nothing, so the total is what a (re)launch would still spend."""
     states = states or {}
     total, n_done = 0.0, 0
+    # GPU specs: cost in GPU-hours (the unit GPU budgets are counted in); CPU: readable durations
+    cost_text = (lambda s: f"{s / 3600:,.1f} GPU-h") if device_type == "cuda" else fmt_seconds
     print(f"sweep '{spec.name}' ({spec.path}): {len(cells)} cells, experiment '{spec.experiment}'")
     print(f"{'run name':<36} {'cell_key':<13} {'steps':>9} {'state':>8} {'est. cost':>10}")
     for c in cells:
@@ -89,8 +93,8 @@ def dry_run(spec: Spec, cells, device_type: str, workers: int, states: dict | No
         cost = 0.0 if state == "done" else c.steps * step_seconds(c, device_type)
         n_done += state == "done"
         total += cost
-        print(f"{c.run_name:<36} {c.cell_key:<13} {c.steps:>9,} {state:>8} {fmt_seconds(cost):>10}")
-    print(f"total: {len(cells)} cells ({n_done} done), ~{fmt_seconds(total)} of {device_type.upper()} time to go "
+        print(f"{c.run_name:<36} {c.cell_key:<13} {c.steps:>9,} {state:>8} {cost_text(cost):>10}")
+    print(f"total: {len(cells)} cells ({n_done} done), ~{cost_text(total)} of {device_type.upper()} time to go "
           f"(~{fmt_seconds(total / max(workers, 1))} wall with {workers} worker(s)); nothing was run")
 
 

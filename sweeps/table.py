@@ -42,15 +42,17 @@ import numpy as np
 import pandas as pd
 
 from mixmatch_core.config import FIELDS, Config, ConfigError
+from mixmatch_core.methods import FULL_METHOD, METHODS
 
 FORMATS = ("markdown", "latex", "csv", "html")
 LAYOUTS = ("auto", "labels", "ablation")
 REFERENCES = ("paper", "none")
-FULL = "mixmatch"
+FULL = FULL_METHOD          # the row every other row is compared against (Welch's t-test)
 REFERENCE_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_reference.csv"
-# Table 4's row order; our own rows without a paper counterpart follow, then the rest by name.
-ROW_ORDER = ("mixmatch", "k1", "k3", "k4", "no_sharpen", "ema_guess", "no_ema", "no_mixup", "mixup_labeled_only",
-             "mixup_unlabeled_only", "mixup_separate", "supervised")
+# The full method, its Table 4 ablations in the paper's order, then every other method in the
+# registry's order (Table 5's), the fully supervised recipe last; other rows follow by name.
+ROW_ORDER = (FULL, "k1", "k3", "k4", "no_sharpen", "ema_guess", "no_ema", "no_mixup", "mixup_labeled_only",
+             "mixup_unlabeled_only", "mixup_separate", *(m for m in METHODS if m != FULL), "fully_supervised")
 # Which of the paper's tables each layout prefers when several have the same cell.
 PREFERRED_TABLES = {"labels": (5, 6, 7, 1, 2, 4), "ablation": (4, 5, 6, 7, 1, 2)}
 PAPER_DATASETS = ("cifar10", "cifar100", "svhn", "svhn_extra", "stl10")
@@ -322,7 +324,7 @@ def _row_sort_key(row: tuple) -> tuple:
 def _row_label(row: tuple, extras: list[str], multi_dataset: bool) -> str:
     dataset, method, variant, *vals = row
     label = str(variant)
-    tags = [f"method={method}"] if method not in ("mixmatch", variant) else []
+    tags = [f"method={method}"] if method not in (FULL, variant) else []
     tags += [f"{k}={v}" for k, v in zip(extras, vals)]
     if tags:
         label += " [" + ", ".join(tags) + "]"

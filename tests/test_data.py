@@ -1,6 +1,7 @@
 """Specification of data.py: loaders, the official labeled split, and device-resident batches."""
 
 import io
+import os
 import urllib.error
 import urllib.request
 
@@ -70,8 +71,7 @@ def test_split_is_the_same_on_every_machine():
 
 @pytest.mark.parametrize("n_labeled, val_size, field", [
     (310, 0, "n_labeled"),    # more than the 300 training images
-    (15, 0, "n_labeled"),     # not a multiple of 10 classes
-    (0, 0, "n_labeled"),
+    (0, 0, "n_labeled"),      # (a multiple of the class count is a per-dataset rule: config.validate)
     (300, 10, "val_size"),    # val + labeled exceed the training set
 ])
 def test_impossible_split_raises_one_line_config_error(n_labeled, val_size, field):
@@ -80,18 +80,125 @@ def test_impossible_split_raises_one_line_config_error(n_labeled, val_size, fiel
     assert one_line_error(e).startswith(field + ":")
 
 
-def test_split_names_the_class_with_too_few_images():
-    y = np.repeat([0, 1, 2], [30, 30, 3])
+def test_split_names_the_class_whose_images_went_to_val_size():
+    # val_size 16 over [10, 10, 2] -> 7, 7, 2; the draw's first round wants one image of class 2
+    y = np.repeat([0, 1, 2], [10, 10, 2])
     with pytest.raises(ConfigError) as e:
-        split_labeled(y, 15, 3, seed=1)
-    one_line_error(e, "n_labeled:", "class 2", "only 3")
+        split_labeled(y, 3, 3, seed=1, val_size=16)
+    one_line_error(e, "n_labeled:", "class 2", "only 2", "2 went to val_size")
 
 
-def test_split_counts_the_val_images_taken_from_a_small_class():
-    y = np.repeat([0, 1, 2], [30, 30, 10])  # val_size 10 -> 4, 4, 2 per class; 2 + 9 > 10
+# create_split.py's labeled draw, re-implemented here from reading the official script (not
+# from data.py): np.random.seed(seed); shuffle each class's index list in class order with the
+# global numpy RNG; then label i goes to argmax(train_stats - npos / max(npos.max(), 1)) with
+# train_stats = class counts / the largest count, taking that class's next shuffled index.
+def create_split_labeled(y: np.ndarray, size: int, seed: int) -> list[int]:
+    nclass = int(y.max()) + 1
+    class_id = [np.flatnonzero(y == i).astype(np.int64) for i in range(nclass)]
+    train_stats = np.array([len(c) for c in class_id], np.float64)
+    train_stats /= train_stats.max()
+    saved = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        for i in range(nclass):
+            np.random.shuffle(class_id[i])
+    finally:
+        np.random.set_state(saved)
+    npos = np.zeros(nclass, np.int64)
+    label = []
+    for _ in range(size):
+        c = np.argmax(train_stats - npos / max(npos.max(), 1))
+        label.append(int(class_id[c][npos[c]]))
+        npos[c] += 1
+    return sorted(label)
+
+
+# SVHN's training-set class counts (official class ids: digit 1 first, digit 0 last), / 10.
+SVHN_COUNTS_10 = np.array([1386, 1059, 850, 746, 688, 573, 560, 505, 466, 495])
+
+
+def svhn_like_labels(seed=0):
+    return np.random.RandomState(seed).permutation(np.repeat(np.arange(10), SVHN_COUNTS_10))
+
+
+@pytest.mark.parametrize("labels", ["cifar_like", "svhn_like"])
+@pytest.mark.parametrize("size", [250, 1000, 4000, 255])
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_split_selects_the_images_create_split_selects(labels, size, seed):
+    # So on data in the official order and class ids, seed 3 is table4.sh's split, and so on.
+    y = shuffled_labels(per_class=500) if labels == "cifar_like" else svhn_like_labels()
+    lab, unl, val = split_labeled(y, size, 10, seed=seed)
+    assert lab.tolist() == create_split_labeled(y, size, seed)
+    assert len(val) == 0 and np.array_equal(np.sort(np.concatenate([lab, unl])), np.arange(len(y)))
+
+
+CIFAR10_NPZ = "/work/shared/datasets/cifar10.npz"
+
+
+@pytest.mark.skipif(not os.path.isfile(CIFAR10_NPZ), reason=f"real CIFAR-10 not at {CIFAR10_NPZ}")
+@pytest.mark.parametrize("size", [250, 4000])
+def test_split_seed_3_on_real_cifar10_labels_is_create_splits_draw_and_balanced(size):
+    # This copy's images are in a fixed shuffled order (its README), so these are not the
+    # official images; through torchvision (the official batch order) they are.
+    with np.load(CIFAR10_NPZ, allow_pickle=False) as f:
+        y = f["y_train"].astype(np.int64)
+    lab, _, _ = split_labeled(y, size, 10, seed=3)
+    assert lab.tolist() == create_split_labeled(y, size, 3)
+    assert np.bincount(y[lab], minlength=10).tolist() == [size // 10] * 10
+
+
+@pytest.mark.parametrize("size", [250, 500, 1000, 2000, 4000])
+def test_split_of_balanced_classes_is_balanced_as_create_split_draws_it(size):
+    lab, _, _ = split_labeled(shuffled_labels(per_class=500), size, 10, seed=1)
+    assert np.bincount(shuffled_labels(per_class=500)[lab]).tolist() == [size // 10] * 10
+
+
+def test_split_of_skewed_classes_follows_the_class_frequencies():
+    y = svhn_like_labels()
+    lab, _, _ = split_labeled(y, 1000, 10, seed=1)
+    got = np.bincount(y[lab], minlength=10)
+    want = 1000 * SVHN_COUNTS_10 / SVHN_COUNTS_10.sum()
+    assert np.abs(got - want).max() <= 1.5 and got.sum() == 1000
+    assert got.tolist() != [100] * 10
+
+
+def test_split_with_every_image_labeled_leaves_no_unlabeled_image():
+    # fully_supervised/fs_*.py train on the whole training set
+    y = svhn_like_labels()
+    lab, unl, val = split_labeled(y, len(y), 10, seed=1)
+    assert np.array_equal(lab, np.arange(len(y))) and len(unl) == 0 and len(val) == 0
+    lab, unl, val = split_labeled(y, len(y) - 50, 10, seed=1, val_size=50)
+    assert len(lab) == len(y) - 50 and len(unl) == 0 and len(val) == 50
+
+
+FOLDS = tuple(np.arange(i, 100, 10)[:6] for i in range(10))   # ten disjoint 6-image folds
+
+
+def test_split_at_the_fold_size_is_the_predefined_fold_of_the_seed():
+    y = np.arange(100) % 5
+    for seed in (0, 1, 3, 9):
+        lab, unl, val = split_labeled(y, 6, 5, seed=seed, folds=FOLDS)
+        assert lab.tolist() == sorted(FOLDS[seed].tolist())
+        assert len(unl) == 94 and not set(lab) & set(unl)
+
+
+def test_split_at_the_fold_size_takes_val_images_outside_the_fold():
+    lab, unl, val = split_labeled(np.arange(100) % 5, 6, 5, seed=2, val_size=10, folds=FOLDS)
+    assert lab.tolist() == sorted(FOLDS[2].tolist()) and len(val) == 10 and not set(val) & set(lab)
+    assert len(unl) == 84
+
+
+@pytest.mark.parametrize("seed", [10, -1])
+def test_split_at_the_fold_size_with_a_seed_outside_the_folds_is_one_line_naming_seed(seed):
     with pytest.raises(ConfigError) as e:
-        split_labeled(y, 27, 3, seed=1, val_size=10)
-    one_line_error(e, "n_labeled:", "class 2", "only 10", "2 went to val_size")
+        split_labeled(np.arange(100) % 5, 6, 5, seed=seed, folds=FOLDS)
+    assert one_line_error(e, "allowed: 0..9").startswith("seed:")
+
+
+def test_split_at_other_sizes_ignores_the_folds():
+    y = np.arange(100) % 5
+    lab, _, _ = split_labeled(y, 10, 5, seed=1, folds=FOLDS)
+    assert lab.tolist() == create_split_labeled(y, 10, 1)
 
 
 # ---- loaders -------------------------------------------------------------------------------------
@@ -178,6 +285,75 @@ def test_unknown_dataset_raises_config_error():
     with pytest.raises(ConfigError) as e:
         load_dataset("mnist", "unused")
     one_line_error(e, "dataset: unknown 'mnist'")
+
+
+# Fakes of torchvision's SVHN and STL10 classes: small synthetic arrays in their formats (uint8
+# NCHW images; SVHN labels with digit 0 as class 0 as torchvision gives them; STL-10's
+# stl10_binary/fold_indices.txt of 0-based indices into the training images), no download.
+class FakeSVHN:
+    sizes = {"train": 300, "extra": 200, "test": 50}
+
+    def __init__(self, root, split, download):
+        n = self.sizes[split]
+        rs = np.random.RandomState(len(split))
+        digits = np.repeat(np.arange(10), np.maximum(1, (SVHN_COUNTS_10 * n) // SVHN_COUNTS_10.sum()))
+        self.labels = rs.permutation(np.resize(np.roll(digits, 1), n))      # digit 1 most frequent
+        self.data = rs.randint(0, 256, (n, 3, 32, 32)).astype(np.uint8)
+
+
+class FakeSTL10:
+    def __init__(self, root, split, download):
+        n = {"train": 100, "test": 40, "unlabeled": 60}[split]
+        self.data = np.full((n, 3, 96, 96), {"train": 1, "test": 2, "unlabeled": 3}[split], np.uint8)
+        self.labels = np.arange(n) % 10 if split != "unlabeled" else np.full(n, -1)
+
+
+@pytest.fixture
+def fake_tv(monkeypatch, tmp_path):
+    import torchvision.datasets as tvd
+    monkeypatch.setattr(tvd, "SVHN", FakeSVHN)
+    monkeypatch.setattr(tvd, "STL10", FakeSTL10)
+    (tmp_path / "stl10_binary").mkdir()
+    (tmp_path / "stl10_binary" / "fold_indices.txt").write_text(
+        "\n".join(" ".join(map(str, f)) for f in FOLDS) + "\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, n_train", [("svhn", 300), ("svhn_extra", 500)])
+def test_svhn_splits_on_the_official_class_ids(fake_tv, name, n_train):
+    ds = load_dataset(name, str(fake_tv))
+    assert len(ds.y_train) == n_train and ds.split_labels is not None
+    # the official ids: the .mat label minus 1, i.e. digit 1 -> 0, ..., digit 0 -> 9
+    mat = np.where(ds.y_train == 0, 10, ds.y_train)
+    assert np.array_equal(ds.split_labels, mat - 1)
+    d = DeviceData.build(ds, n_labeled=25, seed=3, val_size=0, device="cpu", channels_last=False)
+    want = create_split_labeled(ds.split_labels, 25, 3)
+    assert torch.equal(d.y_labeled, torch.from_numpy(ds.y_train[want]))        # labels stay digits
+    assert torch.equal(d.x_labeled[:, 4:-4, 4:-4], torch.from_numpy(ds.x_train[want]))  # unpadded
+    # the class order matters: drawn on torchvision's ids the same seed picks other images
+    assert split_labeled(ds.y_train, 25, 10, seed=3)[0].tolist() != want
+
+
+def test_stl10_at_the_fold_size_labels_the_fold_of_the_seed(fake_tv):
+    ds = load_dataset("stl10", str(fake_tv))
+    assert len(ds.label_folds) == 10 and ds.x_unlabeled_extra.shape == (60, 96, 96, 3)
+    d = DeviceData.build(ds, n_labeled=6, seed=4, val_size=0, device="cpu", channels_last=False)
+    assert torch.equal(d.y_labeled, torch.from_numpy(ds.y_train[np.sort(FOLDS[4])]))
+    assert (d.n_labeled, d.n_unlabeled) == (6, 94 + 60)
+
+
+def test_stl10_with_every_labeled_image_keeps_the_unlabeled_split_as_the_unlabeled_pool(fake_tv):
+    ds = load_dataset("stl10", str(fake_tv))
+    d = DeviceData.build(ds, n_labeled=100, seed=1, val_size=0, device="cpu", channels_last=False)
+    assert (d.n_labeled, d.n_unlabeled) == (100, 60)
+    assert (d.x_unlabeled == 3).all()   # only images of the 'unlabeled' split
+
+
+def test_stl10_without_its_fold_file_is_one_line_naming_the_file(fake_tv):
+    (fake_tv / "stl10_binary" / "fold_indices.txt").unlink()
+    with pytest.raises(ConfigError) as e:
+        load_dataset("stl10", str(fake_tv))
+    one_line_error(e, "fold_indices.txt")
 
 
 # ---- DeviceData ----------------------------------------------------------------------------------

@@ -197,6 +197,60 @@ def test_mixup_is_reproducible_from_the_global_torch_seed():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def _partner_maps(n: int, draws: int, seed: int = 0) -> torch.Tensor:
+    """[draws, n]: the partner of every row in `draws` independent mixup calls (mode 'all')."""
+    torch.manual_seed(seed)
+    x, t = basis_batch(n)
+    return torch.stack([partners(mixup(x, t, n_labeled=2, alpha=0.75, mode="all")[1])[1]
+                        for _ in range(draws)])
+
+
+def test_mixup_partner_is_a_fresh_uniform_permutation_not_a_roll_or_reversal():
+    # Official MixMode: tf.random_shuffle of the batch, i.e. a uniformly random permutation per
+    # step. A fixed roll or reversal gives every row the same partner at every step; a random
+    # roll gives every (row, partner) pair but a constant offset partner[i] - i within a draw.
+    n, draws = 6, 400
+    maps = _partner_maps(n, draws)
+    assert all(sorted(m.tolist()) == list(range(n)) for m in maps)   # each draw is a permutation
+    pairs = torch.zeros(n, n)
+    for m in maps:
+        pairs[torch.arange(n), m] += 1
+    assert (pairs > 0).all(), pairs      # every row meets every partner (itself included) ...
+    assert pairs.min() > draws / n / 3   # ... about equally often (expected 400/6 = 67 each)
+    offsets = (maps - torch.arange(n)) % n
+    constant = (offsets == offsets[:, :1]).all(dim=1)
+    assert constant.float().mean() < 0.05   # a uniform permutation is a roll with p = 6/720
+
+
+def folded_beta_cdf(alpha: float):
+    """CDF of lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), on [0.5, 1]:
+    P(lambda' <= x) = P(1 - x <= lambda <= x) = 2 F(x) - 1 (Beta(a, a) is symmetric)."""
+    from scipy.stats import beta
+    return lambda x: 2.0 * beta.cdf(x, alpha, alpha) - 1.0
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])   # SVHN+extra, fs_mixup, the default
+def test_sample_lambda_follows_the_folded_beta_distribution(alpha):
+    # Kolmogorov-Smirnov on 20,000 draws: Uniform(0.5, 1) (a common shortcut) or an unfolded
+    # Beta is rejected with p < 1e-10 at this n; the right distribution passes at 1e-3.
+    from scipy.stats import kstest
+    torch.manual_seed(0)
+    lam = sample_lambda(20_000, alpha).double().numpy()
+    assert kstest(lam, folded_beta_cdf(alpha)).pvalue > 1e-3
+    assert kstest(lam, "uniform", args=(0.5, 0.5)).pvalue < 1e-6   # the test has power
+
+
+def test_mixup_mixes_with_folded_beta_weights():
+    # The weights mixup actually applies (read back from basis targets), not just the sampler.
+    from scipy.stats import kstest
+    torch.manual_seed(0)
+    x, t = basis_batch(100)
+    lam = torch.cat([partners(mixup(x, t, 40, 0.75, "all")[1])[0] for _ in range(100)])
+    # a row drawn as its own partner reads back lambda' = 1 (about 1 in 100 rows): leave those out
+    lam = lam[lam < 1.0].double().numpy()
+    assert kstest(lam, folded_beta_cdf(0.75)).pvalue > 1e-3
+
+
 N, NL = 12, 4  # 4 labeled rows, then K=2 views of 4 unlabeled rows
 LAB, UNL = torch.arange(N) < NL, torch.arange(N) >= NL
 
