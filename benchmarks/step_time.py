@@ -155,8 +155,9 @@ class ProjectStep:
         self.wd_params = decay_params(model)
         self.opt = make_optimizer(self.params, cfg.lr)
         self.wd_factor = 1.0 - cfg.wd * cfg.lr
-        self.fwd = torch.compile(model) if cfg.compile else model
-        self.fwd_ema = torch.compile(ema_model) if cfg.compile else ema_model
+        from mixmatch_core.train import compiled
+        self.fwd, self.fwd_ema = (compiled(model, cfg.compile_mode), compiled(ema_model, cfg.compile_mode)) \
+            if cfg.compile else (model, ema_model)
         from mixmatch_core import methods
         self.method = methods.load(cfg.method)
         self.amp_ctx = _amp_context(cfg, device)

@@ -90,7 +90,10 @@ class Config:
     amp: str = _f("none", "none | bf16 (autocast; batch norm, losses and weights stay fp32)")
     channels_last: bool = _f(True, "channels_last (NHWC) memory format for images and model: same results within 1e-5, "
                                    "1.15-1.35x faster on CPU (README Performance); false = NCHW", runtime=True)
-    compile: bool = _f(False, "torch.compile the model (compiled once per process)", runtime=True)
+    compile: bool = _f(False, "torch.compile the model's forward and backward (no graph break; see compile_mode)",
+                       runtime=True)
+    compile_mode: str = _f("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: one launch "
+                                      "per step's forward/backward) | max-autotune", runtime=True)
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default)", runtime=True)
     experiment: str = _f("mixmatch", "MLflow experiment name", runtime=True)
     out_dir: str = _f("runs", "checkpoint root; a run lives in OUT_DIR/RUN_NAME-CELLKEY", runtime=True)
@@ -183,6 +186,7 @@ CHOICES = {
     "mixup": ("all", "none", "labeled", "unlabeled", "separate"),
     "bn_mode": ("interleave", "fused"),
     "amp": ("none", "bf16"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "svhn_extra", "stl10")
 N_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "svhn_extra": 10, "stl10": 10}

@@ -129,6 +129,15 @@ def optimizer_update(opt: torch.optim.Optimizer, loss: torch.Tensor, params: lis
         ema_update(ema_params, params, ema_decay)
 
 
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """torch.compile of the model's forward (AOTAutograd compiles its backward too). The graph
+    is capture-safe: static shapes (every chunk of a step has batch_size rows), no host sync,
+    and the step's randomness (MixUp's Beta draws and permutations, augmentation offsets) is
+    drawn on the device outside it. Models of one architecture share the compiled code: a
+    worker compiles once per process, not once per cell (parameters are graph inputs)."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
 @torch.no_grad()
 def copy_buffers(dst: nn.Module, src: nn.Module) -> None:
     """The EMA model reads batch-norm running statistics from the live model (not averaged)."""
@@ -267,10 +276,11 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
     # Official code: kernels *= (1 - wd * lr) after each Adam step, no L2 term in the loss
     # (0.02 * 0.002 = 4e-5 per step; the paper's text says 0.0004, ten times the code's value).
     wd_factor = 1.0 - cfg.wd * cfg.lr
-    fwd = torch.compile(model) if cfg.compile else model
     # The EMA model runs forward in the step only as a teacher (mean_teacher, ict, ema_guess);
-    # torch.compile is lazy, so an unused compiled wrapper costs nothing.
-    fwd_ema = torch.compile(ema_model) if cfg.compile else ema_model
+    # torch.compile is lazy, so an unused compiled wrapper costs nothing. Evaluation uses the
+    # plain modules: its batches have another shape, which would only add graphs.
+    fwd, fwd_ema = (compiled(model, cfg.compile_mode), compiled(ema_model, cfg.compile_mode)) if cfg.compile \
+        else (model, ema_model)
     amp_ctx = _amp_context(cfg, device)
 
     step, history, pending = 0, [], []

@@ -271,3 +271,61 @@ def test_every_method_resumes_with_exactly_the_numbers_of_an_uninterrupted_run(t
     resumed = train(cfg)
     assert resumed.history == full.history and resumed.metrics == full.metrics
     assert not any(math.isnan(h["test_error"]) for h in full.history)
+
+
+# ---- MixMatch's wiring (the step, not the pure functions of tests/test_mixmatch.py) --------------
+def _mixmatch_inputs(K=2, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(4, 3, generator=g), torch.randint(0, 3, (4,), generator=g)
+    return x, y, [torch.randn(4, 3, generator=g) for _ in range(K)], torch.randn(3, 3, generator=g)
+
+
+def _recording_mixup(monkeypatch):
+    from mixmatch_core.methods import mixmatch as mm_method
+    seen = {}
+    real = mm_method.mm.mixup
+
+    def spy(x, targets, n_labeled, alpha, mode="all"):
+        seen["targets"] = targets.clone()
+        return real(x, targets, n_labeled, alpha, mode)
+    monkeypatch.setattr(mm_method.mm, "mixup", spy)
+    return mm_method, seen
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_mixmatch_gives_every_view_the_same_sharpened_average_guess(monkeypatch, K):
+    mm_method, seen = _recording_mixup(monkeypatch)
+    x, y, u, w = _mixmatch_inputs(K)
+    cfg = resolve({"variant": "mixmatch", "K": K})
+    mm_method.losses(cfg, Fixed(w), Fixed(torch.zeros_like(w)), x, y, u, 1.0)
+    q = torch.stack([F.softmax(v @ w, -1) for v in u]).mean(0).pow(2)        # T = 0.5
+    q = q / q.sum(-1, keepdim=True)
+    B = x.shape[0]
+    for k in range(K):
+        assert torch.allclose(seen["targets"][B * (k + 1):B * (k + 2)], q, atol=1e-6), f"view {k}"
+
+
+def test_mixmatch_unlabeled_loss_covers_all_k_views(monkeypatch):
+    x, y, u, w = _mixmatch_inputs(K=2)
+    from mixmatch_core.methods import mixmatch as mm_method
+    cfg = resolve({"variant": "no_mixup"})                    # no mixing: the loss is readable
+    _, _, lu = mm_method.losses(cfg, Fixed(w), None, x, y, u, 1.0)
+    q = torch.stack([F.softmax(v @ w, -1) for v in u]).mean(0).pow(2)
+    q = q / q.sum(-1, keepdim=True)
+    expected = torch.cat([(q - F.softmax(v @ w, -1)) ** 2 for v in u]).mean()
+    assert lu.item() == pytest.approx(expected.item(), rel=1e-5)
+    only_first = ((q - F.softmax(u[0] @ w, -1)) ** 2).mean()
+    assert lu.item() != pytest.approx(only_first.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("ema_guess", [False, True])
+def test_the_ema_model_guesses_only_with_ema_guess(monkeypatch, ema_guess):
+    mm_method, seen = _recording_mixup(monkeypatch)
+    x, y, u, w = _mixmatch_inputs(K=2)
+    live, ema = Fixed(w), Fixed(torch.zeros_like(w))          # the EMA model guesses uniform
+    cfg = resolve({"variant": "ema_guess" if ema_guess else "mixmatch"})
+    mm_method.losses(cfg, live, ema, x, y, u, 1.0)
+    guess = seen["targets"][4:8]
+    uniform = torch.allclose(guess, torch.full_like(guess, 1 / 3), atol=1e-6)
+    assert uniform == ema_guess
+    assert (len(ema.seen) > 0) == ema_guess
