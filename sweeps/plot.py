@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mixmatch_core.config import ConfigError
-from sweeps.table import Table, build_table, file_stem, load_reference, load_source, log_artifacts, \
-    reference_dataset
+from sweeps.table import Table, add_source_arguments, build_table, file_stem, load_reference, load_source, \
+    log_artifacts, reference_dataset
 
 MAX_CURVES = 200          # learning curves drawn at most (one get_metric_history call each)
 MAX_PANELS = 6            # label counts shown as separate learning-curve panels
@@ -196,40 +195,34 @@ def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) 
     return _save(fig, out, f"{file_stem(table.sweep)}_learning_curves")
 
 
+def plot_table(table: Table, out_dir) -> list[Path]:
+    """Every plot of a built table into out_dir (PNG and SVG); none when no cell has finished."""
+    out = Path(out_dir)
+    return plot_error_vs_labels(table, out) + plot_ablation(table, out) + plot_learning_curves(table, out)
+
+
 def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
              experiment: str | None = None) -> list[Path]:
     """Every plot of the sweep into out_dir (PNG and SVG); with `parent_run_id`, also logged as
     artifacts (folder `plots`) of the sweep's parent run. Returns the files written (none when
     no cell has finished yet)."""
     src = load_source(sweep_or_spec, experiment)
-    table = build_table(src.runs, src.planned, src.layout, "paper", sweep=src.sweep)
-    out = Path(out_dir)
-    paths = plot_error_vs_labels(table, out) + plot_ablation(table, out) + plot_learning_curves(table, out)
+    paths = plot_table(build_table(src.runs, src.planned, src.layout, "paper", sweep=src.sweep), out_dir)
     if parent_run_id and paths:
         log_artifacts(paths, parent_run_id, "plots")
     return paths
 
 
 def plot_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import ArgumentParser, die
-    from mixmatch_core.tracking import TrackingError
+    from mixmatch_core.cli import ArgumentParser, user_errors
 
     p = ArgumentParser(prog="mixmatch plot", description="Error-vs-labels, ablation and learning-curve plots of a "
                 "sweep (PNG and SVG), from MLflow.")
-    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
+    add_source_arguments(p)
     p.add_argument("--out", metavar="DIR", default="plots", help="output directory (default plots)")
-    p.add_argument("--experiment", metavar="NAME",
-                   help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
     args = p.parse_args(argv)
-    from mlflow.exceptions import MlflowException
-    try:
+    with user_errors(out=args.out):
         paths = plot_all(args.sweep, args.out, experiment=args.experiment)
-    except (ConfigError, TrackingError) as e:
-        die(str(e))
-    except MlflowException as e:
-        die(f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
-    except OSError as e:
-        die(f"out: cannot write '{getattr(e, 'filename', args.out)}' ({e.strerror})")
     if not paths:
         print("mixmatch plot: no finished cell yet; nothing to plot", file=sys.stderr)
     for path in paths:
@@ -237,4 +230,4 @@ def plot_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["plot_all", "plot_main", "plot_error_vs_labels", "plot_ablation", "plot_learning_curves"]
+__all__ = ["plot_all", "plot_table", "plot_main", "plot_error_vs_labels", "plot_ablation", "plot_learning_curves"]

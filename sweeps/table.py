@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ import pandas as pd
 
 from mixmatch_core.config import FIELDS, Config, ConfigError
 
-from .spec import LAYOUTS
+from .spec import LAYOUTS, file_stem
 
 FORMATS = ("markdown", "latex", "csv", "html")
 REFERENCES = ("paper", "none")
@@ -158,6 +157,13 @@ class Source:
     layout: str = "auto"            # the spec's `layout:`; auto without a spec
     experiment: str | None = None
     spec: Any = None                # the Spec, when given one
+
+
+def add_source_arguments(p) -> None:
+    """SWEEP_OR_SPEC and --experiment, as every command reading a sweep from MLflow takes them."""
+    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
 
 
 def is_spec_path(arg: str) -> bool:
@@ -690,7 +696,7 @@ def to_latex(table: Table) -> str:
     return "\n".join(out) + "\n"
 
 
-_CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em;color:#222}
+TABLE_CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em;color:#222}
 h2,h3{font-weight:600}
 table{border-collapse:collapse;border-top:2px solid #222;border-bottom:2px solid #222;margin:1em 0}
 th,td{padding:.3em .8em;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -710,16 +716,22 @@ def _html_grid(g: Grid, level: str) -> list[str]:
     return out + ["</tbody>", "</table>"]
 
 
-def to_html(table: Table) -> str:
-    """One standalone HTML file with inline CSS."""
+def html_body(table: Table, level: int = 2) -> list[str]:
+    """The tables and their notes as HTML elements (headings from <h{level}>), for to_html and
+    the sweep report."""
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           f"<title>{e(table.main.title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>"]
-    out += _html_grid(table.main, "h2")
+    out = _html_grid(table.main, f"h{level}")
     out += ['<ul class="notes">'] + [f"<li>{e(n)}</li>" for n in table.notes] + ["</ul>"]
     if table.vs_full is not None:
-        out += _html_grid(table.vs_full, "h3")
-    return "\n".join(out + ["</body>", "</html>"]) + "\n"
+        out += _html_grid(table.vs_full, f"h{level + 1}")
+    return out
+
+
+def to_html(table: Table) -> str:
+    """One standalone HTML file with inline CSS."""
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           f"<title>{html.escape(table.main.title)}</title>", f"<style>\n{TABLE_CSS}\n</style>", "</head>", "<body>"]
+    return "\n".join(out + html_body(table) + ["</body>", "</html>"]) + "\n"
 
 
 RUNS_CSV_COLUMNS = ["sweep", "run_id", "run_name", "cell_key", "dataset", "model", "n_labeled", "seed", "method",
@@ -749,10 +761,6 @@ def cells_csv(table: Table) -> str:
 
 
 # ---- files and the command ---------------------------------------------------------------------
-def file_stem(sweep: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", sweep)
-
-
 def log_artifacts(paths: list[Path], parent_run_id: str, artifact_path: str) -> None:
     from mixmatch_core.tracking import client
     c = client()
@@ -794,12 +802,11 @@ def export(sweep_or_spec: str, out_dir, formats=("markdown", "latex", "csv", "ht
 
 
 def table_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import ArgumentParser, die
-    from mixmatch_core.tracking import TrackingError
+    from mixmatch_core.cli import ArgumentParser, die, user_errors
 
     p = ArgumentParser(prog="mixmatch table", description="Paper-style error tables of a sweep, from MLflow. "
                 "Give the spec file (planned cells are known: missing ones are marked) or the sweep's name.")
-    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
+    add_source_arguments(p)
     p.add_argument("--format", default="markdown", choices=FORMATS + ("all",),
                    help="output format (default markdown); csv = per-run and aggregated CSV; all needs --out")
     p.add_argument("--out", metavar="DIR", help="write files into DIR (default: print to stdout)")
@@ -808,13 +815,10 @@ def table_main(argv: list[str]) -> int:
     p.add_argument("--layout", default="auto", choices=LAYOUTS,
                    help="labels = Table 5, ablation = Table 4; auto = the spec's layout, else labels for "
                         ">= 3 label counts and <= 4 rows (default auto)")
-    p.add_argument("--experiment", metavar="NAME",
-                   help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
     args = p.parse_args(argv)
     if args.format == "all" and not args.out:
         die("--format all writes several files; give --out DIR")
-    from mlflow.exceptions import MlflowException
-    try:
+    with user_errors(out=args.out):
         src = load_source(args.sweep, args.experiment)
         table = build_table(src.runs, src.planned, src.layout if args.layout == "auto" else args.layout,
                             args.reference, sweep=src.sweep)
@@ -825,10 +829,4 @@ def table_main(argv: list[str]) -> int:
         else:
             render = {"markdown": to_markdown, "latex": to_latex, "csv": cells_csv, "html": to_html}[args.format]
             sys.stdout.write(render(table))
-    except (ConfigError, TrackingError) as e:
-        die(str(e))
-    except MlflowException as e:
-        die(f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
-    except OSError as e:
-        die(f"out: cannot write '{getattr(e, 'filename', args.out)}' ({e.strerror})")
     return 0
