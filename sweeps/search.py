@@ -513,9 +513,11 @@ def _trial_objective(spec: SearchSpec, study, storage, parent: str, lease):
 
 
 def _tag_run(run_id: str, tags: dict[str, str]) -> None:
-    from mixmatch_core.tracking import client, mlflow
+    from mlflow.entities import RunTag
+
+    from mixmatch_core.tracking import client
     try:
-        client().log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+        client().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     except Exception:  # noqa: BLE001 - the Optuna state is the record that counts
         pass
 
