@@ -47,7 +47,8 @@ table.cells td:nth-child(3){text-align:left}
 .state-running{color:#9a6700} .state-waiting,.state-missing{color:#666}
 td.reason{white-space:normal;text-align:left;max-width:28em;color:#cf222e;font-size:.9em}
 nav a{margin-right:1em}
-table.diffs th,table.diffs td{text-align:left;white-space:normal}"""
+table.diffs th,table.diffs td{text-align:left;white-space:normal}
+pre.config{columns:4 14em;column-gap:2em}"""
 
 
 # ---- links to the MLflow UI ----------------------------------------------------------------------
@@ -125,7 +126,7 @@ def facts(table: Table) -> Facts | None:
     threads = threads.fillna(pd.to_numeric(runs["num_threads"], errors="coerce")).fillna(1).clip(lower=1)
     unit = "GPU-hours" if gpu.any() else "CPU core-hours"
     compute = float((hours * (1 if gpu.any() else threads)).sum())
-    machines = (runs["host"].fillna("?").str.split(":").str[0] + " (" + runs["device_name"].fillna("?") + ")")
+    machines = runs["host"].fillna("?").str.split(":").str[0] + ": " + runs["device_name"].fillna("?")
     return Facts(sorted(runs["code_version"].dropna().unique()), sorted(machines.unique()), _utc(start.min()),
                  _utc(end.max()), _busy_seconds(start, end), compute, unit, len(runs))
 
@@ -159,9 +160,14 @@ def config_diffs(spec) -> tuple[dict, dict[str, dict]]:
     diffs: dict[str, dict] = {}
     for c in cells:
         ref = full.get((c.n_labeled, c.seed), base)
-        d = {k: f"{ref[k]} → {v}" for k, v in c.to_dict().items() if ref.get(k) != v and k != "variant"}
+        d = {k: f"{_yaml(ref[k])} → {_yaml(v)}" for k, v in c.to_dict().items() if ref.get(k) != v and k != "variant"}
         diffs.setdefault(c.variant, d)
     return base, diffs
+
+
+def _yaml(v) -> str:
+    """A value as the config files spell it (true, not True)."""
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 # ---- the page ------------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ def _configs_html(spec) -> list[str]:
         return ["<p>No spec given (a sweep name only): pass the spec file to see the configs.</p>"]
     base, diffs = config_diffs(spec)
     out = ["<h3>Base config (resolved: every field a cell starts from)</h3>",
-           f"<pre>{e(yaml.safe_dump(base, sort_keys=False))}</pre>",
+           f'<pre class="config">{e(yaml.safe_dump(base, sort_keys=False))}</pre>',
            "<h3>Each variant against the full method (same labels and seed)</h3>",
            '<table class="diffs"><thead><tr><th>variant</th><th>changes</th></tr></thead><tbody>']
     for variant, d in diffs.items():

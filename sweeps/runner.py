@@ -92,17 +92,23 @@ def dry_run(spec: Spec, cells, device_type: str, workers: int, states: dict | No
           f"(~{fmt_seconds(total / max(workers, 1))} wall with {workers} worker(s)); nothing was run")
 
 
-def known_states(url: str, sweep: str) -> dict:
-    """Cell states from an existing SQLite storage, read-only; {} when the sweep has not been
-    started here (a dry run must not create files or tables)."""
+def existing_study(url: str, sweep: str):
+    """The sweep's study in an existing SQLite storage, opened read-only; None when the sweep
+    has not been started here (a dry run must not create files or tables)."""
     from . import store
     if not url.startswith("sqlite:///"):     # a server database: opening it may create tables
-        return {}
+        return None
     try:
-        return store.cell_states(store.load_sweep_study(store.open_storage(url, must_exist=True, read_only=True),
-                                                        sweep))
+        return store.load_sweep_study(store.open_storage(url, must_exist=True, read_only=True), sweep)
     except (ConfigError, store.StorageError):
-        return {}
+        return None
+
+
+def known_states(url: str, sweep: str) -> dict:
+    """Cell states from an existing SQLite storage, read-only; {} when there is none."""
+    from . import store
+    study = existing_study(url, sweep)
+    return {} if study is None else store.cell_states(study)
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -134,6 +140,9 @@ def sweep_main(argv: list[str]) -> int:
             workers, _ = default_workers(device, args.workers)
             dry_run(spec, cells, device_type(device), workers or 1, known_states(url, spec.name))
             return 0
+        done = existing_study(url, spec.name)
+        if done is not None and unchanged_since_last_report(spec, done, cells, args.no_table):
+            return relaunch_of_a_finished_sweep(spec, done, cells, url, args.no_table)
         from mixmatch_core.train import check_out_dir
         for out_dir in sorted({x.out_dir for x in cells}) if args.workers != 0 else ():
             check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
@@ -145,8 +154,6 @@ def sweep_main(argv: list[str]) -> int:
     import optuna
     study = optuna.create_study(study_name=store.sweep_study_name(spec.name), storage=storage,
                                 load_if_exists=True, direction="minimize")
-    if unchanged_since_last_report(spec, study, cells, args.no_table):
-        return relaunch_of_a_finished_sweep(spec, study, cells, url, args.no_table)
     parent = open_sweep_parent_run(spec, study)
     todo = [x for x in cells if x.cell_key not in finished_in_mlflow(spec, cells, study)]
     actions = store.publish(storage, spec.name, todo, {"parent_run_id": parent, "experiment": spec.experiment,
@@ -317,7 +324,8 @@ def outcome_digest(states: dict) -> str:
 def unchanged_since_last_report(spec, study, cells, no_table: bool) -> bool:
     """True when every cell is done and nothing changed since the last launch closed the sweep
     (same outcomes; its tables and report still on disk unless --no-table): a relaunch then has
-    nothing to train, log or rebuild, and needs neither MLflow nor torch."""
+    nothing to train, log or rebuild, and needs neither MLflow nor torch (their imports and the
+    MLflow store's start-up were 8 of the 13 s such a relaunch took on a busy 2-core VM)."""
     from . import store
     last = study.user_attrs.get("last_report")
     st = store.cell_states(study)

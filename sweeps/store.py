@@ -258,7 +258,8 @@ def open_parent_run(study: optuna.Study, experiment: str, name: str, role: str, 
     except Exception:  # noqa: BLE001 - missing, deleted or in another MLflow store: make a new one
         pass
     run_id = start_parent_run(experiment, name, {**tags, role: name, "mixmatch.role": role})
-    parents = c.search_runs([experiment_id(experiment, c)], f"tags.{role} = '{name}' and tags.`mixmatch.role` = '{role}'",
+    parents = c.search_runs([experiment_id(experiment, c)],
+                            f"tags.{role} = '{name}' and tags.`mixmatch.role` = '{role}'",
                             order_by=["attributes.start_time ASC"], max_results=100)
     oldest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
     if oldest != run_id:

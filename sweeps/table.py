@@ -497,7 +497,8 @@ def _main_grid(p: _Parts, title: str, layout: str) -> Grid:
         header += [h for n in p.label_counts for h in (str(n), "paper", "Δ")]
         for r in p.rows:
             lines.append([Entry(p.labels[r])] + [e for n in p.label_counts for e in (
-                ours(r, n), Entry(_paper_text(ref.get((r, n)))), Entry(_delta_text(ref.get((r, n)), p.agg.get((r, n)))))])
+                ours(r, n), Entry(_paper_text(ref.get((r, n)))),
+                Entry(_delta_text(ref.get((r, n)), p.agg.get((r, n)))))])
             kinds.append("ours")
         return Grid(title, header, lines, kinds)
     # Table 5: the paper's numbers and the differences as two rows under each of ours.
