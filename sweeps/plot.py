@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeps.table import Table, add_source_arguments, build_table, file_stem, load_reference, load_source, \
-    log_artifacts, reference_dataset
+from sweeps.table import Table, add_source_arguments, file_stem, load_reference, load_table, log_artifacts, \
+    reference_dataset
 
 MAX_CURVES = 200          # learning curves drawn at most (one get_metric_history call each)
 MAX_PANELS = 6            # label counts shown as separate learning-curve panels
@@ -50,6 +50,10 @@ def _rows(table: Table) -> list[str]:
     return list(dict.fromkeys(table.cells["row"])) if not table.cells.empty else []
 
 
+def _any_finished(table: Table) -> bool:
+    return not table.cells.empty and bool((table.cells["n_finished"] > 0).any())
+
+
 def _colors(rows: list[str]) -> dict[str, tuple]:
     import matplotlib
     cmap = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"]
@@ -58,10 +62,9 @@ def _colors(rows: list[str]) -> dict[str, tuple]:
 
 def plot_error_vs_labels(table: Table, out: Path) -> list[Path]:
     """Error (%) vs labeled examples, log x, mean with std error bars, one line per row."""
-    cells = table.cells
-    if cells.empty or not (cells["n_finished"] > 0).any():
+    if not _any_finished(table):
         return []
-    plt = _pyplot()
+    cells, plt = table.cells, _pyplot()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
     rows = _rows(table)
     colors = _colors(rows)
@@ -93,10 +96,9 @@ def plot_error_vs_labels(table: Table, out: Path) -> list[Path]:
 
 def plot_ablation(table: Table, out: Path) -> list[Path]:
     """Grouped bars (rows x label counts): seed mean, std error bar, every finished seed a dot."""
-    cells = table.cells
-    if cells.empty or not (cells["n_finished"] > 0).any():
+    if not _any_finished(table):
         return []
-    plt = _pyplot()
+    cells, plt = table.cells, _pyplot()
     rows = _rows(table)
     ns = sorted(cells["n_labeled"].unique())
     counted = table.runs[table.runs["counted"].fillna(False).astype(bool)]
@@ -206,11 +208,7 @@ def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
     """Every plot of the sweep into out_dir (PNG and SVG); with `parent_run_id`, also logged as
     artifacts (folder `plots`) of the sweep's parent run. Returns the files written (none when
     no cell has finished yet)."""
-    src = load_source(sweep_or_spec, experiment)
-    paths = plot_table(build_table(src.runs, src.planned, src.layout, "paper", sweep=src.sweep), out_dir)
-    if parent_run_id and paths:
-        log_artifacts(paths, parent_run_id, "plots")
-    return paths
+    return log_artifacts(plot_table(load_table(sweep_or_spec, experiment)[1], out_dir), parent_run_id, "plots")
 
 
 def plot_main(argv: list[str]) -> int:

@@ -28,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from .spec import file_stem
-from .table import FORMATS, TABLE_CSS, Source, Table, add_source_arguments, build_table, html_body, load_source, \
-    log_artifacts, write_table
+from .table import FORMATS, TABLE_CSS, Source, Table, add_source_arguments, html_body, load_table, log_artifacts, \
+    write_table
 
 LOCAL_UI = "http://127.0.0.1:5000"      # where `mixmatch ui` serves a local store
 ML_VIEW = "workflowType=machine_learning"  # MLflow 3's model-training view (its default is GenAI)
@@ -255,12 +255,6 @@ def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict
 
 
 # ---- files and the command -----------------------------------------------------------------------
-def built(sweep_or_spec: str, experiment: str | None = None) -> tuple[Source, Table]:
-    """The sweep's source and its table, built as `mixmatch table` builds it by default."""
-    src = load_source(sweep_or_spec, experiment)
-    return src, build_table(src.runs, src.planned, src.layout, "paper", sweep=src.sweep)
-
-
 def write_report(src: Source, table: Table, out_dir, figures: list[Path], states: dict | None) -> Path:
     from mixmatch_core.tracking import tracking_uri
     path = Path(out_dir) / f"{file_stem(src.sweep)}_report.html"
@@ -276,13 +270,11 @@ def export_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None, ex
     `parent_run_id`, also logged to the sweep's parent run (folders tables, plots, report).
     `states`: the sweep storage's cell states, if known."""
     from .plot import plot_table
-    src, table = built(sweep_or_spec, experiment)
+    src, table = load_table(sweep_or_spec, experiment)
     tables, plots = write_table(table, out_dir, FORMATS), plot_table(table, out_dir)
     report = write_report(src, table, out_dir, plots, states)
-    if parent_run_id:
-        for paths, folder in ((tables, "tables"), (plots, "plots"), ([report], "report")):
-            if paths:
-                log_artifacts(paths, parent_run_id, folder)
+    for paths, folder in ((tables, "tables"), (plots, "plots"), ([report], "report")):
+        log_artifacts(paths, parent_run_id, folder)
     return tables + plots + [report]
 
 
@@ -307,7 +299,7 @@ def report_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     with user_errors(out=args.out), tempfile.TemporaryDirectory() as figures:
         from .plot import plot_table
-        src, table = built(args.sweep, args.experiment)
+        src, table = load_table(args.sweep, args.experiment)
         # The figures are embedded: drawn into a temporary folder, one file comes out.
         path = write_report(src, table, args.out, plot_table(table, figures), storage_states(src, args.storage))
     print(path)

@@ -111,7 +111,7 @@ def known_states(url: str, sweep: str) -> dict:
     return {} if study is None else store.cell_states(study)
 
 
-def sweep_main(argv: list[str]) -> int:
+def sweep_parser() -> ArgumentParser:
     p = ArgumentParser(prog="mixmatch sweep", description="Train every cell of a sweep spec, tracked in MLflow; "
                 "relaunching the same command skips finished cells and resumes interrupted ones.")
     p.add_argument("spec", help="sweep spec YAML (see experiments/)")
@@ -124,7 +124,11 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--device", default=None, help="device for every cell (default: the spec's, else auto)")
     p.add_argument("--heartbeat-seconds", type=int, default=None, help="worker heartbeat (stale after 3x)")
     p.add_argument("--no-table", action="store_true", help="skip the closing error table, plots and report")
-    args = p.parse_args(argv)
+    return p
+
+
+def sweep_main(argv: list[str]) -> int:
+    args = sweep_parser().parse_args(argv)
 
     from . import store
     with user_errors(store.StorageError):

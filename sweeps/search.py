@@ -166,49 +166,8 @@ def _dimension(name: str, raw, base: dict[str, Any], err) -> Dimension:
     if extra:
         err(f"{where}: unknown key(s) {', '.join(sorted(extra))} for type {kind}; "
             f"allowed: {', '.join(sorted(DIMENSION_KEYS[kind]))}")
-    field_type = type(FIELDS[name].default)
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            err(f"{where}: choices must be a non-empty list")
-        if not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
-            err(f"{where}: choices must be numbers, strings or booleans")
-        if len({repr(c) for c in choices}) != len(choices):
-            err(f"{where}: choices contain duplicates")
-        dim = Dimension(name, kind, choices=list(choices))
-        probes = choices
-    else:
-        if kind == "float" and field_type is not float:
-            err(f"{where}: type float needs a float field; '{name}' is {field_type.__name__}"
-                + (": use type: int" if field_type is int else ": use type: categorical"))
-        if kind == "int" and field_type is not int:
-            err(f"{where}: type int needs an integer field; '{name}' is {field_type.__name__}"
-                + (": use type: float" if field_type is float else ": use type: categorical"))
-        check = _is_int if kind == "int" else _is_number
-        for key in ("low", "high"):
-            if key not in raw:
-                err(f"{where}: {key} is required for type {kind}")
-            if not check(raw[key]):
-                err(f"{where}: {key} must be {'an integer' if kind == 'int' else 'a number'}, got {raw[key]!r}")
-        low, high = raw["low"], raw["high"]
-        if low >= high:
-            err(f"{where}: low ({low}) must be < high ({high})")
-        log = raw.get("log", False)
-        if not isinstance(log, bool):
-            err(f"{where}: log must be true or false, got {log!r}")
-        if log and low <= 0:
-            err(f"{where}: log: true needs low > 0, got low={low}")
-        step = raw.get("step")
-        if step is not None:
-            if not _is_int(step) or step < 1:
-                err(f"{where}: step must be an integer >= 1, got {step!r}")
-            if log and step != 1:
-                err(f"{where}: log: true cannot be combined with step {step} (Optuna allows step 1 only)")
-            if (high - low) % step:
-                err(f"{where}: high - low ({high - low}) must be a multiple of step ({step})")
-        dim = Dimension(name, kind, low=float(low) if kind == "float" else low,
-                        high=float(high) if kind == "float" else high, log=log, step=step)
-        probes = [low, high]
+    dim = _categorical(name, raw, where, err) if kind == "categorical" else _numeric(name, raw, where, err)
+    probes = dim.choices if kind == "categorical" else [raw["low"], raw["high"]]
     # Every choice and both ends must make a valid config with the base: catches e.g.
     # ema_decay high 1.0 or T 0 here, in one line, instead of as failed trials later.
     for v in probes:
@@ -217,6 +176,51 @@ def _dimension(name: str, raw, base: dict[str, Any], err) -> Dimension:
         except ConfigError as e:
             err(f"{where}: value {v!r} makes an invalid config ({e})")
     return dim
+
+
+def _categorical(name: str, raw: dict, where: str, err) -> Dimension:
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        err(f"{where}: choices must be a non-empty list")
+    if not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
+        err(f"{where}: choices must be numbers, strings or booleans")
+    if len({repr(c) for c in choices}) != len(choices):
+        err(f"{where}: choices contain duplicates")
+    return Dimension(name, "categorical", choices=list(choices))
+
+
+def _numeric(name: str, raw: dict, where: str, err) -> Dimension:
+    kind, field_type = raw["type"], type(FIELDS[name].default)
+    if kind == "float" and field_type is not float:
+        err(f"{where}: type float needs a float field; '{name}' is {field_type.__name__}"
+            + (": use type: int" if field_type is int else ": use type: categorical"))
+    if kind == "int" and field_type is not int:
+        err(f"{where}: type int needs an integer field; '{name}' is {field_type.__name__}"
+            + (": use type: float" if field_type is float else ": use type: categorical"))
+    check = _is_int if kind == "int" else _is_number
+    for key in ("low", "high"):
+        if key not in raw:
+            err(f"{where}: {key} is required for type {kind}")
+        if not check(raw[key]):
+            err(f"{where}: {key} must be {'an integer' if kind == 'int' else 'a number'}, got {raw[key]!r}")
+    low, high = raw["low"], raw["high"]
+    if low >= high:
+        err(f"{where}: low ({low}) must be < high ({high})")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        err(f"{where}: log must be true or false, got {log!r}")
+    if log and low <= 0:
+        err(f"{where}: log: true needs low > 0, got low={low}")
+    step = raw.get("step")
+    if step is not None:
+        if not _is_int(step) or step < 1:
+            err(f"{where}: step must be an integer >= 1, got {step!r}")
+        if log and step != 1:
+            err(f"{where}: log: true cannot be combined with step {step} (Optuna allows step 1 only)")
+        if (high - low) % step:
+            err(f"{where}: high - low ({high - low}) must be a multiple of step ({step})")
+    return Dimension(name, kind, low=float(low) if kind == "float" else low,
+                     high=float(high) if kind == "float" else high, log=log, step=step)
 
 
 def load_search_spec(path: str) -> SearchSpec:

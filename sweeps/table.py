@@ -762,11 +762,14 @@ def cells_csv(table: Table) -> str:
 
 
 # ---- files and the command ---------------------------------------------------------------------
-def log_artifacts(paths: list[Path], parent_run_id: str, artifact_path: str) -> None:
-    from mixmatch_core.tracking import client
-    c = client()
-    for p in paths:
-        c.log_artifact(parent_run_id, str(p), artifact_path)
+def log_artifacts(paths: list[Path], parent_run_id: str | None, artifact_path: str) -> list[Path]:
+    """Log the files to the run (none without a run id); returns them."""
+    if parent_run_id and paths:
+        from mixmatch_core.tracking import client
+        c = client()
+        for p in paths:
+            c.log_artifact(parent_run_id, str(p), artifact_path)
+    return paths
 
 
 def write_table(table: Table, out_dir: str | Path, formats=FORMATS) -> list[Path]:
@@ -788,18 +791,21 @@ def write_table(table: Table, out_dir: str | Path, formats=FORMATS) -> list[Path
     return paths
 
 
+def load_table(sweep_or_spec: str, experiment: str | None = None, layout: str = "auto",
+               reference: str = "paper") -> tuple[Source, Table]:
+    """The sweep's source and its table; layout auto takes the spec's `layout:` if it names one."""
+    src = load_source(sweep_or_spec, experiment)
+    return src, build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
+                            sweep=src.sweep)
+
+
 def export(sweep_or_spec: str, out_dir, formats=("markdown", "latex", "csv", "html"), reference: str = "paper",
            layout: str = "auto", parent_run_id: str | None = None, experiment: str | None = None) -> list[Path]:
     """Build the sweep's table and write it in every format; with `parent_run_id`, also log
     the files as artifacts (folder `tables`) of the sweep's parent run. `layout` auto uses
     the spec's `layout:` when it names one."""
-    src = load_source(sweep_or_spec, experiment)
-    table = build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
-                        sweep=src.sweep)
-    paths = write_table(table, out_dir, formats)
-    if parent_run_id:
-        log_artifacts(paths, parent_run_id, "tables")
-    return paths
+    _, table = load_table(sweep_or_spec, experiment, layout, reference)
+    return log_artifacts(write_table(table, out_dir, formats), parent_run_id, "tables")
 
 
 def table_main(argv: list[str]) -> int:
@@ -820,9 +826,7 @@ def table_main(argv: list[str]) -> int:
     if args.format == "all" and not args.out:
         die("--format all writes several files; give --out DIR")
     with user_errors(out=args.out):
-        src = load_source(args.sweep, args.experiment)
-        table = build_table(src.runs, src.planned, src.layout if args.layout == "auto" else args.layout,
-                            args.reference, sweep=src.sweep)
+        _, table = load_table(args.sweep, args.experiment, args.layout, args.reference)
         if args.out:
             formats = FORMATS if args.format == "all" else (args.format,)
             for path in write_table(table, args.out, formats):
