@@ -42,13 +42,13 @@ dl.facts dt{color:#555} dl.facts dd{margin:0}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
 pre{background:#f6f6f6;padding:.6em .8em;overflow-x:auto}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
-table.cells td:nth-child(3){text-align:left}
+table.cells td:nth-child(-n+3),table.cells th:nth-child(-n+3){text-align:left}
 .state-finished{color:#1a7f37} .state-failed,.state-killed{color:#cf222e}
 .state-running{color:#9a6700} .state-waiting,.state-missing{color:#666}
 td.reason{white-space:normal;text-align:left;max-width:28em;color:#cf222e;font-size:.9em}
 nav a{margin-right:1em}
 table.diffs th,table.diffs td{text-align:left;white-space:normal}
-pre.config{columns:4 14em;column-gap:2em}"""
+pre.config{columns:3 20em;column-gap:2em}"""
 
 
 # ---- links to the MLflow UI ----------------------------------------------------------------------
