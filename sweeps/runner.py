@@ -144,9 +144,9 @@ def sweep_main(argv: list[str]) -> int:
             workers, _ = default_workers(device, args.workers)
             dry_run(spec, cells, device_type(device), workers or 1, known_states(url, spec.name))
             return 0
-        done = existing_study(url, spec.name)
-        if done is not None and unchanged_since_last_report(spec, done, cells, args.no_table):
-            return relaunch_of_a_finished_sweep(spec, done, cells, url, args.no_table)
+        previous = existing_study(url, spec.name)
+        if previous is not None and unchanged_since_last_report(spec, previous, cells, args.no_table):
+            return relaunch_of_a_finished_sweep(spec, previous, cells, url, args.no_table)
         from mixmatch_core.train import check_out_dir
         for out_dir in sorted({x.out_dir for x in cells}) if args.workers != 0 else ():
             check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
