@@ -3,7 +3,9 @@ machines): no home-made queue.
 
 Owns: opening a storage (scheme check, reachability, heartbeats), publishing a sweep's cells
 as enqueued (WAITING) trials, the per-cell summary (waiting / running on which host / done /
-failed, attempts), and the worker that claims cells and trains them.
+failed, attempts), the worker that claims cells and trains them, and what sweep workers and
+`mixmatch search` share: training a claimed trial for as long as its lease holds
+(`train_trial`, `optimize_one`) and the MLflow parent run kept in the study (`open_parent_run`).
 
 Why Optuna: `study.ask()` pops a WAITING trial with an atomic state update, so two workers
 never claim the same cell; a worker that dies stops heartbeating, `fail_stale_trials` marks
