@@ -18,6 +18,7 @@ MLflow's compare view of all the sweep's runs. With the default SQLite store the
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import tempfile
@@ -69,7 +70,7 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
 def compare_url(uri: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     """MLflow's compare view of these runs (its route takes JSON lists)."""
     q = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps(experiment_ids)})
-    return f"{ui_base(uri)}/#/compare-runs?{q}"
+    return f"{ui_base(uri)}/#/compare-runs?{q}&{ML_VIEW}"
 
 
 # ---- what the page says --------------------------------------------------------------------------
@@ -287,6 +288,25 @@ def storage_states(src: Source, storage: str | None) -> dict | None:
     return known_states(storage or default_sweep_storage(src.sweep), src.sweep) or None
 
 
+def spec_from_parent_run(src: Source):
+    """For a sweep given by name: its spec as its parent run logged it (sweep/spec.yaml, with the
+    path it was launched with), for the page's configs and command; None when there is none.
+    The tables stay those of `mixmatch table NAME` (cells known from MLflow only)."""
+    from mixmatch_core.tracking import client
+
+    from .spec import load_spec
+    parents = src.runs["parent_run_id"].dropna().unique()
+    if len(parents) != 1:
+        return None
+    try:
+        c = client()
+        with tempfile.TemporaryDirectory() as d:
+            spec = load_spec(c.download_artifacts(parents[0], "sweep/spec.yaml", d))
+        return dataclasses.replace(spec, path=c.get_run(parents[0]).data.tags.get("spec_path", spec.path))
+    except Exception:  # noqa: BLE001 - an older sweep, another store: the page says no spec was given
+        return None
+
+
 def report_main(argv: list[str]) -> int:
     from mixmatch_core.cli import ArgumentParser, user_errors
 
@@ -300,6 +320,7 @@ def report_main(argv: list[str]) -> int:
     with user_errors(out=args.out), tempfile.TemporaryDirectory() as figures:
         from .plot import plot_table
         src, table = load_table(args.sweep, args.experiment)
+        src.spec = src.spec or spec_from_parent_run(src)
         # The figures are embedded: drawn into a temporary folder, one file comes out.
         path = write_report(src, table, args.out, plot_table(table, figures), storage_states(src, args.storage))
     print(path)

@@ -110,3 +110,12 @@ def test_report_command_writes_one_file(sweep, tmp_path, monkeypatch, capsys):
     assert main(["report", "spec.yaml", "--out", str(tmp_path / "out")]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["tiny_report.html"]
     assert Path(capsys.readouterr().out.strip()) == tmp_path / "out" / "tiny_report.html"
+
+
+def test_a_report_by_sweep_name_takes_its_configs_from_the_spec_the_parent_run_logged(sweep, tmp_path, monkeypatch):
+    monkeypatch.chdir(sweep["root"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{sweep['root']}/mlflow.db")
+    assert main(["report", "tiny", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "tiny_report.html").read_text()
+    assert "mixmatch sweep spec.yaml" in page and "method: mixmatch → supervised" in page
+    assert "cells known from MLflow only" in page        # the tables are those of `mixmatch table tiny`
