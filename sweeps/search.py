@@ -654,11 +654,13 @@ def _finish(study, spec: SearchSpec, study_name: str, storage_url: str, out_dir:
             c.log_artifact(parent, str(path), "search")
         except Exception:  # noqa: BLE001 - files are on disk either way
             log(f"note: could not log {path} to MLflow")
+    from mlflow.entities import Metric, RunTag
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"best_{spec.objective}", best.value, now, len(trials))]
+    metrics += [Metric(f"trials_{s.lower()}", states.get(s, 0), now, len(trials))
+                for s in ("COMPLETE", "PRUNED", "FAIL")]
     try:
-        c.set_tag(parent, "best_trial", str(best.number))
-        c.log_metric(parent, f"best_{spec.objective}", best.value, step=len(trials))
-        for s in ("COMPLETE", "PRUNED", "FAIL"):
-            c.log_metric(parent, f"trials_{s.lower()}", states.get(s, 0), step=len(trials))
+        c.log_batch(parent, metrics=metrics, tags=[RunTag("best_trial", str(best.number))])    # one request
     except Exception:  # noqa: BLE001
         pass
     end_parent_run(parent, "FINISHED")
