@@ -262,8 +262,9 @@ def _cell_outcomes(runs: pd.DataFrame, planned: list[Config] | None) -> tuple[pd
     first) with its state and counted error; and the runs with a `counted` column (plus a
     MISSING row per planned cell that has no run)."""
     runs = runs.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
-    finished = runs["status"].eq("FINISHED") & runs["error"].notna()
-    runs["counted"] = finished & ~runs["cell_key"][finished].duplicated().reindex(runs.index, fill_value=True)
+    # A cell's result is its newest FINISHED run with an error (runs are newest first here).
+    finished = runs[runs["status"].eq("FINISHED") & runs["error"].notna()]
+    runs["counted"] = runs.index.isin(finished.drop_duplicates("cell_key").index)
     counted = runs[runs["counted"]]
     # The counted run speaks for its cell; a cell without one is shown by its newest run. Cells
     # keep the order in which their newest run appears.
