@@ -94,7 +94,8 @@ def experiment_id(name: str, c: MlflowClient | None = None) -> str:
     try:
         # Tell MLflow 3's UI this is model training, so it opens on the runs table rather than
         # the GenAI overview.
-        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: "custom_model_development"})
+        return c.create_experiment(name, artifact_location=location,
+                                   tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # noqa: BLE001 - created concurrently by another worker
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -207,7 +208,10 @@ class RunTracker:
             params = [Param(k, str(v)) for k, v in self.cfg.to_dict().items()]
             for i in range(0, len(params), 100):        # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
-            self.client.log_inputs(self.run_id, datasets=[dataset_input(self.cfg)])
+            try:
+                self.client.log_inputs(self.run_id, datasets=[dataset_input(self.cfg)])
+            except Exception:  # noqa: BLE001 - e.g. an older server: train anyway, say what is missing
+                self.incomplete = self.lost = True
         else:       # resumed, maybe elsewhere: refresh host, device and code version, in one request
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags(device_name).items()
                                                      if k != PARENT_TAG])
