@@ -1,9 +1,10 @@
 """The trainer's commands: `mixmatch train` and `mixmatch ui`.
 
-Owns: argument parsing for one training run, turning user errors into one line on stderr with
-a non-zero exit (never a traceback), and starting the MLflow UI on the configured store,
-bound to 127.0.0.1 unless asked otherwise. The `mixmatch` console entry (sweeps/cli.py)
-dispatches here for these two subcommands.
+Owns: argument parsing for one training run; the user-error contract every `mixmatch` command
+follows (`die`, `ArgumentParser`, `user_errors`: one line on stderr with a non-zero exit, never
+a traceback); and starting the MLflow UI on the configured store, bound to 127.0.0.1 unless
+asked otherwise, with the URL of an experiment's runs table. The `mixmatch` console entry
+(sweeps/cli.py) dispatches here for `train` and `ui`.
 """
 
 from __future__ import annotations
