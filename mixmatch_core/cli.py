@@ -1,18 +1,20 @@
 """The trainer's commands: `mixmatch train` and `mixmatch ui`.
 
-Owns: argument parsing for one training run, turning user errors into one line on stderr with
-a non-zero exit (never a traceback), and starting the MLflow UI on the configured store,
-bound to 127.0.0.1 unless asked otherwise. The `mixmatch` console entry (sweeps/cli.py)
-dispatches here for these two subcommands.
+Owns: argument parsing for one training run; the user-error contract every `mixmatch` command
+follows (`die`, `ArgumentParser`, `user_errors`: one line on stderr with a non-zero exit, never
+a traceback); and starting the MLflow UI on the configured store, bound to 127.0.0.1 unless
+asked otherwise, with the URL of an experiment's runs table. The `mixmatch` console entry
+(sweeps/cli.py) dispatches here for `train` and `ui`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
-from .config import ConfigError, help_text, load_config
+from .config import ConfigError, help_text, load_config, load_yaml
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -22,6 +24,34 @@ def die(msg: str, code: int = EXIT_USER_ERROR) -> None:
     """Exit with one `mixmatch: error: MSG` line on stderr (the user-error contract)."""
     print(f"mixmatch: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def user_errors(*more: type[BaseException], out: str | None = None):
+    """The user-error contract of every command, written once: inside this block a ConfigError,
+    a TrackingError or one of `more` (e.g. StorageError) becomes one `mixmatch: error:` line
+    and exit code 2; so does an error from MLflow (its first line) and, with `out` (the folder a
+    command writes into), an OSError naming the file it could not write."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a user error
+        line = _user_error_line(e, more, out)
+        if line is None:
+            raise
+        die(line)
+
+
+def _user_error_line(e: Exception, more: tuple, out: str | None) -> str | None:
+    # Only loaded modules are asked: an exception of a module never imported cannot have been
+    # raised, and importing mlflow (seconds) just to check would slow every command down.
+    tracking, mlflow_exc = sys.modules.get("mixmatch_core.tracking"), sys.modules.get("mlflow.exceptions")
+    if isinstance(e, (ConfigError, *more)) or (tracking and isinstance(e, tracking.TrackingError)):
+        return str(e)
+    if mlflow_exc and isinstance(e, mlflow_exc.MlflowException):
+        return f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    if out is not None and isinstance(e, OSError):
+        return f"out: cannot write '{getattr(e, 'filename', None) or out}' ({e.strerror})"
+    return None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -70,20 +100,84 @@ def train_main(argv: list[str]) -> int:
 
 
 def ui_main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="mixmatch ui", description="Start the MLflow UI on the configured tracking store.")
+    p = ArgumentParser(prog="mixmatch ui", description="Start the MLflow UI on the configured tracking store and "
+                       "print (and, with a display, open) the URL of an experiment's runs table.")
+    p.add_argument("experiment", nargs="?", metavar="EXPERIMENT_OR_SPEC",
+                   help="MLflow experiment name, or a sweep/search spec (default: the experiment with the newest run)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
     args = p.parse_args(argv)
     from .tracking import tracking_uri
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        die(f"MLFLOW_TRACKING_URI is a server ({uri}); open it in a browser instead")
+    server = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if server else f"http://{args.host}:{args.port}"
+    with user_errors():
+        url = runs_table_url(base, args.experiment, uri)
+    print(f"MLflow runs table: {url}" + ("" if server else f"  (store {uri}; Ctrl-C to stop)"),
+          file=sys.stderr, flush=True)
+    if not args.no_browser:
+        open_when_up(url, f"{base}/health")
+    if server:
+        return 0            # the server is already up: nothing to start
     # One worker is plenty for a local UI (MLflow's default of 4 takes much longer to start).
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); the runs table of an experiment is at "
-          f"#/experiments/<id>/runs?workflowType=machine_learning; Ctrl-C to stop", file=sys.stderr, flush=True)
     # exec: the UI becomes this process, so signals (Ctrl-C, SIGTERM) reach it directly and no
     # server is left orphaned.
     os.execv(sys.executable, cmd)
     return 0  # not reached
+
+
+def runs_table_url(base: str, experiment: str | None, uri: str) -> str:
+    """The runs table of the experiment (named, a spec's, else the one with the newest run) in
+    MLflow 3's model-training view: `#/experiments/ID/runs?workflowType=machine_learning`
+    (without workflowType MLflow 3.x opens its GenAI overview); the UI's home when the store
+    holds no such experiment yet."""
+    from .tracking import client
+    if experiment and experiment.endswith((".yaml", ".yml")):
+        raw = load_yaml(experiment)
+        experiment = str(raw.get("experiment") or (raw.get("base") or {}).get("experiment") or "mixmatch")
+    exp_id = None
+    if uri.startswith(("http://", "https://")) or not uri.startswith("sqlite:///") or \
+            os.path.exists(uri[len("sqlite:///"):]):
+        c = client()
+        if experiment:
+            exp = c.get_experiment_by_name(experiment)
+            if exp is None:
+                raise ConfigError(f"experiment: no MLflow experiment named '{experiment}' in {uri}")
+            exp_id = exp.experiment_id
+        else:
+            newest = c.search_runs([e.experiment_id for e in c.search_experiments()], max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+            exp_id = newest[0].info.experiment_id if newest else None
+    return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning" if exp_id else f"{base}/"
+
+
+OPEN_WHEN_UP = """
+import sys, time, urllib.request, webbrowser
+url, health = sys.argv[1:]
+for _ in range(120):                  # the UI takes a few seconds to start
+    try:
+        urllib.request.urlopen(health, timeout=2).read()
+        break
+    except Exception:
+        time.sleep(0.5)
+try:
+    webbrowser.open(url)
+except Exception:
+    pass
+"""
+
+
+def open_when_up(url: str, health: str) -> None:
+    """Open `url` in the user's browser once the UI answers, from a detached helper process
+    (this process becomes the UI); only where there is a display, and never failing."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return      # a headless machine (ssh, a cluster node): the printed URL is all we can give
+    try:
+        import subprocess
+        subprocess.Popen([sys.executable, "-c", OPEN_WHEN_UP, url, health], start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        pass

@@ -11,23 +11,30 @@ could not be delivered by the end.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import os
 import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 # A tracking server that went away must not stall training for minutes of retries. These
 # are MLflow's own settings; the user's values win.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+# MLflow prints "View run ... at" and "View experiment at ..." to stdout whenever a run on a
+# server ends (and asks the server for the run to do so): noise in every worker's output.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# mlflow itself is imported where it is used: it takes seconds, and commands that never talk to
+# MLflow (status, a dry run, the relaunch of a finished sweep) should not pay for it.
 
 # MLflow's INFO lines on every run (system-metrics monitor start/stop, store creation) would bury
 # the trainer's one result or error line on stderr. MLFLOW_LOGGING_LEVEL, when set, wins.
@@ -37,6 +44,7 @@ if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 class TrackingError(RuntimeError):
@@ -48,6 +56,7 @@ def tracking_uri() -> str:
 
 
 def client() -> MlflowClient:
+    from mlflow import MlflowClient
     return MlflowClient(tracking_uri())
 
 
@@ -83,7 +92,10 @@ def experiment_id(name: str, c: MlflowClient | None = None) -> str:
         db = Path(tracking_uri()[len("sqlite:///"):]).resolve()
         location = (db.parent / "mlartifacts").as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        # Tell MLflow 3's UI this is model training, so it opens on the runs table rather than
+        # the GenAI overview.
+        return c.create_experiment(name, artifact_location=location,
+                                   tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # noqa: BLE001 - created concurrently by another worker
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -98,6 +110,7 @@ def find_cell_runs(exp_id: str, cell_key: str, c: MlflowClient | None = None) ->
                          order_by=["attributes.start_time DESC"], max_results=1000)
 
 
+@functools.cache     # one `git` process per process, not one per run and tag
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -115,6 +128,27 @@ def start_parent_run(experiment: str, name: str, tags: dict[str, str], run_id: s
         return run_id
     run = c.create_run(experiment_id(experiment, c), run_name=name, tags={**tags, "code_version": git_commit()})
     return run.info.run_id
+
+
+def dataset_input(cfg):
+    """What a run trained on, as an MLflow dataset input (the runs table's Dataset column): the
+    dataset's name and source, and a digest of the split identity: dataset, labeled examples,
+    split seed and validation size fix which images are labeled (data.split_labeled). The
+    labeled split is also in the input's tags, beside the context `train`."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    if cfg.dataset.startswith("npz:"):
+        source_type, source = "local", {"uri": str(Path(cfg.dataset[4:]).resolve())}
+    elif cfg.dataset == "digits":
+        source_type, source = "code", {"uri": "sklearn.datasets.load_digits"}
+    else:
+        source_type, source = "local", {"uri": str(Path(cfg.data_dir).resolve()), "torchvision": cfg.dataset}
+    split = {"n_labeled": cfg.n_labeled, "seed": cfg.seed, "val_size": cfg.val_size}
+    digest = hashlib.sha1(json.dumps({"dataset": cfg.dataset, **split}, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{cfg.dataset.removeprefix('npz:').rsplit('/', 1)[-1].removesuffix('.npz')}-{cfg.n_labeled}-s{cfg.seed}"
+    return DatasetInput(Dataset(name=name, digest=digest, source_type=source_type, source=json.dumps(source),
+                                profile=json.dumps({"labeled_split": split})),
+                        tags=[InputTag("mlflow.data.context", "train"),
+                              *(InputTag(f"labeled_split.{k}", str(v)) for k, v in split.items())])
 
 
 class RunTracker:
@@ -157,6 +191,7 @@ class RunTracker:
     def start(self, run_id: str | None, device_name: str) -> str:
         """Resume `run_id` (from a checkpoint) or create a new run. A stale unfinished run of the
         same cell without a checkpoint is deleted so that each cell has a single run."""
+        from mlflow.entities import Param, RunTag
         exp = experiment_id(self.cfg.experiment, self.client)
         if run_id is not None:
             try:
@@ -171,11 +206,15 @@ class RunTracker:
             run = self.client.create_run(exp, run_name=self.cfg.run_name, tags=self.tags(device_name))
             self.run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in self.cfg.to_dict().items()]
-            for i in range(0, len(params), 100):
+            for i in range(0, len(params), 100):        # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
-        for k, v in self.tags(device_name).items():
-            if k != PARENT_TAG:
-                self.client.set_tag(self.run_id, k, v)
+            try:
+                self.client.log_inputs(self.run_id, datasets=[dataset_input(self.cfg)])
+            except Exception:  # noqa: BLE001 - e.g. an older server: train anyway, say what is missing
+                self.incomplete = self.lost = True
+        else:       # resumed, maybe elsewhere: refresh host, device and code version, in one request
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags(device_name).items()
+                                                     if k != PARENT_TAG])
         if self.system_metrics:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -203,6 +242,7 @@ class RunTracker:
         """Send buffered points; on failure keep them and return False (training goes on)."""
         if not self.pending or self.run_id is None:
             return True
+        from mlflow.entities import Metric
         try:
             for i in range(0, len(self.pending), 1000):
                 chunk = self.pending[i:i + 1000]
@@ -233,6 +273,7 @@ class RunTracker:
             self.incomplete = self.lost = True
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
         try:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         except Exception:  # noqa: BLE001
@@ -273,4 +314,4 @@ def end_parent_run(run_id: str, status: str = "FINISHED") -> None:
 
 
 __all__ = ["TrackingError", "RunTracker", "tracking_uri", "client", "check_reachable", "experiment_id",
-           "find_cell_runs", "start_parent_run", "end_parent_run", "git_commit", "mlflow"]
+           "find_cell_runs", "start_parent_run", "end_parent_run", "git_commit", "dataset_input"]

@@ -2,7 +2,7 @@
 
 train, ui -> mixmatch_core.cli (the trainer's own commands)
 sweep, worker, status -> sweeps.runner / sweeps.distributed
-table, plot -> sweeps.table / sweeps.plot
+table, plot, report -> sweeps.table / sweeps.plot / sweeps.report
 search -> sweeps.search
 """
 
@@ -16,6 +16,7 @@ COMMANDS = {
     "sweep": ("sweeps.runner", "sweep_main", "run every cell of a sweep spec"),
     "table": ("sweeps.table", "table_main", "paper-style error tables from MLflow"),
     "plot": ("sweeps.plot", "plot_main", "error-vs-labels, ablation and learning-curve plots"),
+    "report": ("sweeps.report", "report_main", "one self-contained HTML report of a sweep"),
     "search": ("sweeps.search", "search_main", "Optuna hyperparameter search"),
     "worker": ("sweeps.distributed", "worker_main", "claim and train cells of a shared sweep"),
     "status": ("sweeps.distributed", "status_main", "cells waiting / running / done / failed"),

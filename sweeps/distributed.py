@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from mixmatch_core.cli import ArgumentParser, die
-from mixmatch_core.config import ConfigError
+from mixmatch_core.cli import ArgumentParser, die, user_errors
 
 
 def _common(p) -> None:
@@ -30,7 +29,7 @@ def worker_main(argv: list[str]) -> int:
     p.add_argument("--heartbeat-seconds", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="show each cell's progress bar")
     args = p.parse_args(argv)
-    from mixmatch_core.tracking import TrackingError, check_reachable
+    from mixmatch_core.tracking import check_reachable
     from . import store
     overrides = {"progress": args.progress, "num_threads": args.threads}
     if args.device:
@@ -38,13 +37,12 @@ def worker_main(argv: list[str]) -> int:
     if args.out_dir:
         overrides["out_dir"] = args.out_dir
     try:
-        check_reachable()
-        storage = store.open_storage(args.storage, args.heartbeat_seconds, must_exist=True)
-        store.load_sweep_study(storage, args.sweep)
-        done = store.run_worker(storage, args.sweep, overrides,
-                                log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ConfigError, TrackingError, store.StorageError) as e:
-        die(str(e))
+        with user_errors(store.StorageError):
+            check_reachable()
+            storage = store.open_storage(args.storage, args.heartbeat_seconds, must_exist=True)
+            store.load_sweep_study(storage, args.sweep)
+            done = store.run_worker(storage, args.sweep, overrides,
+                                    log=lambda m: print(m, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         die("worker interrupted; its cell will be handed to another worker", 130)
     print(f"worker finished: {dict(done) or 'no cells left'}", file=sys.stderr)
@@ -61,7 +59,7 @@ def status_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from . import store
     name, url = args.sweep, args.storage
-    try:
+    with user_errors(store.StorageError):
         if args.spec:
             from .spec import load_spec
             name = name or load_spec(args.spec).name
@@ -70,8 +68,6 @@ def status_main(argv: list[str]) -> int:
             die("mixmatch status: give a sweep spec, or both --storage and --sweep")
         storage = store.open_storage(url, must_exist=True, read_only=True)
         study = store.load_sweep_study(storage, name)
-    except (ConfigError, store.StorageError) as e:
-        die(str(e))
     states = store.cell_states(study)
     order = {"running": 0, "waiting": 1, "failed": 2, "done": 3}
     print(f"{'cell':<36} {'cell_key':<13} {'state':<8} {'tries':>5}  detail")

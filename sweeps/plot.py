@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mixmatch_core.config import ConfigError
-from sweeps.table import Table, build_table, file_stem, load_reference, load_source, log_artifacts, \
+from sweeps.table import Table, add_source_arguments, file_stem, load_reference, load_table, log_artifacts, \
     reference_dataset
 
 MAX_CURVES = 200          # learning curves drawn at most (one get_metric_history call each)
@@ -51,6 +50,10 @@ def _rows(table: Table) -> list[str]:
     return list(dict.fromkeys(table.cells["row"])) if not table.cells.empty else []
 
 
+def _any_finished(table: Table) -> bool:
+    return not table.cells.empty and bool((table.cells["n_finished"] > 0).any())
+
+
 def _colors(rows: list[str]) -> dict[str, tuple]:
     import matplotlib
     cmap = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"]
@@ -59,10 +62,9 @@ def _colors(rows: list[str]) -> dict[str, tuple]:
 
 def plot_error_vs_labels(table: Table, out: Path) -> list[Path]:
     """Error (%) vs labeled examples, log x, mean with std error bars, one line per row."""
-    cells = table.cells
-    if cells.empty or not (cells["n_finished"] > 0).any():
+    if not _any_finished(table):
         return []
-    plt = _pyplot()
+    cells, plt = table.cells, _pyplot()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
     rows = _rows(table)
     colors = _colors(rows)
@@ -94,10 +96,9 @@ def plot_error_vs_labels(table: Table, out: Path) -> list[Path]:
 
 def plot_ablation(table: Table, out: Path) -> list[Path]:
     """Grouped bars (rows x label counts): seed mean, std error bar, every finished seed a dot."""
-    cells = table.cells
-    if cells.empty or not (cells["n_finished"] > 0).any():
+    if not _any_finished(table):
         return []
-    plt = _pyplot()
+    cells, plt = table.cells, _pyplot()
     rows = _rows(table)
     ns = sorted(cells["n_labeled"].unique())
     counted = table.runs[table.runs["counted"].fillna(False).astype(bool)]
@@ -196,40 +197,30 @@ def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) 
     return _save(fig, out, f"{file_stem(table.sweep)}_learning_curves")
 
 
+def plot_table(table: Table, out_dir) -> list[Path]:
+    """Every plot of a built table into out_dir (PNG and SVG); none when no cell has finished."""
+    out = Path(out_dir)
+    return plot_error_vs_labels(table, out) + plot_ablation(table, out) + plot_learning_curves(table, out)
+
+
 def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
              experiment: str | None = None) -> list[Path]:
     """Every plot of the sweep into out_dir (PNG and SVG); with `parent_run_id`, also logged as
     artifacts (folder `plots`) of the sweep's parent run. Returns the files written (none when
     no cell has finished yet)."""
-    src = load_source(sweep_or_spec, experiment)
-    table = build_table(src.runs, src.planned, src.layout, "paper", sweep=src.sweep)
-    out = Path(out_dir)
-    paths = plot_error_vs_labels(table, out) + plot_ablation(table, out) + plot_learning_curves(table, out)
-    if parent_run_id and paths:
-        log_artifacts(paths, parent_run_id, "plots")
-    return paths
+    return log_artifacts(plot_table(load_table(sweep_or_spec, experiment)[1], out_dir), parent_run_id, "plots")
 
 
 def plot_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import ArgumentParser, die
-    from mixmatch_core.tracking import TrackingError
+    from mixmatch_core.cli import ArgumentParser, user_errors
 
     p = ArgumentParser(prog="mixmatch plot", description="Error-vs-labels, ablation and learning-curve plots of a "
                 "sweep (PNG and SVG), from MLflow.")
-    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
+    add_source_arguments(p)
     p.add_argument("--out", metavar="DIR", default="plots", help="output directory (default plots)")
-    p.add_argument("--experiment", metavar="NAME",
-                   help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
     args = p.parse_args(argv)
-    from mlflow.exceptions import MlflowException
-    try:
+    with user_errors(out=args.out):
         paths = plot_all(args.sweep, args.out, experiment=args.experiment)
-    except (ConfigError, TrackingError) as e:
-        die(str(e))
-    except MlflowException as e:
-        die(f"MLflow: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
-    except OSError as e:
-        die(f"out: cannot write '{getattr(e, 'filename', args.out)}' ({e.strerror})")
     if not paths:
         print("mixmatch plot: no finished cell yet; nothing to plot", file=sys.stderr)
     for path in paths:
@@ -237,4 +228,4 @@ def plot_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["plot_all", "plot_main", "plot_error_vs_labels", "plot_ablation", "plot_learning_curves"]
+__all__ = ["plot_all", "plot_table", "plot_main", "plot_error_vs_labels", "plot_ablation", "plot_learning_curves"]

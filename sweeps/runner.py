@@ -13,19 +13,19 @@ checkpoints; failed cells are retried on relaunch up to the spec's `retries`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from mixmatch_core.cli import ArgumentParser, die
+from mixmatch_core.cli import ArgumentParser, die, user_errors
 from mixmatch_core.config import ConfigError
 from mixmatch_core.methods import FULL_METHOD, METHODS
 
-from .spec import Spec, load_spec, select
+from .spec import Spec, file_stem, load_spec, select
 
 # Expected seconds per MixMatch (K = 2) step, by (model family, device type), for --dry-run
 # cost estimates and nothing else. CPU rows: measured on this project's 2-core AVX2 machines
@@ -69,14 +69,15 @@ def fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f}h"
 
 
-def default_workers(device: str) -> tuple[int, list[str | None]]:
-    """One worker per visible GPU; on CPU one single-threaded worker per core (at most 4): small
-    models scale better across processes than across threads."""
-    import torch
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        return n, [str(i) for i in range(n)]
-    return max(1, min(os.cpu_count() or 1, 4)), [None]
+def default_workers(device: str, workers: int | None = None) -> tuple[int, list[str | None]]:
+    """`workers` (default: one per visible GPU; on CPU one single-threaded worker per core, at
+    most 4: small models scale better across processes than across threads) and the GPU of each."""
+    if device in ("auto", "cuda"):
+        import torch    # only here: importing torch takes seconds
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            return (n if workers is None else workers), [str(i) for i in range(n)]
+    return (max(1, min(os.cpu_count() or 1, 4)) if workers is None else workers), [None]
 
 
 def dry_run(spec: Spec, cells, device_type: str, workers: int, states: dict | None = None) -> None:
@@ -98,20 +99,26 @@ def dry_run(spec: Spec, cells, device_type: str, workers: int, states: dict | No
           f"(~{fmt_seconds(total / max(workers, 1))} wall with {workers} worker(s)); nothing was run")
 
 
-def known_states(url: str, sweep: str) -> dict:
-    """Cell states from an existing SQLite storage, read-only; {} when the sweep has not been
-    started here (a dry run must not create files or tables)."""
+def existing_study(url: str, sweep: str):
+    """The sweep's study in an existing SQLite storage, opened read-only; None when the sweep
+    has not been started here (a dry run must not create files or tables)."""
     from . import store
     if not url.startswith("sqlite:///"):     # a server database: opening it may create tables
-        return {}
+        return None
     try:
-        return store.cell_states(store.load_sweep_study(store.open_storage(url, must_exist=True, read_only=True),
-                                                        sweep))
+        return store.load_sweep_study(store.open_storage(url, must_exist=True, read_only=True), sweep)
     except (ConfigError, store.StorageError):
-        return {}
+        return None
 
 
-def sweep_main(argv: list[str]) -> int:
+def known_states(url: str, sweep: str) -> dict:
+    """Cell states from an existing SQLite storage, read-only; {} when there is none."""
+    from . import store
+    study = existing_study(url, sweep)
+    return {} if study is None else store.cell_states(study)
+
+
+def sweep_parser() -> ArgumentParser:
     p = ArgumentParser(prog="mixmatch sweep", description="Train every cell of a sweep spec, tracked in MLflow; "
                 "relaunching the same command skips finished cells and resumes interrupted ones.")
     p.add_argument("spec", help="sweep spec YAML (see experiments/)")
@@ -123,64 +130,43 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///optuna/<sweep>.db)")
     p.add_argument("--device", default=None, help="device for every cell (default: the spec's, else auto)")
     p.add_argument("--heartbeat-seconds", type=int, default=None, help="worker heartbeat (stale after 3x)")
-    p.add_argument("--no-table", action="store_true", help="skip the closing error table")
-    args = p.parse_args(argv)
+    p.add_argument("--no-table", action="store_true", help="skip the closing error table, plots and report")
+    return p
 
-    from mixmatch_core.tracking import TrackingError, check_reachable, client, experiment_id, start_parent_run
+
+def sweep_main(argv: list[str]) -> int:
+    args = sweep_parser().parse_args(argv)
+
     from . import store
-    try:
+    with user_errors(store.StorageError):
         spec = load_spec(args.spec)
         cells = select(spec.cells(), args.only)
         if not cells:
             raise ConfigError(f"--only '{args.only}' matches none of the {len(spec.cells())} cells")
         device = args.device or spec.base.get("device", "auto")
-        n_auto, gpus = default_workers(device)
-        workers = n_auto if args.workers is None else args.workers
-        if workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {workers}")
-        if args.dry_run:
-            import torch
-            dtype = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
-            dry_run(spec, cells, dtype, workers or 1,
-                    known_states(args.storage or store.default_sweep_storage(spec.name), spec.name))
-            return 0
-        from mixmatch_core.train import check_out_dir
-        for out_dir in sorted({x.out_dir for x in cells}) if workers else ():
-            check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
+        if args.workers is not None and args.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {args.workers}")
         url = args.storage or store.default_sweep_storage(spec.name)
+        if args.dry_run:
+            workers, _ = default_workers(device, args.workers)
+            dry_run(spec, cells, device_type(device), workers or 1, known_states(url, spec.name))
+            return 0
+        previous = existing_study(url, spec.name)
+        if previous is not None and unchanged_since_last_report(spec, previous, cells, args.no_table):
+            return relaunch_of_a_finished_sweep(spec, previous, cells, url, args.no_table)
+        from mixmatch_core.train import check_out_dir
+        for out_dir in sorted({x.out_dir for x in cells}) if args.workers != 0 else ():
+            check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
         store.check_storage_url(url)
+        from mixmatch_core.tracking import check_reachable
         check_reachable()
         storage = store.open_storage(url, args.heartbeat_seconds, max_retry=spec.retries)
-    except (ConfigError, TrackingError, store.StorageError) as e:
-        die(str(e))
 
-    # One parent run per sweep, reopened on relaunch (its id is kept in the study).
     import optuna
-    c = client()
     study = optuna.create_study(study_name=store.sweep_study_name(spec.name), storage=storage,
                                 load_if_exists=True, direction="minimize")
-    parent = study.user_attrs.get("parent_run_id")
-    try:
-        if parent is None or c.get_run(parent).info.lifecycle_stage != "active":
-            raise LookupError
-        start_parent_run(spec.experiment, spec.name, {}, run_id=parent)
-    except Exception:  # noqa: BLE001 - missing or deleted parent: make a new one
-        parent = start_parent_run(spec.experiment, spec.name, {"sweep": spec.name, "mixmatch.role": "sweep",
-                                                                "spec_path": str(spec.path)})
-        with tempfile.TemporaryDirectory() as d:
-            Path(d, "spec.yaml").write_text(Path(spec.path).read_text())
-            c.log_artifact(parent, str(Path(d, "spec.yaml")), "sweep")
-    planned = [{"cell_key": x.cell_key, "run_name": x.run_name, "dataset": x.dataset, "n_labeled": x.n_labeled,
-                "seed": x.seed, "variant": x.variant, "method": x.method} for x in spec.cells()]
-    with tempfile.TemporaryDirectory() as d:
-        Path(d, "cells.json").write_text(json.dumps(planned, indent=1))
-        c.log_artifact(parent, str(Path(d, "cells.json")), "sweep")
-
-    # MLflow is the record: a cell FINISHED there (e.g. storage file deleted) is not re-run.
-    exp = experiment_id(spec.experiment, c)
-    finished = {r.data.tags.get("cell_key") for r in c.search_runs(
-        [exp], f"tags.sweep = '{spec.name}' and attributes.status = 'FINISHED'", max_results=50000)}
-    todo = [x for x in cells if x.cell_key not in finished]
+    parent = open_sweep_parent_run(spec, study)
+    todo = [x for x in cells if x.cell_key not in finished_in_mlflow(spec, cells, study)]
     actions = store.publish(storage, spec.name, todo, {"parent_run_id": parent, "experiment": spec.experiment,
                                                        "spec_path": str(spec.path)}, spec.retries)
     n_new = sum(a in ("queued", "retry") for a in actions.values())
@@ -190,13 +176,54 @@ def sweep_main(argv: list[str]) -> int:
           f"MLflow parent run {parent}", file=sys.stderr)
 
     pending = store.counts(study)
-    if workers and (pending["waiting"] or pending["running"]):
-        run_local_workers(spec, url, workers, gpus, device, args.heartbeat_seconds, study, cells)
-    elif not workers:
+    if args.workers == 0:
         print(f"cells published; start workers with: mixmatch worker --storage {url} --sweep {spec.name}",
               file=sys.stderr)
         return 0
+    if pending["waiting"] or pending["running"]:
+        workers, gpus = default_workers(device, args.workers)
+        run_local_workers(spec, url, workers, gpus, device, args.heartbeat_seconds, study, cells)
     return finish(spec, study, parent, cells, no_table=args.no_table)
+
+
+def device_type(device: str) -> str:
+    if device.startswith("cuda"):
+        return "cuda"
+    if device == "auto":
+        import torch    # only here: importing torch takes seconds
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def open_sweep_parent_run(spec: Spec, study) -> str:
+    """One MLflow parent run per sweep, reopened on relaunch (its id is kept in the study), with
+    the spec and the planned cells (the spec may have grown since the last launch)."""
+    from mixmatch_core.tracking import client
+
+    from . import store
+    parent = store.open_parent_run(study, spec.experiment, spec.name, "sweep", {"spec_path": str(spec.path)})
+    planned = [{"cell_key": x.cell_key, "run_name": x.run_name, "dataset": x.dataset, "n_labeled": x.n_labeled,
+                "seed": x.seed, "variant": x.variant, "method": x.method} for x in spec.cells()]
+    c = client()
+    c.log_text(parent, Path(spec.path).read_text(), "sweep/spec.yaml")
+    c.log_dict(parent, planned, "sweep/cells.json")
+    return parent
+
+
+def finished_in_mlflow(spec: Spec, cells, study) -> set[str]:
+    """Cells the storage does not hold as done but MLflow has FINISHED (e.g. the storage file was
+    deleted): MLflow is the record, they are not run again. One query, none when the storage
+    already has every cell done."""
+    from mixmatch_core.tracking import client, experiment_id
+
+    from . import store
+    done = {k for k, s in store.cell_states(study).items() if s.state == "done"}
+    if all(x.cell_key in done for x in cells):
+        return set()
+    c = client()
+    return {r.data.tags.get("cell_key") for r in c.search_runs(
+        [experiment_id(spec.experiment, c)], f"tags.sweep = '{spec.name}' and attributes.status = 'FINISHED'",
+        max_results=50000)}
 
 
 def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells) -> None:
@@ -252,30 +279,80 @@ def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells)
 
 
 def finish(spec, study, parent, cells, no_table: bool = False) -> int:
-    """Closing summary, error table (also logged to the parent run) and the parent's status."""
+    """Closing summary, error table, plots and report (also logged to the parent run), and the
+    parent's status."""
     from mixmatch_core.tracking import end_parent_run
+    states = summarize(spec, study, cells)
+    failed = [k for k, s in states.items() if s is None or s.state != "done"]
+    out = tables_dir(spec)
+    if not no_table:
+        from . import report
+        try:
+            paths = report.export_all(spec.path, out, parent_run_id=parent, experiment=spec.experiment,
+                                      states=states)
+            print()
+            print(next(p for p in paths if p.name.endswith("_table.md")).read_text().rstrip())
+            print(f"\ntables, plots and report written to {out}/ and logged to the sweep's parent run {parent}")
+            print(f"report: {next(p for p in paths if p.name.endswith('_report.html'))}")
+        except Exception as e:  # noqa: BLE001 - the runs are safe in MLflow; `mixmatch report` can retry
+            print(f"could not build the table and report ({type(e).__name__}: {e}); run `mixmatch report "
+                  f"{spec.path}`", file=sys.stderr)
+            no_table = True
+    end_parent_run(parent, "FAILED" if failed else "FINISHED")
+    # What the next launch may skip: nothing changed and (unless --no-table) the files are there.
+    study.set_user_attr("last_report", {"digest": outcome_digest(states), "tables": not no_table})
+    return 1 if failed else 0
+
+
+def summarize(spec, study, cells) -> dict:
+    """Print done / failed / not run (failed cells with their reason); cell_key -> CellState."""
     from . import store
     st = store.cell_states(study)
-    keys = [x.cell_key for x in cells]
-    by = {k: st.get(k) for k in keys}
-    done = [k for k in keys if by[k] and by[k].state == "done"]
-    failed = [k for k in keys if by[k] and by[k].state == "failed"]
-    other = [k for k in keys if k not in done and k not in failed]
-    print(f"\nsweep '{spec.name}': {len(done)} done, {len(failed)} failed, {len(other)} not run")
+    by = {x.cell_key: st.get(x.cell_key) for x in cells}
+    done = [k for k, s in by.items() if s and s.state == "done"]
+    failed = [k for k, s in by.items() if s and s.state == "failed"]
+    print(f"\nsweep '{spec.name}': {len(done)} done, {len(failed)} failed, {len(by) - len(done) - len(failed)} not run")
     names = {x.cell_key: x.run_name for x in cells}
     for k in failed:
         print(f"  FAILED {names[k]} [{k}] after {by[k].attempts} attempt(s): {by[k].reason}")
+    return by
+
+
+def tables_dir(spec) -> Path:
+    return Path("runs") / "_tables" / spec.name
+
+
+def table_md_path(spec) -> Path:
+    return tables_dir(spec) / f"{file_stem(spec.name)}_table.md"
+
+
+def outcome_digest(states: dict) -> str:
+    """A fingerprint of every cell's outcome (state, error, attempts)."""
+    items = sorted((k, s.state, s.error, s.attempts) if s else (k,) for k, s in states.items())
+    return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def unchanged_since_last_report(spec, study, cells, no_table: bool) -> bool:
+    """True when every cell is done and nothing changed since the last launch closed the sweep
+    (same outcomes; its tables and report still on disk unless --no-table): a relaunch then has
+    nothing to train, log or rebuild, and needs neither MLflow nor torch (their imports and the
+    MLflow store's start-up were 8 of the 13 s such a relaunch took on a busy 2-core VM)."""
+    from . import store
+    last = study.user_attrs.get("last_report")
+    st = store.cell_states(study)
+    states = {x.cell_key: st.get(x.cell_key) for x in cells}
+    if not last or any(s is None or s.state != "done" for s in states.values()):
+        return False
+    return last["digest"] == outcome_digest(states) and (no_table or (last["tables"] and table_md_path(spec).exists()))
+
+
+def relaunch_of_a_finished_sweep(spec, study, cells, url: str, no_table: bool) -> int:
+    """What `finish` printed last time, from the storage and the files it wrote."""
+    print(f"sweep '{spec.name}': {len(cells)} cells ({len(cells)} already done, 0 queued, 0 failed beyond "
+          f"retries); storage {url}; MLflow parent run {study.user_attrs.get('parent_run_id')}", file=sys.stderr)
+    summarize(spec, study, cells)
     if not no_table:
-        from . import plot, table
-        out = Path("runs") / "_tables" / spec.name
-        try:
-            paths = table.export(spec.path, out, parent_run_id=parent, experiment=spec.experiment)
-            plot.plot_all(spec.path, out, parent_run_id=parent, experiment=spec.experiment)
-            print()
-            print(next(p for p in paths if p.suffix == ".md").read_text().rstrip())
-            print(f"\ntables and plots written to {out}/ and logged to the sweep's parent run {parent}")
-        except Exception as e:  # noqa: BLE001 - the runs are safe in MLflow; `mixmatch table` can retry
-            print(f"could not build the table ({type(e).__name__}: {e}); run `mixmatch table {spec.path}`",
-                  file=sys.stderr)
-    end_parent_run(parent, "FINISHED" if not failed and not other else "FAILED")
-    return 0 if not failed and not other else 1
+        print()
+        print(table_md_path(spec).read_text().rstrip())
+        print(f"\nnothing changed since the last launch: tables, plots and report in {tables_dir(spec)}/ are current")
+    return 0

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from mixmatch_core.cli import EXIT_RUN_FAILED, EXIT_USER_ERROR, ArgumentParser, die
+from mixmatch_core.cli import EXIT_RUN_FAILED, ArgumentParser, die, user_errors
 from mixmatch_core.config import FIELDS, Config, ConfigError, load_yaml, resolve
 
 SEARCH_KEYS = {"name", "experiment", "base", "space", "sampler", "pruner", "trials", "timeout_seconds",
@@ -166,49 +166,8 @@ def _dimension(name: str, raw, base: dict[str, Any], err) -> Dimension:
     if extra:
         err(f"{where}: unknown key(s) {', '.join(sorted(extra))} for type {kind}; "
             f"allowed: {', '.join(sorted(DIMENSION_KEYS[kind]))}")
-    field_type = type(FIELDS[name].default)
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            err(f"{where}: choices must be a non-empty list")
-        if not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
-            err(f"{where}: choices must be numbers, strings or booleans")
-        if len({repr(c) for c in choices}) != len(choices):
-            err(f"{where}: choices contain duplicates")
-        dim = Dimension(name, kind, choices=list(choices))
-        probes = choices
-    else:
-        if kind == "float" and field_type is not float:
-            err(f"{where}: type float needs a float field; '{name}' is {field_type.__name__}"
-                + (": use type: int" if field_type is int else ": use type: categorical"))
-        if kind == "int" and field_type is not int:
-            err(f"{where}: type int needs an integer field; '{name}' is {field_type.__name__}"
-                + (": use type: float" if field_type is float else ": use type: categorical"))
-        check = _is_int if kind == "int" else _is_number
-        for key in ("low", "high"):
-            if key not in raw:
-                err(f"{where}: {key} is required for type {kind}")
-            if not check(raw[key]):
-                err(f"{where}: {key} must be {'an integer' if kind == 'int' else 'a number'}, got {raw[key]!r}")
-        low, high = raw["low"], raw["high"]
-        if low >= high:
-            err(f"{where}: low ({low}) must be < high ({high})")
-        log = raw.get("log", False)
-        if not isinstance(log, bool):
-            err(f"{where}: log must be true or false, got {log!r}")
-        if log and low <= 0:
-            err(f"{where}: log: true needs low > 0, got low={low}")
-        step = raw.get("step")
-        if step is not None:
-            if not _is_int(step) or step < 1:
-                err(f"{where}: step must be an integer >= 1, got {step!r}")
-            if log and step != 1:
-                err(f"{where}: log: true cannot be combined with step {step} (Optuna allows step 1 only)")
-            if (high - low) % step:
-                err(f"{where}: high - low ({high - low}) must be a multiple of step ({step})")
-        dim = Dimension(name, kind, low=float(low) if kind == "float" else low,
-                        high=float(high) if kind == "float" else high, log=log, step=step)
-        probes = [low, high]
+    dim = _categorical(name, raw, where, err) if kind == "categorical" else _numeric(name, raw, where, err)
+    probes = dim.choices if kind == "categorical" else [raw["low"], raw["high"]]
     # Every choice and both ends must make a valid config with the base: catches e.g.
     # ema_decay high 1.0 or T 0 here, in one line, instead of as failed trials later.
     for v in probes:
@@ -217,6 +176,51 @@ def _dimension(name: str, raw, base: dict[str, Any], err) -> Dimension:
         except ConfigError as e:
             err(f"{where}: value {v!r} makes an invalid config ({e})")
     return dim
+
+
+def _categorical(name: str, raw: dict, where: str, err) -> Dimension:
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        err(f"{where}: choices must be a non-empty list")
+    if not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
+        err(f"{where}: choices must be numbers, strings or booleans")
+    if len({repr(c) for c in choices}) != len(choices):
+        err(f"{where}: choices contain duplicates")
+    return Dimension(name, "categorical", choices=list(choices))
+
+
+def _numeric(name: str, raw: dict, where: str, err) -> Dimension:
+    kind, field_type = raw["type"], type(FIELDS[name].default)
+    if kind == "float" and field_type is not float:
+        err(f"{where}: type float needs a float field; '{name}' is {field_type.__name__}"
+            + (": use type: int" if field_type is int else ": use type: categorical"))
+    if kind == "int" and field_type is not int:
+        err(f"{where}: type int needs an integer field; '{name}' is {field_type.__name__}"
+            + (": use type: float" if field_type is float else ": use type: categorical"))
+    check = _is_int if kind == "int" else _is_number
+    for key in ("low", "high"):
+        if key not in raw:
+            err(f"{where}: {key} is required for type {kind}")
+        if not check(raw[key]):
+            err(f"{where}: {key} must be {'an integer' if kind == 'int' else 'a number'}, got {raw[key]!r}")
+    low, high = raw["low"], raw["high"]
+    if low >= high:
+        err(f"{where}: low ({low}) must be < high ({high})")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        err(f"{where}: log must be true or false, got {log!r}")
+    if log and low <= 0:
+        err(f"{where}: log: true needs low > 0, got low={low}")
+    step = raw.get("step")
+    if step is not None:
+        if not _is_int(step) or step < 1:
+            err(f"{where}: step must be an integer >= 1, got {step!r}")
+        if log and step != 1:
+            err(f"{where}: log: true cannot be combined with step {step} (Optuna allows step 1 only)")
+        if (high - low) % step:
+            err(f"{where}: high - low ({high - low}) must be a multiple of step ({step})")
+    return Dimension(name, kind, low=float(low) if kind == "float" else low,
+                     high=float(high) if kind == "float" else high, log=log, step=step)
 
 
 def load_search_spec(path: str) -> SearchSpec:
@@ -338,30 +342,16 @@ def _twin(study, number: int, cell_key: str):
 
 
 def _open_parent_run(study, spec: SearchSpec, storage_url: str) -> str:
-    """The study's MLflow parent run: reopened when the study is resumed (its id is a study user
-    attr), created when missing or when it cannot be reopened (deleted, another MLflow store)."""
-    from mixmatch_core.tracking import start_parent_run
-    tags = {"study": study.study_name, "mixmatch.role": "study", "objective": spec.objective,
-            "sampler": spec.sampler["type"], "pruner": spec.pruner["type"], "optuna_storage": _safe_url(storage_url)}
-    run_id = study.user_attrs.get("parent_run_id")
-    if run_id:
-        try:
-            return start_parent_run(spec.experiment, study.study_name, tags, run_id=run_id)
-        except Exception:  # noqa: BLE001 - fall through and create a new parent
-            pass
-    run_id = start_parent_run(spec.experiment, study.study_name, tags)
-    # Workers started together (e.g. a Slurm array) may each have created a parent: all of them
-    # converge on the oldest one and the others delete their own, so a study has one parent.
-    from mixmatch_core.tracking import client, experiment_id
-    c = client()
-    parents = c.search_runs([experiment_id(spec.experiment, c)],
-                            f"tags.study = '{study.study_name}' and tags.`mixmatch.role` = 'study'",
-                            order_by=["attributes.start_time ASC"], max_results=100)
-    oldest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
-    if oldest != run_id:
-        c.delete_run(run_id)
-        run_id = oldest
-    study.set_user_attr("parent_run_id", run_id)
+    """The study's MLflow parent run (see store.open_parent_run), with the spec logged."""
+    from mixmatch_core.tracking import client
+    from sweeps.store import open_parent_run
+    run_id = open_parent_run(study, spec.experiment, study.study_name, "study", {
+        "objective": spec.objective, "sampler": spec.sampler["type"], "pruner": spec.pruner["type"],
+        "optuna_storage": _safe_url(storage_url)})
+    try:
+        client().log_artifact(run_id, spec.path, "search")
+    except Exception:  # noqa: BLE001 - the spec copy is a convenience
+        pass
     return run_id
 
 
@@ -437,21 +427,11 @@ def write_best_yaml(path: Path, spec: SearchSpec, study_name: str, trial) -> Pat
     return path
 
 
-def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Path,
-               heartbeat_seconds: int | None = None, log=print) -> int:
-    """Create or resume the study and run trials until it has `spec.trials` finished ones (or
-    the timeout). Returns the process exit code."""
+def _open_study(spec: SearchSpec, study_name: str, storage_url: str, heartbeat_seconds: int | None):
+    """Create or load the study, with its sampler and pruner; returns (storage, study)."""
     import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
 
-    from mixmatch_core.tracking import RunTracker, client, end_parent_run
-    from mixmatch_core.train import RunTakenOver
-    from sweeps.store import open_storage, train_holding
-
-    # Failed trials are reported in one line each by our callback; Optuna's own warning would
-    # add a traceback for every invalid combination of params.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    from sweeps.store import default_storage, open_storage
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, retry callback
         storage = open_storage(storage_url, heartbeat_seconds=heartbeat_seconds)
@@ -460,11 +440,9 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     if previous and previous != spec.objective:
         raise ConfigError(f"objective: study '{study_name}' was run with {previous}, not {spec.objective}; "
                           "use another --study name")
-    existing = study.get_trials(deepcopy=False)
     # Offset the sampler's seed by the trials already in the study: a resumed process seeded as
     # the first one would draw the same params again (same runs, same checkpoints).
-    seed = spec.seed + len(existing)
-    from sweeps.store import default_storage
+    seed = spec.seed + len(study.get_trials(deepcopy=False))
     if storage_url != default_storage(study_name):
         # A shared storage may have several workers starting together: without this they would
         # all draw the same first params. (The embedded default stays reproducible.)
@@ -473,30 +451,26 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     study.pruner = make_pruner(spec, resolve(spec.base))
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("spec", spec.path)
+    return storage, study
 
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    done = len([t for t in existing if t.state in finished])
-    remaining = spec.trials - done
-    parent = _open_parent_run(study, spec, storage_url)
-    mlflow_client = client()
-    try:
-        mlflow_client.log_artifact(parent, spec.path, "search")
-    except Exception:  # noqa: BLE001 - the spec copy is a convenience
-        pass
-    log(f"study '{study_name}': {done} of {spec.trials} trials finished, objective {spec.objective}, "
-        f"sampler {spec.sampler['type']}, pruner {spec.pruner['type']}; storage {storage_url}; "
-        f"MLflow experiment '{spec.experiment}', parent run {parent}")
 
+def _trial_objective(spec: SearchSpec, study, storage, parent: str, lease):
+    """The Optuna objective of a search: the trial's params on the base config, trained and
+    tracked, every evaluation reported to the pruner."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mixmatch_core.tracking import RunTracker
+    from mixmatch_core.train import RunTakenOver
+    from sweeps.store import train_trial
     host = f"{socket.gethostname()}:{os.getpid()}"
-    metric = FINAL_METRIC[spec.objective]
-    out_root = f"{resolve(spec.base).out_dir}/{_safe_name(study_name)}"
+    out_root = f"{resolve(spec.base).out_dir}/{_safe_name(study.study_name)}"
     TrialStopped = _pruned_type()
-    current: dict[str, Any] = {}
 
     def objective(trial: optuna.Trial) -> float:
         params = {d.name: d.suggest(trial) for d in spec.space.values()}
+        lease.update(number=trial.number, params=params)    # for _interrupted
         user = spec.user_config(params)
-        current.update(number=trial.number, params=params)
         trial.set_user_attr("host", host)
         try:
             cfg = resolve({**user, "progress": False, "out_dir": out_root})
@@ -507,22 +481,9 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
         trial.set_user_attr("config", user)
         twin = _twin(study, trial.number, cfg.cell_key)
         if twin is not None:
-            # Same config as another trial. Training it again would reopen that trial's
-            # checkpoint and MLflow run, so reuse its outcome instead.
-            trial.set_user_attr("duplicate_of", twin.number)
-            if twin.state == TrialState.COMPLETE:
-                for key in ("mlflow_run_id", "test_error", "val_error"):
-                    if key in twin.user_attrs:
-                        trial.set_user_attr(key, twin.user_attrs[key])
-                return twin.value
-            if twin.state == TrialState.PRUNED:
-                raise optuna.TrialPruned(f"same config as pruned trial {twin.number}")
-            reason = f"same config is being trained by trial {twin.number}"
-            trial.set_user_attr("failure_reason", reason)
-            raise RuntimeError(reason)
-
+            return _reuse_twin(trial, twin)
         tracker = RunTracker(cfg, parent_run_id=parent, tags={
-            "study": study_name, "mixmatch.role": "trial", "trial_number": str(trial.number)})
+            "study": study.study_name, "mixmatch.role": "trial", "trial_number": str(trial.number)})
 
         def on_eval(step: int, h: dict) -> None:
             trial.report(h[spec.objective], step)
@@ -531,70 +492,103 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
                 trial.set_user_attr("pruned_at_step", step)
                 raise TrialStopped(f"pruned at step {step}: {spec.objective} {h[spec.objective]:.2f}%")
 
-        state, result = "FAIL", None
+        state, result = TrialState.FAIL, None
         try:
-            # If our heartbeat went stale, another worker failed this trial and re-queued its
-            # params: stop and leave the run to the retry (it resumes the checkpoint).
-            result = train_holding(storage, trial._trial_id, cfg, tracker, on_eval)
-            state = "COMPLETE"
+            result = train_trial(storage, trial, cfg, tracker, lease, on_eval)
+            state = TrialState.COMPLETE
         except TrialStopped:
-            state = "PRUNED"
+            state = TrialState.PRUNED
             raise
         except RunTakenOver:
-            state = "HANDED_OFF"
-            current["handed_off"] = True
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
-            raise
-        except BaseException as e:
-            trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:1000])
+            state = None                # the run is the new owner's now: leave its tags alone
             raise
         finally:
             # A finished run re-reported (a retry of a trial whose worker died after training)
             # has no tracker run; its id comes back in the result.
             run_id = tracker.run_id or (result.run_id if result is not None else None)
-            if run_id is not None and state != "HANDED_OFF":
+            if run_id is not None and state is not None:
                 trial.set_user_attr("mlflow_run_id", run_id)
-                try:
-                    mlflow_client.set_tag(run_id, "trial_state", state)
-                    mlflow_client.set_tag(run_id, "trial_number", str(trial.number))
-                except Exception:  # noqa: BLE001 - the Optuna state is the record that counts
-                    pass
+                _tag_run(run_id, {"trial_state": state.name, "trial_number": str(trial.number)})
         trial.set_user_attr("test_error", result.metrics["error"])
         if "val_error" in result.metrics:
             trial.set_user_attr("val_error", result.metrics["val_error"])
-        return result.metrics[metric]
+        return result.metrics[FINAL_METRIC[spec.objective]]
+    return objective
 
-    def report(_study, t) -> None:
-        log(_trial_line(t, spec.objective))
 
+def _tag_run(run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    from mixmatch_core.tracking import client
+    try:
+        client().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    except Exception:  # noqa: BLE001 - the Optuna state is the record that counts
+        pass
+
+
+def _reuse_twin(trial, twin) -> float:
+    """Same config as another trial. Training it again would reopen that trial's checkpoint and
+    MLflow run, so reuse its outcome instead."""
+    import optuna
+    from optuna.trial import TrialState
+    trial.set_user_attr("duplicate_of", twin.number)
+    if twin.state == TrialState.COMPLETE:
+        for key in ("mlflow_run_id", "test_error", "val_error"):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        return twin.value
+    if twin.state == TrialState.PRUNED:
+        raise optuna.TrialPruned(f"same config as pruned trial {twin.number}")
+    reason = f"same config is being trained by trial {twin.number}"
+    trial.set_user_attr("failure_reason", reason)
+    raise RuntimeError(reason)
+
+
+def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Path,
+               heartbeat_seconds: int | None = None, log=print) -> int:
+    """Create or resume the study and run trials until it has `spec.trials` finished ones (or
+    the timeout). Returns the process exit code."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from mixmatch_core.tracking import end_parent_run
+    from sweeps.store import Lease, optimize_one
+
+    # Failed trials are reported in one line each by our callback; Optuna's own warning would
+    # add a traceback for every invalid combination of params.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage, study = _open_study(spec, study_name, storage_url, heartbeat_seconds)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    remaining = spec.trials - len(study.get_trials(deepcopy=False, states=finished))
+    parent = _open_parent_run(study, spec, storage_url)
+    log(f"study '{study_name}': {spec.trials - remaining} of {spec.trials} trials finished, objective "
+        f"{spec.objective}, sampler {spec.sampler['type']}, pruner {spec.pruner['type']}; storage {storage_url}; "
+        f"MLflow experiment '{spec.experiment}', parent run {parent}")
+    lease = Lease()
+    objective = _trial_objective(spec, study, storage, parent, lease)
+    # MaxTrialsCallback stops every worker sharing the storage once the study as a whole has
+    # `trials` finished (COMPLETE + PRUNED) trials; failed trials (invalid params, a config
+    # another worker is training) do not count, but too many of them in a row stop us.
+    callbacks = [MaxTrialsCallback(spec.trials, states=finished), lambda _s, t: log(_trial_line(t, spec.objective)),
+                 _StopAfterFailures(3)]
     t0 = time.perf_counter()
     deadline = None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
-    callbacks = [MaxTrialsCallback(spec.trials, states=finished), report, _StopAfterFailures(3)]
     while remaining > 0:
-        current.clear()
         try:
-            # MaxTrialsCallback stops every worker sharing the storage once the study as a whole
-            # has `trials` finished (COMPLETE + PRUNED) trials; failed trials (invalid params, a
-            # config another worker is training) do not count, but too many of them stop us.
-            study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=callbacks,
-                           timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
-            break
+            if not optimize_one(study, objective, lease,
+                                lambda lease: log(f"trial {lease['number']}: handed to another worker "
+                                                  "(this worker's heartbeat went stale)"),
+                                n_trials=None, callbacks=callbacks,
+                                timeout=None if deadline is None else max(deadline - time.monotonic(), 0)):
+                break
         except KeyboardInterrupt:
-            _interrupted(study, current)
+            _interrupted(study, lease)
             end_parent_run(parent, "KILLED")
             die(f"interrupted; the trial's MLflow run ended KILLED. Re-run the same command to resume study "
                 f"'{study_name}' (the interrupted trial resumes from its checkpoint)", 130)
-        except Exception:
-            # Optuna refuses to tell a trial another worker already failed as stale (our
-            # objective raised RunTakenOver). That is no error of this process; others are.
-            if not current.get("handed_off"):
-                raise
-            log(f"trial {current['number']}: handed to another worker (this worker's heartbeat went stale)")
-            remaining = spec.trials - len(study.get_trials(deepcopy=False, states=finished))
-    elapsed = time.perf_counter() - t0
-    return _finish(study, spec, study_name, storage_url, out_dir, parent, elapsed, log)
+        remaining = spec.trials - len(study.get_trials(deepcopy=False, states=finished))
+    return _finish(study, spec, study_name, storage_url, out_dir, parent, time.perf_counter() - t0, log)
 
 
 class _StopAfterFailures:
@@ -611,19 +605,19 @@ class _StopAfterFailures:
             study.stop()
 
 
-def _interrupted(study, current: dict) -> None:
+def _interrupted(study, lease: dict) -> None:
     """Ctrl-C: mark the interrupted trial FAIL if Optuna could not, and queue its params again so
     that re-running the command resumes that config from its checkpoint (not a fresh draw)."""
     from optuna.trial import TrialState
-    if "number" not in current:
+    if "number" not in lease:
         return
     try:
-        t = study.get_trials(deepcopy=False)[current["number"]]
+        t = study.get_trials(deepcopy=False)[lease["number"]]
         if t.state == TrialState.RUNNING:
             study.tell(t.number, state=TrialState.FAIL)
         elif t.state != TrialState.FAIL:
             return                  # Ctrl-C between trials: nothing was cut short
-        study.enqueue_trial(current["params"], user_attrs={"resumes_trial": current["number"]})
+        study.enqueue_trial(lease["params"], user_attrs={"resumes_trial": lease["number"]})
     except Exception:  # noqa: BLE001 - the stale-trial retry covers it on the next run
         pass
 
@@ -660,11 +654,13 @@ def _finish(study, spec: SearchSpec, study_name: str, storage_url: str, out_dir:
             c.log_artifact(parent, str(path), "search")
         except Exception:  # noqa: BLE001 - files are on disk either way
             log(f"note: could not log {path} to MLflow")
+    from mlflow.entities import Metric, RunTag
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"best_{spec.objective}", best.value, now, len(trials))]
+    metrics += [Metric(f"trials_{s.lower()}", states.get(s, 0), now, len(trials))
+                for s in ("COMPLETE", "PRUNED", "FAIL")]
     try:
-        c.set_tag(parent, "best_trial", str(best.number))
-        c.log_metric(parent, f"best_{spec.objective}", best.value, step=len(trials))
-        for s in ("COMPLETE", "PRUNED", "FAIL"):
-            c.log_metric(parent, f"trials_{s.lower()}", states.get(s, 0), step=len(trials))
+        c.log_batch(parent, metrics=metrics, tags=[RunTag("best_trial", str(best.number))])    # one request
     except Exception:  # noqa: BLE001
         pass
     end_parent_run(parent, "FINISHED")
@@ -706,9 +702,9 @@ def search_main(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", help="where best.yaml and the plots go (default optuna/STUDY)")
     args = p.parse_args(argv)
 
-    from mixmatch_core.tracking import TrackingError, check_reachable
+    from mixmatch_core.tracking import check_reachable
     from sweeps.store import StorageError, check_storage_url, default_storage
-    try:
+    with user_errors(StorageError):
         spec = load_search_spec(args.spec)
         if args.trials is not None:
             spec.trials = args.trials
@@ -724,6 +720,3 @@ def search_main(argv: list[str]) -> int:
             print(TEST_OBJECTIVE_WARNING, file=sys.stderr)
         check_reachable()
         return run_search(spec, study_name, storage_url, out_dir, args.heartbeat_seconds)
-    except (ConfigError, TrackingError, StorageError) as e:
-        die(str(e), EXIT_USER_ERROR)
-    return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,11 @@ def load_spec(path: str) -> Spec:
     if not spec.cells():
         raise ConfigError(f"spec '{path}': the grid has no cells")
     return spec
+
+
+def file_stem(sweep: str) -> str:
+    """A sweep's name as a file name (its tables, plots and report are named after it)."""
+    return re.sub(r"[^\w.-]+", "_", sweep)
 
 
 def select(cells: list[Config], only: str | None) -> list[Config]:

@@ -3,7 +3,9 @@ machines): no home-made queue.
 
 Owns: opening a storage (scheme check, reachability, heartbeats), publishing a sweep's cells
 as enqueued (WAITING) trials, the per-cell summary (waiting / running on which host / done /
-failed, attempts), and the worker that claims cells and trains them.
+failed, attempts), the worker that claims cells and trains them, and what sweep workers and
+`mixmatch search` share: training a claimed trial for as long as its lease holds
+(`train_trial`, `optimize_one`) and the MLflow parent run kept in the study (`open_parent_run`).
 
 Why Optuna: `study.ask()` pops a WAITING trial with an atomic state update, so two workers
 never claim the same cell; a worker that dies stops heartbeating, `fail_stale_trials` marks
@@ -198,31 +200,116 @@ def holds(storage: RDBStorage, trial_id: int) -> bool:
         return True
 
 
-def train_holding(storage: RDBStorage, trial_id: int, cfg: Config, tracker, on_eval=None):
-    """train() for as long as this worker holds the trial (`holds`), checked at every evaluation
-    and once more after the last one; a lost trial raises RunTakenOver."""
+class Lease(dict):
+    """What the loop around `study.optimize` must know of the trial its objective claimed: the
+    trial (`trial_id`, `number`) and whether it was handed to another worker (`handed_off`)."""
+
+
+def train_trial(storage: RDBStorage, trial: optuna.Trial, cfg: Config, tracker, lease: Lease, on_eval=None):
+    """The training inside an Optuna objective, for sweep cells and search trials alike: train()
+    for as long as this worker holds the trial (`holds`, asked at every evaluation and once more
+    after the last one). A lost lease raises RunTakenOver and is noted in `lease` (see
+    `optimize_one`); a failure is recorded as the trial's `failure_reason`; pruning is neither."""
     from mixmatch_core.train import RunTakenOver, train
-    result = train(cfg, tracker=tracker, on_eval=on_eval, still_owner=lambda: holds(storage, trial_id))
-    if not holds(storage, trial_id):
-        raise RunTakenOver("handed to another worker after the last evaluation; it reuses this run")
-    return result
+    lease.update(trial_id=trial._trial_id, number=trial.number)
+    try:
+        result = train(cfg, tracker=tracker, on_eval=on_eval, still_owner=lambda: holds(storage, trial._trial_id))
+        if not holds(storage, trial._trial_id):
+            raise RunTakenOver("handed to another worker after the last evaluation; it reuses this run")
+        return result
+    except optuna.TrialPruned:
+        raise
+    except RunTakenOver:
+        lease["handed_off"] = True
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:1000])
+        raise
+
+
+def optimize_one(study: optuna.Study, objective, lease: Lease, handed_off_line, **optimize_kw) -> bool:
+    """study.optimize(objective, ...) that survives a handoff: once our trial was failed as stale
+    and re-queued, Optuna refuses our tell (it raises); that is no error of this worker, so log
+    `handed_off_line(lease)` and return True. Any other error is raised."""
+    lease.clear()
+    try:
+        study.optimize(objective, catch=(Exception,), **optimize_kw)
+        return False
+    except Exception:
+        if not lease.get("handed_off"):
+            raise
+        handed_off_line(lease)
+        return True
+
+
+def open_parent_run(study: optuna.Study, experiment: str, name: str, role: str, tags: dict[str, str]) -> str:
+    """The MLflow parent run of a sweep (role "sweep") or a search study (role "study"), tagged
+    `{role}: name`: reopened when the study holds its id and MLflow still has it, else created
+    and its id kept in the study. Processes starting together (a Slurm array of `mixmatch search`)
+    may each create one: all converge on the oldest and delete their own, so there is one."""
+    from mixmatch_core.tracking import client, experiment_id, start_parent_run
+    c = client()
+    run_id = study.user_attrs.get("parent_run_id")
+    try:
+        if run_id is None or c.get_run(run_id).info.lifecycle_stage != "active":
+            raise LookupError(run_id)
+        return start_parent_run(experiment, name, {}, run_id=run_id)
+    except Exception:  # noqa: BLE001 - missing, deleted or in another MLflow store: make a new one
+        pass
+    run_id = start_parent_run(experiment, name, {**tags, role: name, "mixmatch.role": role})
+    parents = c.search_runs([experiment_id(experiment, c)],
+                            f"tags.{role} = '{name}' and tags.`mixmatch.role` = '{role}'",
+                            order_by=["attributes.start_time ASC"], max_results=100)
+    oldest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
+    if oldest != run_id:
+        c.delete_run(run_id)
+        run_id = start_parent_run(experiment, name, {}, run_id=oldest)
+    study.set_user_attr("parent_run_id", run_id)
+    return run_id
 
 
 def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
                poll_seconds: float = 2.0, log=print) -> Counter:
     """Claim cells until none are waiting or running; train each as a tracked MLflow run.
     `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell."""
-    from mixmatch_core.tracking import RunTracker, experiment_id, find_cell_runs
-    from mixmatch_core.train import RunTakenOver
-
     study = load_sweep_study(storage, sweep)
-    parent = study.user_attrs.get("parent_run_id")
     host = f"{socket.gethostname()}:{os.getpid()}"
-    done = Counter()
-    claimed: dict = {}      # the trial this worker is training (for a refused tell)
+    done, lease = Counter(), Lease()
+    objective = _cell_objective(storage, sweep, study.user_attrs.get("parent_run_id"), host, overrides, lease)
+
+    def report(_study, t) -> None:
+        if t.user_attrs.get("spurious"):
+            return
+        done[t.state.name] += 1
+        log(f"[{host}] {t.user_attrs.get('run_name', '?')}: {t.state.name}"
+            + (f" error {t.value:.2f}%" if t.value is not None else "")
+            + (f" ({t.user_attrs['failure_reason']})" if "failure_reason" in t.user_attrs else ""))
+
+    def handed_off(lease) -> None:
+        name = storage.get_trial(lease["trial_id"]).user_attrs.get("run_name", "?")
+        log(f"[{host}] {name}: handed to another worker (this worker's heartbeat went stale)")
+        done["HANDED_OFF"] += 1
+
+    while True:
+        fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        if any(t.state == TrialState.WAITING for t in trials):
+            optimize_one(study, objective, lease, handed_off, n_trials=1, callbacks=[report])
+        elif any(t.state == TrialState.RUNNING for t in trials):
+            time.sleep(poll_seconds)     # another worker may die; its cell would come back to us
+        else:
+            return done
+
+
+def _cell_objective(storage: RDBStorage, sweep: str, parent: str | None, host: str, overrides: dict | None,
+                    lease: Lease):
+    """The Optuna objective of a sweep worker: the claimed trial's cell, trained and tracked."""
+    from mixmatch_core.tracking import RunTracker, experiment_id, find_cell_runs
 
     def objective(trial: optuna.Trial) -> float:
-        claimed["trial_id"] = trial._trial_id
         cfg_dict = trial.user_attrs.get("config")
         if cfg_dict is None:
             # ask() found no WAITING trial because another worker claimed the last one between
@@ -240,43 +327,7 @@ def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
                 return run.data.metrics["error"]
         tracker = RunTracker(cfg, parent_run_id=parent, tags={"sweep": sweep, "mixmatch.role": "cell",
                                                                  "optuna_trial": str(trial.number)})
-        try:
-            result = train_holding(storage, trial._trial_id, cfg, tracker)
-        except RunTakenOver:
-            claimed["handed_off"] = True
-            raise
-        except BaseException as e:
-            trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:1000])
-            raise
+        result = train_trial(storage, trial, cfg, tracker, lease)
         trial.set_user_attr("mlflow_run_id", result.run_id)
         return result.metrics["error"]
-
-    def report(_study, t) -> None:
-        if t.user_attrs.get("spurious"):
-            return
-        done[t.state.name] += 1
-        log(f"[{host}] {t.user_attrs.get('run_name', '?')}: {t.state.name}"
-            + (f" error {t.value:.2f}%" if t.value is not None else "")
-            + (f" ({t.user_attrs['failure_reason']})" if "failure_reason" in t.user_attrs else ""))
-
-    while True:
-        fail_stale_trials(study)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-        waiting = [t for t in trials if t.state == TrialState.WAITING]
-        if waiting:
-            claimed.clear()
-            try:
-                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report])
-            except Exception:
-                # Optuna refuses to tell a trial another worker already failed as stale (our
-                # objective raised RunTakenOver). That is no error of this worker; others are.
-                if not claimed.get("handed_off"):
-                    raise
-                name = storage.get_trial(claimed["trial_id"]).user_attrs.get("run_name", "?")
-                log(f"[{host}] {name}: handed to another worker (this worker's heartbeat went stale)")
-                done["HANDED_OFF"] += 1
-            continue
-        if any(t.state == TrialState.RUNNING for t in trials):
-            time.sleep(poll_seconds)     # another worker may die; its cell would come back to us
-            continue
-        return done
+    return objective

@@ -159,6 +159,19 @@ def test_a_run_is_named_and_tagged_from_its_config(finished, monkeypatch):
     assert "sweep" not in tags and "failure_reason" not in tags and "logging_incomplete" not in tags
 
 
+def test_the_runs_dataset_is_an_mlflow_input_with_its_labeled_split(finished):
+    (inp,) = only_run(finished.client).inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.source_type) == ("digits-50-s1", "code")
+    assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "train", "labeled_split.n_labeled": "50",
+                                                  "labeled_split.seed": "1", "labeled_split.val_size": "0"}
+    assert len(inp.dataset.digest) == 8
+
+
+def test_experiments_are_created_as_model_training_for_mlflow_3s_ui(finished):
+    exp = finished.client.get_experiment_by_name("mixmatch")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_every_resolved_config_field_is_a_param(finished):
     run = only_run(finished.client)
     assert run.data.params == {f.name: str(getattr(finished.cfg, f.name)) for f in fields(Config)}
@@ -384,10 +397,11 @@ def mlflow_server(tmp_path, empty_store):
         stop(proc)
 
 
-def test_a_run_is_tracked_through_a_tracking_server(mlflow_server, tmp_path, monkeypatch):
+def test_a_run_is_tracked_through_a_tracking_server(mlflow_server, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     assert mixmatch(["train", *TINY]) == 0
+    assert "View run" not in capfd.readouterr().out     # MLflow's per-run chatter stays out of our output
     c = MlflowClient(mlflow_server)
     run = only_run(c)
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
@@ -402,6 +416,26 @@ def test_ui_help_says_it_binds_to_loopback(capsys):
     with pytest.raises(SystemExit) as e:
         mixmatch(["ui", "--help"])
     assert e.value.code == 0 and "default 127.0.0.1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_ui_prints_the_runs_table_of_the_newest_experiment_in_the_model_training_view(finished, monkeypatch,
+                                                                                         capsys):
+    import mixmatch_core.cli
+    monkeypatch.chdir(finished.where)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished.uri)
+    monkeypatch.setattr(mixmatch_core.cli.os, "execv", lambda exe, cmd: None)
+    assert mixmatch(["ui", "--port", "5123", "--no-browser"]) == 0
+    exp = finished.client.get_experiment_by_name("mixmatch").experiment_id
+    url = f"http://127.0.0.1:5123/#/experiments/{exp}/runs?workflowType=machine_learning"
+    assert url in capsys.readouterr().err
+
+
+def test_ui_names_an_unknown_experiment_in_one_line(finished, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished.uri)
+    with pytest.raises(SystemExit) as e:
+        mixmatch(["ui", "nope", "--no-browser"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "no MLflow experiment named 'nope'" in err
 
 
 def test_ui_listens_on_loopback_only(store, tmp_path):

@@ -1,0 +1,330 @@
+"""One self-contained HTML report of a sweep: `mixmatch report`, also written at the end of
+every `mixmatch sweep` and logged to the sweep's parent run.
+
+Owns the page, not the numbers: the error tables and the Welch comparisons are
+`sweeps.table.build_table`'s (the same Table `mixmatch table` renders), the figures are
+`sweeps.plot`'s (embedded as base64 PNG), and every cell's state comes from the same table's
+per-cell outcomes, refined by the sweep's Optuna storage where it knows more (a cell MLflow has
+not seen yet is `waiting` in the queue, not just missing). The page also says how to reproduce
+the sweep (command, code version), where and when it ran, its wall time and the compute it
+spent, and the configs (the base config, and each variant's diff against it).
+
+The file opens offline: CSS inline, images as data: URIs, no script. Links go to the MLflow
+UI: each cell's run, and (for an http(s) tracking server, where all runs are one server away)
+MLflow's compare view of all the sweep's runs. With the default SQLite store the links point at
+`mixmatch ui`'s default address, http://127.0.0.1:5000.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .spec import file_stem
+from .table import FORMATS, TABLE_CSS, Source, Table, add_source_arguments, html_body, load_table, log_artifacts, \
+    write_table
+
+LOCAL_UI = "http://127.0.0.1:5000"      # where `mixmatch ui` serves a local store
+ML_VIEW = "workflowType=machine_learning"  # MLflow 3's model-training view (its default is GenAI)
+
+REPORT_CSS = TABLE_CSS + """
+body{max-width:72em}
+h1{margin-bottom:.2em} .lead{color:#444;margin-top:0}
+dl.facts{display:grid;grid-template-columns:max-content auto;gap:.25em 1.5em;font-size:.95em}
+dl.facts dt{color:#555} dl.facts dd{margin:0}
+code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
+pre{background:#f6f6f6;padding:.6em .8em;overflow-x:auto}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
+table.cells td:nth-child(-n+3),table.cells th:nth-child(-n+3){text-align:left}
+.state-finished{color:#1a7f37} .state-failed,.state-killed{color:#cf222e}
+.state-running{color:#9a6700} .state-waiting,.state-missing{color:#666}
+td.reason{white-space:normal;text-align:left;max-width:28em;color:#cf222e;font-size:.9em}
+nav a{margin-right:1em}
+table.diffs th,table.diffs td{text-align:left;white-space:normal}
+pre.config{columns:3 20em;column-gap:2em}"""
+
+
+# ---- links to the MLflow UI ----------------------------------------------------------------------
+def ui_base(uri: str) -> str:
+    """The MLflow UI serving this tracking URI: the server itself, else `mixmatch ui`'s address."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow 3's model-training view (not the GenAI overview)."""
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def compare_url(uri: str, run_ids: list[str], experiment_ids: list[str]) -> str:
+    """MLflow's compare view of these runs (its route takes JSON lists)."""
+    q = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps(experiment_ids)})
+    return f"{ui_base(uri)}/#/compare-runs?{q}&{ML_VIEW}"
+
+
+# ---- what the page says --------------------------------------------------------------------------
+def cell_states(table: Table, queue: dict | None) -> pd.DataFrame:
+    """One row per cell: run name, state (finished, failed, killed, running, waiting, missing),
+    error, steps/s, its run's id and experiment, the failure reason. `queue` (cell_key ->
+    store.CellState) refines what MLflow cannot know: a cell without a run may be waiting in
+    the queue, or have failed before its run was created."""
+    cells = table.outcomes.copy()
+    runs = table.runs[table.runs["run_id"].notna()].drop_duplicates("run_id")
+    cells = cells.merge(runs[["run_id", "run_name", "experiment_id", "steps_per_s"]], on="run_id", how="left")
+    planned = table.runs.loc[table.runs["status"].eq("MISSING"), ["cell_key", "run_name"]]
+    cells["run_name"] = cells["run_name"].fillna(cells["cell_key"].map(dict(zip(planned["cell_key"],
+                                                                               planned["run_name"]))))
+    for i, key in cells["cell_key"].items():
+        q = (queue or {}).get(key)
+        if q is None or cells.at[i, "state"] != "missing":
+            continue
+        cells.at[i, "state"] = {"waiting": "waiting", "running": "running"}.get(q.state, cells.at[i, "state"])
+        if q.state == "failed":
+            cells.at[i, "state"], cells.at[i, "failure_reason"] = "failed", q.reason
+    return cells
+
+
+@dataclass
+class Facts:
+    """Where, when, with what code and at what cost the sweep ran (from its runs' tags and times)."""
+    code_versions: list[str]
+    machines: list[str]
+    first_start: str
+    last_end: str
+    wall_seconds: float          # time during which at least one of its runs was running
+    compute_hours: float
+    compute_unit: str            # CPU core-hours | GPU-hours
+    n_runs: int
+
+
+def _utc(ms: float) -> str:
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def facts(table: Table) -> Facts | None:
+    """From every run of the sweep (retries and failures included: they spent compute too)."""
+    runs = table.runs[table.runs["run_id"].notna() & table.runs["start_time"].notna()]
+    if runs.empty:
+        return None
+    start = pd.to_numeric(runs["start_time"]).astype(float)
+    end = pd.to_numeric(runs["end_time"]).astype(float).fillna(start)
+    hours = (end - start) / 3.6e6
+    gpu = ~runs["device_name"].fillna("cpu").str.lower().str.startswith("cpu")   # e.g. "cpu (x86_64, 1 threads)"
+    # A CPU run computes on as many cores as it had torch threads (its device_name tag says how
+    # many, e.g. "cpu (x86_64, 1 threads)"; else its num_threads param; else 1).
+    threads = pd.to_numeric(runs["device_name"].fillna("").str.extract(r"(\d+) threads")[0], errors="coerce")
+    threads = threads.fillna(pd.to_numeric(runs["num_threads"], errors="coerce")).fillna(1).clip(lower=1)
+    unit = "GPU-hours" if gpu.any() else "CPU core-hours"
+    compute = float((hours * (1 if gpu.any() else threads)).sum())
+    machines = runs["host"].fillna("?").str.split(":").str[0] + ": " + runs["device_name"].fillna("?")
+    return Facts(sorted(runs["code_version"].dropna().unique()), sorted(machines.unique()), _utc(start.min()),
+                 _utc(end.max()), _busy_seconds(start, end), compute, unit, len(runs))
+
+
+def _busy_seconds(start: pd.Series, end: pd.Series) -> float:
+    """Length of the union of the runs' intervals: the sweep's wall time without the gaps
+    between launches."""
+    total, cur_start, cur_end = 0.0, None, None
+    for s, e in sorted(zip(start, end)):
+        if cur_end is None or s > cur_end:
+            total += 0 if cur_end is None else cur_end - cur_start
+            cur_start, cur_end = s, e
+        else:
+            cur_end = max(cur_end, e)
+    return (total + (cur_end - cur_start if cur_end is not None else 0)) / 1000
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def config_diffs(spec) -> tuple[dict, dict[str, dict]]:
+    """The spec's base config resolved (every field), and for each variant in the sweep the
+    fields its cells change against the full method's cell with the same labels and seed."""
+    from mixmatch_core.config import resolve
+    from mixmatch_core.methods import FULL_METHOD
+    # The base as the full method's cell sees it (a method field in the base reaches only the
+    # cells whose method owns it); a baseline's diff then shows its own fields, MixMatch's unset.
+    base = resolve({"experiment": spec.experiment}, spec.variants, base=spec.base).to_dict()
+    cells = spec.cells()
+    full = {(c.n_labeled, c.seed): c.to_dict() for c in cells if c.variant == FULL_METHOD}
+    diffs: dict[str, dict] = {}
+    for c in cells:
+        ref = full.get((c.n_labeled, c.seed), base)
+        d = {k: f"{_yaml(ref[k])} → {_yaml(v)}" for k, v in c.to_dict().items() if ref.get(k) != v and k != "variant"}
+        diffs.setdefault(c.variant, d)
+    return base, diffs
+
+
+def _yaml(v) -> str:
+    """A value as the config files spell it (true, not True)."""
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+# ---- the page ------------------------------------------------------------------------------------
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _facts_html(src: Source, table: Table, f: Facts | None, uri: str) -> list[str]:
+    e = html.escape
+    spec = src.spec
+    command = f"mixmatch sweep {spec.path}" if spec is not None else f"mixmatch table {src.sweep}"
+    rows = [("reproduce", f"<code>{e(command)}</code>"), ("tracking", f"<code>{e(uri)}</code>")]
+    if f is not None:
+        rows += [("code version", ", ".join(f"<code>{e(v)}</code>" for v in f.code_versions) or "unknown"),
+                 ("machines", "<br>".join(e(m) for m in f.machines)),
+                 ("dates", f"{e(f.first_start)} to {e(f.last_end)}"),
+                 ("wall time", f"{_duration(f.wall_seconds)} (while at least one of its runs was running)"),
+                 ("compute", f"{f.compute_hours:.2f} {f.compute_unit} over {f.n_runs} runs (retries and failures "
+                             "included)")]
+    return ['<dl class="facts">'] + [f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows] + ["</dl>"]
+
+
+def _num(v, fmt: str) -> str:
+    return "" if v is None or pd.isna(v) else format(v, fmt)
+
+
+def _cells_html(cells: pd.DataFrame, uri: str) -> list[str]:
+    e = html.escape
+    out = ['<table class="cells">', "<thead><tr><th>cell</th><th>cell_key</th><th>state</th><th>error (%)</th>"
+           "<th>steps/s</th><th>runs</th><th>MLflow</th></tr></thead>", "<tbody>"]
+    for c in cells.to_dict("records"):
+        has_run = isinstance(c["run_id"], str) and isinstance(c["experiment_id"], str)
+        link = f'<a href="{e(run_url(uri, c["experiment_id"], c["run_id"]))}">run</a>' if has_run else ""
+        out.append(f"<tr><td>{e(str(c['run_name']))}</td><td><code>{e(c['cell_key'])}</code></td>"
+                   f'<td class="state-{e(c["state"])}">{e(c["state"])}</td><td>{_num(c["error"], ".2f")}</td>'
+                   f"<td>{_num(c['steps_per_s'], '.1f')}</td><td>{c['n_runs']}</td><td>{link}</td></tr>")
+        if isinstance(c["failure_reason"], str) and c["state"] != "finished":
+            out.append(f'<tr><td></td><td colspan="6" class="reason">{e(c["failure_reason"])}</td></tr>')
+    return out + ["</tbody>", "</table>"]
+
+
+def _configs_html(spec) -> list[str]:
+    import yaml
+    e = html.escape
+    if spec is None:
+        return ["<p>No spec given (a sweep name only): pass the spec file to see the configs.</p>"]
+    base, diffs = config_diffs(spec)
+    out = ["<h3>Base config (resolved: every field a cell starts from)</h3>",
+           f'<pre class="config">{e(yaml.safe_dump(base, sort_keys=False))}</pre>',
+           "<h3>Each variant against the full method (same labels and seed)</h3>",
+           '<table class="diffs"><thead><tr><th>variant</th><th>changes</th></tr></thead><tbody>']
+    for variant, d in diffs.items():
+        text = ", ".join(f"{k}: {v}" for k, v in d.items()) or "(the full method)"
+        out.append(f"<tr><td>{e(variant)}</td><td>{e(text)}</td></tr>")
+    return out + ["</tbody></table>"]
+
+
+def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict | None = None) -> str:
+    """The report page of a built table (and the PNG figures plot.py drew from it)."""
+    e = html.escape
+    spec, cells = src.spec, cell_states(table, queue)
+    title = f"Sweep {src.sweep}"
+    counts = cells["state"].value_counts()
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    run_ids = [r for r in cells["run_id"] if isinstance(r, str)]
+    exp_ids = sorted({x for x in cells["experiment_id"] if isinstance(x, str)})
+    links = [f'<a href="{e(experiment_url(uri, x))}">MLflow runs table (experiment {e(x)})</a>' for x in exp_ids]
+    if uri.startswith(("http://", "https://")) and run_ids:
+        links.append(f'<a href="{e(compare_url(uri, run_ids, exp_ids))}">compare all {len(run_ids)} runs</a>')
+    elif run_ids:
+        links.append(f"<span>(links open in <code>mixmatch ui</code> at {LOCAL_UI})</span>")
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{e(title)}</title>",
+           f"<style>\n{REPORT_CSS}\n</style>", "</head>", "<body>", f"<h1>{e(title)}</h1>",
+           f'<p class="lead">{e(spec.description if spec is not None and spec.description else "")}'
+           f"{' · ' if spec is not None and spec.description else ''}{len(cells)} cells: {e(summary)}</p>",
+           "<nav>" + "".join(links) + "</nav>"]
+    out += ["<h2>Provenance</h2>"] + _facts_html(src, table, facts(table), uri)
+    out += html_body(table, level=2)
+    if figures:
+        out += ["<h2>Plots</h2>"] + [_img(p) for p in figures]
+    out += ["<h2>Cells</h2>"] + _cells_html(cells, uri)
+    out += ["<h2>Configs</h2>"] + _configs_html(spec)
+    return "\n".join(out + ["</body>", "</html>"]) + "\n"
+
+
+# ---- files and the command -----------------------------------------------------------------------
+def write_report(src: Source, table: Table, out_dir, figures: list[Path], states: dict | None) -> Path:
+    from mixmatch_core.tracking import tracking_uri
+    path = Path(out_dir) / f"{file_stem(src.sweep)}_report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(src, table, [p for p in figures if p.suffix == ".png"], tracking_uri(), states),
+                    encoding="utf-8")
+    return path
+
+
+def export_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None, experiment: str | None = None,
+               states: dict | None = None) -> list[Path]:
+    """Tables (every format), plots and the report of one built table into out_dir; with
+    `parent_run_id`, also logged to the sweep's parent run (folders tables, plots, report).
+    `states`: the sweep storage's cell states, if known."""
+    from .plot import plot_table
+    src, table = load_table(sweep_or_spec, experiment)
+    tables, plots = write_table(table, out_dir, FORMATS), plot_table(table, out_dir)
+    report = write_report(src, table, out_dir, plots, states)
+    for paths, folder in ((tables, "tables"), (plots, "plots"), ([report], "report")):
+        log_artifacts(paths, parent_run_id, folder)
+    return tables + plots + [report]
+
+
+def storage_states(src: Source, storage: str | None) -> dict | None:
+    """The sweep storage's cell states (read-only), when there is one to read."""
+    from .runner import known_states
+    from .store import default_sweep_storage
+    if src.spec is None and storage is None:
+        return None
+    return known_states(storage or default_sweep_storage(src.sweep), src.sweep) or None
+
+
+def spec_from_parent_run(src: Source):
+    """For a sweep given by name: its spec as its parent run logged it (sweep/spec.yaml, with the
+    path it was launched with), for the page's configs and command; None when there is none.
+    The tables stay those of `mixmatch table NAME` (cells known from MLflow only)."""
+    from mixmatch_core.tracking import client
+
+    from .spec import load_spec
+    parents = src.runs["parent_run_id"].dropna().unique()
+    if len(parents) != 1:
+        return None
+    try:
+        c = client()
+        with tempfile.TemporaryDirectory() as d:
+            spec = load_spec(c.download_artifacts(parents[0], "sweep/spec.yaml", d))
+        return dataclasses.replace(spec, path=c.get_run(parents[0]).data.tags.get("spec_path", spec.path))
+    except Exception:  # noqa: BLE001 - an older sweep, another store: the page says no spec was given
+        return None
+
+
+def report_main(argv: list[str]) -> int:
+    from mixmatch_core.cli import ArgumentParser, user_errors
+
+    p = ArgumentParser(prog="mixmatch report", description="One self-contained HTML page of a sweep (tables, "
+                       "plots, cells, configs, provenance) that opens offline, from MLflow and the sweep's storage.")
+    add_source_arguments(p)
+    p.add_argument("--out", metavar="DIR", default="reports", help="output directory (default reports)")
+    p.add_argument("--storage", metavar="URL",
+                   help="the sweep's Optuna storage, for waiting cells (default: the spec's local default)")
+    args = p.parse_args(argv)
+    with user_errors(out=args.out), tempfile.TemporaryDirectory() as figures:
+        from .plot import plot_table
+        src, table = load_table(args.sweep, args.experiment)
+        src.spec = src.spec or spec_from_parent_run(src)
+        # The figures are embedded: drawn into a temporary folder, one file comes out.
+        path = write_report(src, table, args.out, plot_table(table, figures), storage_states(src, args.storage))
+    print(path)
+    return 0
