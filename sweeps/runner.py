@@ -24,6 +24,7 @@ from pathlib import Path
 from mixmatch_core.cli import ArgumentParser, die
 from mixmatch_core.config import ConfigError
 
+from . import gpus as gpu_slots
 from .spec import Spec, load_spec, select
 
 # Expected seconds per training step, by (model family, device type, method), for --dry-run
@@ -117,6 +118,7 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--device", default=None, help="device for every cell (default: the spec's, else auto)")
     p.add_argument("--heartbeat-seconds", type=int, default=None, help="worker heartbeat (stale after 3x)")
     p.add_argument("--no-table", action="store_true", help="skip the closing error table")
+    gpu_slots.add_arguments(p)
     args = p.parse_args(argv)
 
     from mixmatch_core.tracking import TrackingError, check_reachable, client, experiment_id, start_parent_run
@@ -131,6 +133,11 @@ def sweep_main(argv: list[str]) -> int:
         workers = n_auto if args.workers is None else args.workers
         if workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {workers}")
+        slots = gpu_slots.slots_from_args(args)     # --workers-per-gpu: N pinned workers per GPU
+        if slots is not None:
+            if args.workers is not None:
+                raise ConfigError("--workers-per-gpu: give --workers or --workers-per-gpu, not both")
+            workers = len(slots)
         if args.dry_run:
             import torch
             dtype = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -184,7 +191,7 @@ def sweep_main(argv: list[str]) -> int:
 
     pending = store.counts(study)
     if workers and (pending["waiting"] or pending["running"]):
-        run_local_workers(spec, url, workers, gpus, device, args.heartbeat_seconds, study, cells)
+        run_local_workers(spec, url, workers, gpus, device, args.heartbeat_seconds, study, cells, slots)
     elif not workers:
         print(f"cells published; start workers with: mixmatch worker --storage {url} --sweep {spec.name}",
               file=sys.stderr)
@@ -192,20 +199,22 @@ def sweep_main(argv: list[str]) -> int:
     return finish(spec, study, parent, cells, no_table=args.no_table)
 
 
-def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells) -> None:
+def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells, slots=None) -> None:
     """Start `workers` worker processes (same process group, so a kill of the group stops
-    all) and show the sweep's progress until they exit."""
+    all) and show the sweep's progress until they exit. `slots` (gpus.py) pins each worker to
+    its GPU with its share of the CPU threads."""
     from . import store
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = []
     log_dir = Path("runs") / "_workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     for i in range(workers):
-        env = dict(os.environ)
-        if gpus[0] is not None:
+        env = dict(os.environ) if slots is None else slots[i].env()
+        if slots is None and gpus[0] is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        n_threads = slots[i].threads if slots else threads if gpus[0] is None else 0
         cmd = [sys.executable, "-m", "sweeps.cli", "worker", "--storage", url, "--sweep", spec.name,
-               "--threads", str(threads if gpus[0] is None else 0)]
+               "--threads", str(n_threads)]
         if device != "auto":
             cmd += ["--device", device]
         if heartbeat:

@@ -47,6 +47,8 @@ import yaml
 from mixmatch_core.cli import EXIT_RUN_FAILED, EXIT_USER_ERROR, ArgumentParser, die
 from mixmatch_core.config import FIELDS, Config, ConfigError, load_yaml, resolve
 
+from . import gpus
+
 SEARCH_KEYS = {"name", "experiment", "base", "space", "sampler", "pruner", "trials", "timeout_seconds",
                "objective", "seed", "description"}
 DIMENSION_KEYS = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "step", "log"},
@@ -438,9 +440,10 @@ def write_best_yaml(path: Path, spec: SearchSpec, study_name: str, trial) -> Pat
 
 
 def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Path,
-               heartbeat_seconds: int | None = None, log=print) -> int:
+               heartbeat_seconds: int | None = None, log=print, role: str = "all") -> int:
     """Create or resume the study and run trials until it has `spec.trials` finished ones (or
-    the timeout). Returns the process exit code."""
+    the timeout). Returns the process exit code. role: "all" (train, then the study's outputs),
+    "worker" (one of several pinned processes: train only) or "finish" (outputs only)."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -465,7 +468,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     # the first one would draw the same params again (same runs, same checkpoints).
     seed = spec.seed + len(existing)
     from sweeps.store import default_storage
-    if storage_url != default_storage(study_name):
+    if storage_url != default_storage(study_name) or role == "worker":
         # A shared storage may have several workers starting together: without this they would
         # all draw the same first params. (The embedded default stays reproducible.)
         seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
@@ -572,7 +575,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     t0 = time.perf_counter()
     deadline = None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
     callbacks = [MaxTrialsCallback(spec.trials, states=finished), report, _StopAfterFailures(3)]
-    while remaining > 0:
+    while remaining > 0 and role != "finish":
         current.clear()
         try:
             # MaxTrialsCallback stops every worker sharing the storage once the study as a whole
@@ -594,6 +597,8 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             log(f"trial {current['number']}: handed to another worker (this worker's heartbeat went stale)")
             remaining = spec.trials - len(study.get_trials(deepcopy=False, states=finished))
     elapsed = time.perf_counter() - t0
+    if role == "worker":
+        return 0
     return _finish(study, spec, study_name, storage_url, out_dir, parent, elapsed, log)
 
 
@@ -704,6 +709,8 @@ def search_main(argv: list[str]) -> int:
     p.add_argument("--heartbeat-seconds", type=_positive(int), metavar="S",
                    help="trial heartbeat; a trial silent for 3x this is failed and retried (default 30)")
     p.add_argument("--out", metavar="DIR", help="where best.yaml and the plots go (default optuna/STUDY)")
+    gpus.add_arguments(p)
+    p.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)   # set by --workers-per-gpu
     args = p.parse_args(argv)
 
     from mixmatch_core.tracking import TrackingError, check_reachable
@@ -722,8 +729,14 @@ def search_main(argv: list[str]) -> int:
         out_dir = Path(args.out or Path("optuna") / _safe_name(study_name))
         if spec.objective == "test_error":
             print(TEST_OBJECTIVE_WARNING, file=sys.stderr)
+        slots = gpus.slots_from_args(args)
         check_reachable()
-        return run_search(spec, study_name, storage_url, out_dir, args.heartbeat_seconds)
+        if slots is not None:   # N pinned search processes per GPU share the study; then the outputs
+            child = gpus.strip_options(argv, {"--workers-per-gpu": True, "--gpus": True})
+            gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "sweeps.cli", "search", *child, "--as-worker"],
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+        role = "worker" if args.as_worker else "finish" if slots is not None else "all"
+        return run_search(spec, study_name, storage_url, out_dir, args.heartbeat_seconds, role=role)
     except (ConfigError, TrackingError, StorageError) as e:
         die(str(e), EXIT_USER_ERROR)
     return 0
