@@ -154,7 +154,7 @@ def strip_options(argv: list[str], options: dict[str, bool]) -> list[str]:
 
 
 # ---- the worker processes -----------------------------------------------------------------------
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def tie_to_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: SIGKILL this process when its parent dies, so a killed job or launcher never
     leaves workers training on (their cells go back to the queue instead)."""
     try:
@@ -164,9 +164,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def start(slots: list[Slot], command: Callable[[Slot], list[str]], base_env: dict | None = None,
-          die_with_parent: bool = False, **popen) -> list[subprocess.Popen]:
-    """One process per slot, `command(slot)` in the slot's environment (never through a shell)."""
-    pre = _die_with_parent if die_with_parent and sys.platform.startswith("linux") else None
+          tied: bool = False, **popen) -> list[subprocess.Popen]:
+    """One process per slot, `command(slot)` in the slot's environment (never through a shell);
+    `tied`: each dies with this process (`tie_to_parent`)."""
+    pre = tie_to_parent if tied and sys.platform.startswith("linux") else None
     return [subprocess.Popen(command(s), env=s.env(base_env), preexec_fn=pre, **popen) for s in slots]
 
 
@@ -193,7 +194,7 @@ def run_pinned(slots: list[Slot], command: Callable[[Slot], list[str]], log=None
     if log is not None:
         log(f"starting {len(slots)} pinned worker(s): "
             + ", ".join(f"{s.name} ({s.threads} threads)" for s in slots))
-    procs = start(slots, command, die_with_parent=True)
+    procs = start(slots, command, tied=True)
     try:
         codes = wait(procs)
     except KeyboardInterrupt:
