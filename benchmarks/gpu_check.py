@@ -391,14 +391,14 @@ def print_table(r: dict) -> None:
               f"{row['a_over_b']:>8.2f} {row['c_over_a']:>8.2f} {row['compile_and_warmup_s']:>10.1f}  "
               f"{'model compiled inside the step' if row.get('note') else ''}")
     print(f"\n2. workers on one GPU: the trainer on digits-32 ({s['model']}, {s['amp']}), {s['window_s']:.0f} s window")
-    print(f"{'workers':>7} {'threads':>8} {'steps/s in all':>15} {'per worker':>11} {'images/s':>9} {'vs 1':>6}")
+    print(f"{'workers':>7} {'threads':>8} {'steps/s in all':>15} {'per worker':>11} {'images/s':>9} {'vs 1st':>7}")
     for row in r["workers"]:
         if "total_steps_per_s" not in row:
             print(f"{row['workers']:>7} {row['threads_per_worker']:>8}  {row.get('error', '')}")
             continue
         print(f"{row['workers']:>7} {row['threads_per_worker']:>8} {row['total_steps_per_s']:>15.1f} "
               f"{row['total_steps_per_s'] / row['workers']:>11.1f} {row['images_per_s']:>9.0f} "
-              f"{row.get('speedup_vs_first', 1.0):>6.2f}")
+              f"{row.get('speedup_vs_first', 1.0):>7.2f}")
     t = r["train"]
     print(f"\n3. training run: MixMatch {s['model']}, {t.get('n_labeled', '?')} labels, {t.get('data', '')}")
     if "curve" not in t:
