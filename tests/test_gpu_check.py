@@ -112,3 +112,13 @@ def test_workers_pinned_like_workers_per_gpu_get_their_gpu_and_thread_share(monk
         gpu_check.run_workers(Args, Path("d.npz"), gpu_check.BUDGET_S, 0.03)
     assert [(g, t) for g, t, _ in seen] == [("2", 4)] * 4
     assert [c[c.index("--rank") + 1] for _, _, c in seen] == ["0", "1", "2", "3"]
+
+
+def test_window_rates_count_each_workers_steps_inside_the_common_window():
+    from benchmarks.gpu_check import window_rates
+    # worker A: 10 steps/s from t=0; worker B starts later (first evaluation at t=2), 5 steps/s
+    a = {"evals": [(0.0, 0), (1.0, 10), (2.0, 20), (3.0, 30), (4.0, 40)]}
+    b = {"evals": [(2.0, 100), (3.5, 107.5), (5.0, 115)]}
+    start, end, rates = window_rates([a, b])
+    assert (start, end) == (2.0, 4.0)             # from the last first evaluation to the first last one
+    assert rates == pytest.approx([10.0, 5.0])

@@ -186,3 +186,26 @@ def test_search_workers_per_gpu_runs_pinned_search_workers_then_the_study_output
     cmd = slots[0][2]
     assert cmd[3:] == ["search", "search.yaml", "--trials", "4", "--as-worker"]
     assert roles == ["finish"]      # the launcher trains nothing itself; it writes the study's outputs
+
+
+def test_run_pinned_waits_for_every_worker_and_fails_if_one_failed():
+    slots = gpus.plan(["0", "1"], 1, cores=2)
+    exit_with_gpu_id = [sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['CUDA_VISIBLE_DEVICES']))"]
+    assert gpus.run_pinned(slots, lambda s: exit_with_gpu_id) == 1          # the worker on GPU 1 exited 1
+    assert gpus.run_pinned(slots[:1], lambda s: exit_with_gpu_id) == 0
+
+
+def test_a_tied_worker_dies_with_its_launcher(tmp_path):
+    launcher = ("import sys, time; from sweeps import gpus; "
+                "p = gpus.start(gpus.plan(['0'], 1, cores=1), lambda s: [sys.executable, '-c', "
+                "'import time; time.sleep(120)'], tied=True)[0]; print(p.pid, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    proc.kill()                                   # SIGKILL: no cleanup code of the launcher runs
+    proc.wait()
+    import psutil
+    try:
+        psutil.Process(worker).wait(timeout=10)   # gone (PR_SET_PDEATHSIG), not orphaned and training
+    except psutil.NoSuchProcess:
+        pass
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
