@@ -732,6 +732,11 @@ def search_main(argv: list[str]) -> int:
         slots = gpus.slots_from_args(args)
         check_reachable()
         if slots is not None:   # N pinned search processes per GPU share the study; then the outputs
+            from mixmatch_core.tracking import client
+            from sweeps.store import open_storage
+            # Optuna's and MLflow's tables, once: N processes creating them at once collide
+            open_storage(storage_url)
+            client().search_experiments(max_results=1)
             child = gpus.strip_options(argv, {"--workers-per-gpu": True, "--gpus": True})
             gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "sweeps.cli", "search", *child, "--as-worker"],
                             log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -2,8 +2,10 @@
 and the `--workers-per-gpu` / `--gpus` options of sweep, worker and search. No GPU is needed:
 the visible GPUs are mocked through CUDA_VISIBLE_DEVICES (what Slurm and submitit set)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from sweeps.cli import main
 from test_failures import assert_nothing_started, cli, the_error_line
 from test_sweep import cell_runs, write_spec
 
+ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPEC = """name: s
 experiment: s-exp
 base: {dataset: digits, val_size: 100, steps: 20, eval_every: 10, log_every: 10, batch_size: 16, median_of: 2,
@@ -209,3 +212,20 @@ def test_a_tied_worker_dies_with_its_launcher(tmp_path):
     except psutil.NoSuchProcess:
         pass
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+
+
+def test_search_with_two_pinned_workers_finishes_the_study_and_writes_best_yaml_once(tmp_path):
+    (tmp_path / "search.yaml").write_text(SEARCH_SPEC)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "CUDA_VISIBLE_DEVICES": "0"}
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "search", "search.yaml", "--workers-per-gpu", "2",
+                           "--heartbeat-seconds", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("best config:") == 1 and (tmp_path / "optuna/s/best.yaml").exists()
+    import optuna
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna/s.db")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # the two workers drew different params (their sampler seeds differ even on the default storage)
+    assert len(complete) >= 2 and len({t.params["lr"] for t in complete}) == len(complete)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]   # no duplicate draws
