@@ -5,8 +5,8 @@
 
 Needs torch, torchvision, numpy, scikit-learn, PyYAML and tqdm; imports neither MLflow nor Optuna
 (directly or through what it imports) and downloads nothing. Its data: synthetic uint8 images for
-the step timings, and scikit-learn's embedded 8x8 digits upscaled to 32x32 RGB (written to
-DIR/digits32.npz, 4 MB) for the trainer runs. Every section runs in subprocesses with a
+the step timings, and scikit-learn's embedded 8x8 digits upscaled to 32x32 RGB for the trainer
+runs (DIR/digits32.npz while the workers run). Every section runs in subprocesses with a
 deadline, so a hung compile costs its own budget only. Sections:
 
 1. step: seconds per step of benchmarks/step_time.py's (a) full WRN-28-2 MixMatch step (the
@@ -412,7 +412,7 @@ def print_table(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=False, help="directory for gpu_check.json (and digits32.npz)")
+    p.add_argument("--out", required=False, help="directory for gpu_check.json")
     p.add_argument("--device", default="cuda", help="cuda (default) | cpu")
     p.add_argument("--tiny", action="store_true", help="CI-sized settings: small model, a few steps, seconds")
     p.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)} (default: all; --tiny: eager)")
@@ -463,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     args.deadline = None if tiny else t_start + TOTAL_S - 60 - 90
     data = write_digits32(out / "digits32.npz")
     workers = run_workers(args, data, budget, eager["a_s"] if eager else None)
+    data.unlink()       # 5.5 MB that anyone can make again; DIR keeps the results only
     log("3. training run")
     # Whatever the compiles took, the whole check stays within TOTAL_S.
     train_s = max(60.0 if not tiny else 1.0, min(train_s, TOTAL_S - 30 - (time.monotonic() - t_start)))
