@@ -125,7 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="N worker processes per visible GPU, each pinned to its GPU (CUDA_VISIBLE_DEVICES) "
                         "with cores // workers torch threads; see README for CUDA MPS")
     p.add_argument("--gpus", type=positive_int, metavar="N",
-                   help="with --workers-per-gpu: use the first N visible GPUs (default: all)")
+                   help="use the first N visible GPUs (default: all); without --workers-per-gpu, one worker each")
 
 
 def slots_from_args(args) -> list[Slot] | None:
