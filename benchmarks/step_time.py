@@ -131,6 +131,18 @@ def make_config(dataset: str, model: str, batch: int, K: int, n_labeled: int, am
                     "progress": False})
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_model(model, mode: str | None):
+    """The trainer's torch.compile (`mixmatch_core.train.compiled`, config compile=true with
+    compile_mode=MODE) in `mode`; None: the model itself."""
+    if mode is None:
+        return model
+    from mixmatch_core.train import compiled
+    return compiled(model, mode)
+
+
 def with_layout(data, channels_last: bool):
     """The same device-resident images with another output memory format (no copy of the pool)."""
     d = copy.copy(data)
@@ -143,7 +155,7 @@ class ProjectStep:
     """The step of `mixmatch_core.train.train`: the same setup order (two models, EMA copy,
     channels_last, Adam) and the same loop body, one call = one optimiser step."""
 
-    def __init__(self, cfg, data):
+    def __init__(self, cfg, data, compile_mode: str | None = None):
         from mixmatch_core.train import _amp_context, build_models, decay_params, make_optimizer
         self.cfg, self.data = cfg, data
         device = data.device
@@ -155,9 +167,8 @@ class ProjectStep:
         self.wd_params = decay_params(model)
         self.opt = make_optimizer(self.params, cfg.lr)
         self.wd_factor = 1.0 - cfg.wd * cfg.lr
-        from mixmatch_core.train import compiled
-        self.fwd, self.fwd_ema = (compiled(model, cfg.compile_mode), compiled(ema_model, cfg.compile_mode)) \
-            if cfg.compile else (model, ema_model)
+        mode = compile_mode or (cfg.compile_mode if cfg.compile else None)
+        self.fwd, self.fwd_ema = compile_model(model, mode), compile_model(ema_model, mode)
         from mixmatch_core import methods
         self.method = methods.load(cfg.method)
         self.amp_ctx = _amp_context(cfg, device)
@@ -184,13 +195,14 @@ class FloorStep:
     """K no-grad forwards of B images + three forwards of B and one backward: model compute only."""
 
     def __init__(self, model_name: str, n_classes: int, in_channels: int, hw: tuple[int, int], batch: int, K: int,
-                 amp: str, channels_last: bool, device: torch.device, compile_: bool = False):
+                 amp: str, channels_last: bool, device: torch.device, compile_: bool = False,
+                 compile_mode: str | None = None):
         from mixmatch_core.models import build_model
         model = build_model(model_name, n_classes, in_channels).to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt).train()
         self.model = model
-        self.fwd = torch.compile(model) if compile_ else model
+        self.fwd = compile_model(model, compile_mode or ("default" if compile_ else None))
         self.amp_ctx = amp_context(amp, device)
 
         def images():
@@ -231,7 +243,7 @@ class NaiveStep:
     """A MixMatch step as common PyTorch ports write it (see the module docstring)."""
 
     def __init__(self, cfg, ds, lab_idx: np.ndarray, unl_idx: np.ndarray, device: torch.device,
-                 amp: str = "none", channels_last: bool = False):
+                 amp: str = "none", channels_last: bool = False, compile_mode: str | None = None):
         from torchvision import transforms as T
         from mixmatch_core.models import build_model
         self.cfg, self.device = cfg, device
@@ -251,6 +263,7 @@ class NaiveStep:
         self.ema_model = copy.deepcopy(self.model)
         for p in self.ema_model.parameters():
             p.detach_()
+        self.fwd = compile_model(self.model, compile_mode)     # ports that compile wrap the model
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.amp_ctx = amp_context(amp, device)
         self.log: list[tuple[float, float, float]] = []
@@ -275,7 +288,7 @@ class NaiveStep:
         us = [u.to(dev).contiguous(memory_format=self.fmt) for u in us]
         targets_x = torch.zeros(B, self.n_classes, device=dev).scatter_(1, y.to(dev).view(-1, 1), 1)
         with torch.no_grad(), self.amp_ctx():
-            p = sum(torch.softmax(self.model(u).float(), dim=1) for u in us) / len(us)
+            p = sum(torch.softmax(self.fwd(u).float(), dim=1) for u in us) / len(us)
             pt = p ** (1 / cfg.T)
             targets_u = (pt / pt.sum(dim=1, keepdim=True)).detach()
         all_inputs = torch.cat([x] + us)
@@ -287,7 +300,7 @@ class NaiveStep:
         mixed_target = lam * all_targets + (1 - lam) * all_targets[idx]
         mixed = interleave(list(torch.split(mixed_input, B)), B)
         with self.amp_ctx():
-            logits = [self.model(mixed[0])] + [self.model(m) for m in mixed[1:]]
+            logits = [self.fwd(mixed[0])] + [self.fwd(m) for m in mixed[1:]]
         logits = interleave(logits, B)
         logits_x, logits_u = logits[0].float(), torch.cat(logits[1:]).float()
         lx = -torch.mean(torch.sum(F.log_softmax(logits_x, dim=1) * mixed_target[:B], dim=1))

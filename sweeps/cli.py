@@ -2,6 +2,7 @@
 
 train, ui -> mixmatch_core.cli (the trainer's own commands)
 sweep, worker, status -> sweeps.runner / sweeps.distributed
+slurm -> sweeps.slurm
 table, plot, report -> sweeps.table / sweeps.plot / sweeps.report
 search -> sweeps.search
 """
@@ -20,6 +21,7 @@ COMMANDS = {
     "search": ("sweeps.search", "search_main", "Optuna hyperparameter search"),
     "worker": ("sweeps.distributed", "worker_main", "claim and train cells of a shared sweep"),
     "status": ("sweeps.distributed", "status_main", "cells waiting / running / done / failed"),
+    "slurm": ("sweeps.slurm", "slurm_main", "submit a sweep's workers as one Slurm job array (submitit)"),
     "ui": ("mixmatch_core.cli", "ui_main", "start the MLflow UI (127.0.0.1)"),
 }
 

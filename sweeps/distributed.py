@@ -12,6 +12,8 @@ import sys
 
 from mixmatch_core.cli import ArgumentParser, die, user_errors
 
+from . import gpus
+
 
 def _common(p) -> None:
     p.add_argument("--storage", required=True, help="Optuna storage URL, e.g. postgresql://user@host:5432/db")
@@ -28,6 +30,7 @@ def worker_main(argv: list[str]) -> int:
                    "a lost worker's cell instead of restarting it")
     p.add_argument("--heartbeat-seconds", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="show each cell's progress bar")
+    gpus.add_arguments(p)
     args = p.parse_args(argv)
     from mixmatch_core.tracking import check_reachable
     from . import store
@@ -38,9 +41,15 @@ def worker_main(argv: list[str]) -> int:
         overrides["out_dir"] = args.out_dir
     try:
         with user_errors(store.StorageError):
+            slots = gpus.slots_from_args(args)
             check_reachable()
             storage = store.open_storage(args.storage, args.heartbeat_seconds, must_exist=True)
             store.load_sweep_study(storage, args.sweep)
+            if slots is not None:   # this process only launches: one pinned `mixmatch worker` per slot
+                child = gpus.strip_options(argv, {"--workers-per-gpu": True, "--gpus": True, "--threads": True})
+                return gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "sweeps.cli", "worker", *child,
+                                                         "--threads", str(s.threads)],
+                                       log=lambda m: print(m, file=sys.stderr, flush=True))
             done = store.run_worker(storage, args.sweep, overrides,
                                     log=lambda m: print(m, file=sys.stderr, flush=True))
     except KeyboardInterrupt:

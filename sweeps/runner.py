@@ -25,6 +25,7 @@ from mixmatch_core.cli import ArgumentParser, die, user_errors
 from mixmatch_core.config import ConfigError
 from mixmatch_core.methods import FULL_METHOD, METHODS
 
+from . import gpus as gpu_slots
 from .spec import Spec, file_stem, load_spec, select
 
 # Expected seconds per MixMatch (K = 2) step, by (model family, device type), for --dry-run
@@ -131,6 +132,7 @@ def sweep_parser() -> ArgumentParser:
     p.add_argument("--device", default=None, help="device for every cell (default: the spec's, else auto)")
     p.add_argument("--heartbeat-seconds", type=int, default=None, help="worker heartbeat (stale after 3x)")
     p.add_argument("--no-table", action="store_true", help="skip the closing error table, plots and report")
+    gpu_slots.add_arguments(p)
     return p
 
 
@@ -146,9 +148,12 @@ def sweep_main(argv: list[str]) -> int:
         device = args.device or spec.base.get("device", "auto")
         if args.workers is not None and args.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+        slots = gpu_slots.slots_from_args(args)     # --workers-per-gpu: N pinned workers per GPU
+        if slots is not None and args.workers is not None:
+            raise ConfigError("--workers-per-gpu: give --workers or --workers-per-gpu, not both")
         url = args.storage or store.default_sweep_storage(spec.name)
         if args.dry_run:
-            workers, _ = default_workers(device, args.workers)
+            workers = len(slots) if slots else default_workers(device, args.workers)[0]
             dry_run(spec, cells, device_type(device), workers or 1, known_states(url, spec.name))
             return 0
         previous = existing_study(url, spec.name)
@@ -181,8 +186,8 @@ def sweep_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 0
     if pending["waiting"] or pending["running"]:
-        workers, gpus = default_workers(device, args.workers)
-        run_local_workers(spec, url, workers, gpus, device, args.heartbeat_seconds, study, cells)
+        workers, gpus = (len(slots), [None]) if slots else default_workers(device, args.workers)
+        run_local_workers(spec, url, workers, gpus, device, args.heartbeat_seconds, study, cells, slots)
     return finish(spec, study, parent, cells, no_table=args.no_table)
 
 
@@ -226,20 +231,22 @@ def finished_in_mlflow(spec: Spec, cells, study) -> set[str]:
         max_results=50000)}
 
 
-def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells) -> None:
+def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells, slots=None) -> None:
     """Start `workers` worker processes (same process group, so a kill of the group stops
-    all) and show the sweep's progress until they exit."""
+    all) and show the sweep's progress until they exit. `slots` (gpus.py) pins each worker to
+    its GPU with its share of the CPU threads."""
     from . import store
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = []
     log_dir = Path("runs") / "_workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     for i in range(workers):
-        env = dict(os.environ)
-        if gpus[0] is not None:
+        env = dict(os.environ) if slots is None else slots[i].env()
+        if slots is None and gpus[0] is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        n_threads = slots[i].threads if slots else threads if gpus[0] is None else 0
         cmd = [sys.executable, "-m", "sweeps.cli", "worker", "--storage", url, "--sweep", spec.name,
-               "--threads", str(threads if gpus[0] is None else 0)]
+               "--threads", str(n_threads)]
         if device != "auto":
             cmd += ["--device", device]
         if heartbeat:

@@ -47,6 +47,8 @@ import yaml
 from mixmatch_core.cli import EXIT_RUN_FAILED, ArgumentParser, die, user_errors
 from mixmatch_core.config import FIELDS, Config, ConfigError, load_yaml, resolve
 
+from . import gpus
+
 SEARCH_KEYS = {"name", "experiment", "base", "space", "sampler", "pruner", "trials", "timeout_seconds",
                "objective", "seed", "description"}
 DIMENSION_KEYS = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "step", "log"},
@@ -427,7 +429,8 @@ def write_best_yaml(path: Path, spec: SearchSpec, study_name: str, trial) -> Pat
     return path
 
 
-def _open_study(spec: SearchSpec, study_name: str, storage_url: str, heartbeat_seconds: int | None):
+def _open_study(spec: SearchSpec, study_name: str, storage_url: str, heartbeat_seconds: int | None,
+                role: str = "all"):
     """Create or load the study, with its sampler and pruner; returns (storage, study)."""
     import optuna
 
@@ -443,7 +446,7 @@ def _open_study(spec: SearchSpec, study_name: str, storage_url: str, heartbeat_s
     # Offset the sampler's seed by the trials already in the study: a resumed process seeded as
     # the first one would draw the same params again (same runs, same checkpoints).
     seed = spec.seed + len(study.get_trials(deepcopy=False))
-    if storage_url != default_storage(study_name):
+    if storage_url != default_storage(study_name) or role == "worker":
         # A shared storage may have several workers starting together: without this they would
         # all draw the same first params. (The embedded default stays reproducible.)
         seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
@@ -545,9 +548,10 @@ def _reuse_twin(trial, twin) -> float:
 
 
 def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Path,
-               heartbeat_seconds: int | None = None, log=print) -> int:
+               heartbeat_seconds: int | None = None, log=print, role: str = "all") -> int:
     """Create or resume the study and run trials until it has `spec.trials` finished ones (or
-    the timeout). Returns the process exit code."""
+    the timeout). Returns the process exit code. role: "all" (train, then the study's outputs),
+    "worker" (one of several pinned processes: train only) or "finish" (outputs only)."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -558,7 +562,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
     # Failed trials are reported in one line each by our callback; Optuna's own warning would
     # add a traceback for every invalid combination of params.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage, study = _open_study(spec, study_name, storage_url, heartbeat_seconds)
+    storage, study = _open_study(spec, study_name, storage_url, heartbeat_seconds, role)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     remaining = spec.trials - len(study.get_trials(deepcopy=False, states=finished))
     parent = _open_parent_run(study, spec, storage_url)
@@ -574,7 +578,7 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
                  _StopAfterFailures(3)]
     t0 = time.perf_counter()
     deadline = None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
-    while remaining > 0:
+    while remaining > 0 and role != "finish":
         try:
             if not optimize_one(study, objective, lease,
                                 lambda lease: log(f"trial {lease['number']}: handed to another worker "
@@ -588,6 +592,8 @@ def run_search(spec: SearchSpec, study_name: str, storage_url: str, out_dir: Pat
             die(f"interrupted; the trial's MLflow run ended KILLED. Re-run the same command to resume study "
                 f"'{study_name}' (the interrupted trial resumes from its checkpoint)", 130)
         remaining = spec.trials - len(study.get_trials(deepcopy=False, states=finished))
+    if role == "worker":
+        return 0
     return _finish(study, spec, study_name, storage_url, out_dir, parent, time.perf_counter() - t0, log)
 
 
@@ -700,6 +706,8 @@ def search_main(argv: list[str]) -> int:
     p.add_argument("--heartbeat-seconds", type=_positive(int), metavar="S",
                    help="trial heartbeat; a trial silent for 3x this is failed and retried (default 30)")
     p.add_argument("--out", metavar="DIR", help="where best.yaml and the plots go (default optuna/STUDY)")
+    gpus.add_arguments(p)
+    p.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)   # set by --workers-per-gpu
     args = p.parse_args(argv)
 
     from mixmatch_core.tracking import check_reachable
@@ -718,5 +726,16 @@ def search_main(argv: list[str]) -> int:
         out_dir = Path(args.out or Path("optuna") / _safe_name(study_name))
         if spec.objective == "test_error":
             print(TEST_OBJECTIVE_WARNING, file=sys.stderr)
+        slots = gpus.slots_from_args(args)
         check_reachable()
-        return run_search(spec, study_name, storage_url, out_dir, args.heartbeat_seconds)
+        if slots is not None:   # N pinned search processes per GPU share the study; then the outputs
+            from mixmatch_core.tracking import client
+            from sweeps.store import open_storage
+            # Optuna's and MLflow's tables, once: N processes creating them at once collide
+            open_storage(storage_url)
+            client().search_experiments(max_results=1)
+            child = gpus.strip_options(argv, {"--workers-per-gpu": True, "--gpus": True})
+            gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "sweeps.cli", "search", *child, "--as-worker"],
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+        role = "worker" if args.as_worker else "finish" if slots is not None else "all"
+        return run_search(spec, study_name, storage_url, out_dir, args.heartbeat_seconds, role=role)
