@@ -274,7 +274,8 @@ def open_parent_run(study: optuna.Study, experiment: str, name: str, role: str, 
 def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
                poll_seconds: float = 2.0, log=print) -> Counter:
     """Claim cells until none are waiting or running; train each as a tracked MLflow run.
-    `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell."""
+    `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell
+    (num_threads only of cells whose spec left it at 0)."""
     study = load_sweep_study(storage, sweep)
     host = f"{socket.gethostname()}:{os.getpid()}"
     done, lease = Counter(), Lease()
@@ -316,7 +317,11 @@ def _cell_objective(storage: RDBStorage, sweep: str, parent: str | None, host: s
             # our check and our claim: Optuna created a fresh trial. It is not a cell; drop it.
             trial.set_user_attr("spurious", True)
             raise optuna.TrialPruned("no cell to claim")
-        cfg = dataclasses.replace(Config(**cfg_dict), **(overrides or {}))
+        cfg = Config(**cfg_dict)
+        # A worker's thread share (--threads) fills in only where the spec left num_threads at
+        # 0: a spec that asks for one thread per cell keeps it however many workers run.
+        mine = {k: v for k, v in (overrides or {}).items() if not (k == "num_threads" and cfg.num_threads)}
+        cfg = dataclasses.replace(cfg, **mine)
         validate(cfg)
         trial.set_user_attr("host", host)
         # Exactly-once: a cell whose MLflow run already FINISHED (e.g. its worker died after

@@ -200,3 +200,13 @@ def test_sigkill_of_the_whole_sweep_then_relaunch_finishes_every_cell_exactly_on
     runs = cell_runs(store)
     assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
     assert runs["tags.cell_key"].nunique() == 3
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores: one worker's thread share must differ from 1")
+def test_a_spec_that_sets_num_threads_keeps_it_whatever_the_worker_count(store):
+    """One local worker gets every core (--threads = cores), but a spec asking for one thread per
+    cell (two runs side by side on 2 cores, say) must train with one thread."""
+    spec = write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n")
+    spec.write_text(spec.read_text().replace("device: cpu}", "device: cpu, num_threads: 1}"))
+    assert main(["sweep", str(spec), "--workers", "1", "--no-table"]) == 0
+    assert cell_runs(store)["params.num_threads"].tolist() == ["1"]
