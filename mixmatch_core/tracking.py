@@ -57,7 +57,21 @@ def tracking_uri() -> str:
 
 def client() -> MlflowClient:
     from mlflow import MlflowClient
-    return MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    # Processes opening a new SQLite store at once race in MLflow's table creation and
+    # migrations (seen here: "table _alembic_tmp_tags already exists", "duplicate column: step",
+    # and a store left half-migrated). The client creates the tables when it is made, so it is
+    # made under an exclusive lock on a file beside the database: the first process creates
+    # them, the others wait, then find them.
+    import fcntl
+    with open(uri[len("sqlite:///"):] + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            return MlflowClient(uri)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_reachable(uri: str | None = None) -> None:

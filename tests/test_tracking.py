@@ -449,3 +449,27 @@ def test_ui_listens_on_loopback_only(store, tmp_path):
         assert wait_until(listening_addresses, SERVER_START_SECONDS, proc, log) == {"127.0.0.1"}
     finally:
         stop(proc)
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path):
+    """Several workers (or a sweep and searches started together) meeting a store that does not
+    exist yet: MLflow's table creation is not safe to run concurrently on SQLite, so every
+    process must come through (one creates the tables, the others find them)."""
+    import subprocess
+    import sys
+    code = ("import os, sys, time\n"
+            "from mixmatch_core.tracking import client\n"
+            "import mlflow.store.tracking.sqlalchemy_store\n"
+            "open(sys.argv[1] + '.ready' + sys.argv[2], 'w').close()\n"
+            "while not os.path.exists(sys.argv[1]): time.sleep(0.002)\n"
+            "client().search_experiments()\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(go), str(i)], env=env, stderr=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("go.ready*"))) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()                                   # all four open the store at the same moment
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e[-300:] for e in errors if e]
