@@ -13,9 +13,8 @@ deadline, so a hung compile costs its own budget only. Sections:
    trainer's), (b) model floor and (c) naive port, all in bf16 with channels_last, batch
    64 + 2 x 64, eager and under each torch.compile mode (default, reduce-overhead,
    max-autotune). One process per mode; they compile side by side (compiling is CPU work),
-   then each is timed alone on the GPU. The trainer compiles only in the default mode
-   (`compile=true`); the other modes compile the model inside the same step
-   (step_time.compile_model), which the JSON notes.
+   then each is timed alone on the GPU. Each mode is the trainer's own `compile=true
+   compile_mode=MODE` (step_time.compile_model calls mixmatch_core.train.compiled).
 2. workers: summed training throughput of 1, 2, 4 and 8 worker processes on the one GPU, each
    the real trainer (`mixmatch_core.train.train`, no tracking) on the digits-32 data, pinned
    and given threads exactly as `--workers-per-gpu` does (sweeps/gpus.py). The workers start
@@ -90,8 +89,7 @@ def child_step(args) -> int:
     from mixmatch_core.data import DeviceData, split_labeled
     from mixmatch_core.train import device_name, resolve_device, seed_everything
     mode = None if args.mode == "eager" else args.mode
-    out = {"mode": args.mode, "note": None if mode in (None, "default") else
-           "the trainer has no compile mode option yet: torch.compile(model, mode) inside the trainer's step"}
+    out = {"mode": args.mode, "note": None}
     try:
         device = resolve_device(args.device)
         seed_everything(0)
@@ -389,7 +387,7 @@ def print_table(r: dict) -> None:
             continue
         print(f"{row['mode']:<16} {row['a_s'] * 1e3:>12.2f} {row['b_s'] * 1e3:>13.2f} {row['c_s'] * 1e3:>13.2f} "
               f"{row['a_over_b']:>8.2f} {row['c_over_a']:>8.2f} {row['compile_and_warmup_s']:>10.1f}  "
-              f"{'model compiled inside the step' if row.get('note') else ''}")
+              f"{row.get('note') or ''}")
     print(f"\n2. workers on one GPU: the trainer on digits-32 ({s['model']}, {s['amp']}), {s['window_s']:.0f} s window")
     print(f"{'workers':>7} {'threads':>8} {'steps/s in all':>15} {'per worker':>11} {'images/s':>9} {'vs 1st':>7}")
     for row in r["workers"]:
