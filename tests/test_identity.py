@@ -69,3 +69,40 @@ BEFORE_THE_REGISTRY = {
 def test_specs_made_before_the_method_registry_keep_their_cell_keys(spec):
     now = {c.run_name: c.cell_key for c in load_spec(spec).cells()}
     assert now == BEFORE_THE_REGISTRY[spec]
+
+
+# experiments/paper_cifar10.yaml was MixMatch's 25 Table 5 cells; it is now the whole 150-cell
+# comparison, and its MixMatch cells keep their keys.
+PAPER_CIFAR10_MIXMATCH = {
+    "cifar10-250-s1-mixmatch": "8008cc43eecc",
+    "cifar10-250-s2-mixmatch": "179e07ba06ba",
+    "cifar10-250-s3-mixmatch": "67bf231b6829",
+    "cifar10-250-s4-mixmatch": "fced37091378",
+    "cifar10-250-s5-mixmatch": "e1f178e9e23b",
+    "cifar10-500-s1-mixmatch": "ee08aa7c8d73",
+    "cifar10-500-s2-mixmatch": "93bccfd1b3a2",
+    "cifar10-500-s3-mixmatch": "281fbc3643e5",
+    "cifar10-500-s4-mixmatch": "af444e47017c",
+    "cifar10-500-s5-mixmatch": "25a5a8a7299c",
+    "cifar10-1000-s1-mixmatch": "1de1a72cec69",
+    "cifar10-1000-s2-mixmatch": "93370366bf5d",
+    "cifar10-1000-s3-mixmatch": "da7c1d9a5886",
+    "cifar10-1000-s4-mixmatch": "a5d0f0610a22",
+    "cifar10-1000-s5-mixmatch": "1481681402b4",
+    "cifar10-2000-s1-mixmatch": "dcb48172701d",
+    "cifar10-2000-s2-mixmatch": "86bfd59329d2",
+    "cifar10-2000-s3-mixmatch": "444a55065e90",
+    "cifar10-2000-s4-mixmatch": "81bf31ea4e45",
+    "cifar10-2000-s5-mixmatch": "5c287e45af4d",
+    "cifar10-4000-s1-mixmatch": "d750c962be2a",
+    "cifar10-4000-s2-mixmatch": "971eab17a715",
+    "cifar10-4000-s3-mixmatch": "5be423902c9c",
+    "cifar10-4000-s4-mixmatch": "32168021b655",
+    "cifar10-4000-s5-mixmatch": "abb1198edc9b",
+}
+
+
+def test_the_paper_cifar10_spec_keeps_its_mixmatch_cells_now_that_it_has_every_method():
+    cells = load_spec("experiments/paper_cifar10.yaml").cells()
+    assert len(cells) == 150
+    assert {c.run_name: c.cell_key for c in cells if c.variant == "mixmatch"} == PAPER_CIFAR10_MIXMATCH

@@ -77,10 +77,10 @@ def test_only_selects_by_run_name_glob(tmp_path):
     assert [c.run_name for c in select(cells, "*-s2-*")] == ["digits-50-s2-mixmatch", "digits-50-s2-supervised"]
 
 
-def test_dry_run_of_the_paper_spec_lists_25_cells_and_runs_nothing(store, capsys):
+def test_dry_run_of_the_paper_spec_lists_150_cells_and_runs_nothing(store, capsys):
     assert main(["sweep", str(ROOT / "experiments/paper_cifar10.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("cifar10-") == 25 and "est. cost" in out and "nothing was run" in out
+    assert out.count("cifar10-") == 150 and "GPU-h" in out and "nothing was run" in out
     assert not (store / "mlflow.db").exists()
 
 
