@@ -276,8 +276,9 @@ def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, An
     `variants` adds named diffs (e.g. a sweep spec's own) to the built-in VARIANTS. `base` (a
     sweep spec's shared values) is like `user`, except that a method hyperparameter in it
     applies only to cells whose method owns it (one base serves a grid of several methods)."""
-    user = {k: _coerce(k, v) for k, v in (user or {}).items()}
-    base = {k: _coerce(k, v) for k, v in (base or {}).items()}
+    user, base = _without_unset(user), _without_unset(base)
+    user = {k: _coerce(k, v) for k, v in user.items()}
+    base = {k: _coerce(k, v) for k, v in base.items()}
     known = {**VARIANTS, **(variants or {})}
     given = {**base, **user}
     values = DEFAULTS.to_dict()
@@ -310,6 +311,13 @@ def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, An
     cfg = Config(**values)
     validate(cfg)
     return cfg
+
+
+def _without_unset(values: dict[str, Any] | None) -> dict[str, Any]:
+    """Drop method hyperparameters given as null: a run's own config.yaml lists the other
+    methods' fields as null, and must load back as the same config."""
+    optional = method_fields() | set(MIXMATCH_FIELDS)
+    return {k: v for k, v in (values or {}).items() if not (v is None and k in optional)}
 
 
 def _method_of(given: dict[str, Any], known: dict[str, dict[str, Any]]) -> str:

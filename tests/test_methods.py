@@ -329,3 +329,12 @@ def test_the_ema_model_guesses_only_with_ema_guess(monkeypatch, ema_guess):
     uniform = torch.allclose(guess, torch.full_like(guess, 1 / 3), atol=1e-6)
     assert uniform == ema_guess
     assert (len(ema.seen) > 0) == ema_guess
+
+
+@pytest.mark.parametrize("name", ["mixmatch", "vat", "ict", "supervised", "fully_supervised"])
+def test_a_runs_config_yaml_loads_back_as_the_same_config(tmp_path, name):
+    """The config.yaml artifact lists the other methods' fields as null; it must load back."""
+    from mixmatch_core.config import load_config
+    cfg = resolve({"variant": name, "dataset": "digits"})
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
