@@ -133,11 +133,13 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, empty_store) -> Finished:
-    """`mixmatch train` of TINY, with system metrics sampled every half second."""
+    """`mixmatch train` of TINY, with system metrics sampled every 0.1 s."""
     where = tmp_path_factory.mktemp("finished")
     with pytest.MonkeyPatch.context() as mp:
         uri = _use_store(mp, where, empty_store)
-        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # MLflow's own knob (seconds)
+        # MLflow's own knob (seconds): short, so a 20-step run on a fast or a busy machine still
+        # gets samples (at 0.5 s one CI run on 2 busy cores logged none)
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
         assert mixmatch(["train", *TINY]) == 0
     return Finished(uri, MlflowClient(uri), load_config(overrides=TINY), where)
 
