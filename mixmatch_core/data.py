@@ -296,7 +296,7 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
     else:
         n_lab = draw_counts(counts, n_labeled)
     rs = np.random.RandomState(seed)
-    labeled, unlabeled, val = [], [], []
+    labeled, val = [], []
     for c in range(n_classes):
         idx = rs.permutation(np.flatnonzero(y == c))
         if fold is not None:                             # val from the non-fold images of the class

@@ -2,7 +2,8 @@
 
 Owns: device and RNG setup, the optimiser (Adam + the official decoupled weight decay), the
 parameter EMA, the step (sampling and augmenting the batches on the device, then the method's
-losses from mixmatch_core/methods/<method>.py, backward and updates), evaluation of the EMA and live models, the reporting rule (median of the last N
+losses from mixmatch_core/methods/<method>.py, backward and updates), evaluation of the EMA
+and live models, the reporting rule (median of the last N
 evaluations), atomic checkpoints with exact resume, non-finite-loss detection, the progress
 bar, and handing metrics/artifacts to the tracker. It knows nothing of sweeps or Optuna: a
 caller may pass `on_eval` (e.g. to report to a pruner), `still_owner` (a lease: a queue
@@ -27,7 +28,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import methods
 from .config import Config, ConfigError

@@ -2,7 +2,6 @@
 rely on: every table of the paper is one spec, run as the official runs/*.sh scripts ran it.
 """
 
-import re
 from pathlib import Path
 
 import pytest
