@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from mixmatch_core.cli import ArgumentParser, die, user_errors
+from mixmatch_cli.errors import ArgumentParser, die, user_errors
 from mixmatch_core.config import ConfigError
 from mixmatch_core.methods import FULL_METHOD, METHODS
 
@@ -245,7 +245,7 @@ def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells,
         if slots is None and gpus[0] is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         n_threads = slots[i].threads if slots else threads if gpus[0] is None else 0
-        cmd = [sys.executable, "-m", "sweeps.cli", "worker", "--storage", url, "--sweep", spec.name,
+        cmd = [sys.executable, "-m", "mixmatch_cli", "worker", "--storage", url, "--sweep", spec.name,
                "--threads", str(n_threads)]
         if device != "auto":
             cmd += ["--device", device]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mixmatch_core.config import ConfigError, resolve
-from sweeps.cli import main
+from mixmatch_cli import main
 from sweeps.spec import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import pytest
 
 from mixmatch_core.config import ConfigError, resolve
 from sweeps import table as tb
-from sweeps.cli import main
+from mixmatch_cli import main
 
 from mlflow_store import log_cell, sqlite_store
 
