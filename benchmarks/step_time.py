@@ -278,7 +278,7 @@ class NaiveStep:
             return next(getattr(self, which))
 
     def __call__(self) -> None:
-        from mixmatch_core.mixmatch import interleave
+        from mixmatch_core.methods.mixmatch import interleave
         cfg, dev, B = self.cfg, self.device, self.cfg.batch_size
         t0 = time.perf_counter()
         x, y = self._next("lab_it")

@@ -173,7 +173,7 @@ def test_vat_loss_is_kl_student_to_teacher_plus_entropy():
 
 
 def _fixed_lambda(monkeypatch, module, value):
-    monkeypatch.setattr(module.mm, "sample_lambda", lambda n, alpha, device=None: torch.full((n,), value))
+    monkeypatch.setattr(module, "sample_lambda", lambda n, alpha, device=None: torch.full((n,), value))
 
 
 def test_ict_mixes_unlabeled_inputs_and_teacher_targets_alike(monkeypatch):
@@ -283,12 +283,12 @@ def _mixmatch_inputs(K=2, seed=7):
 def _recording_mixup(monkeypatch):
     from mixmatch_core.methods import mixmatch as mm_method
     seen = {}
-    real = mm_method.mm.mixup
+    real = mm_method.mixup
 
     def spy(x, targets, n_labeled, alpha, mode="all"):
         seen["targets"] = targets.clone()
         return real(x, targets, n_labeled, alpha, mode)
-    monkeypatch.setattr(mm_method.mm, "mixup", spy)
+    monkeypatch.setattr(mm_method, "mixup", spy)
     return mm_method, seen
 
 

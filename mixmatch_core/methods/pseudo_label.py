@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import mixmatch as mm
-from .common import consistency_warmup, xent
+from .common import consistency_warmup, frozen_bn_stats, xent
 
 
 def unlabeled_views(cfg) -> int:
@@ -38,7 +37,7 @@ def pseudo_label_loss(logits_u: Tensor, threshold: float) -> Tensor:
 
 def losses(cfg, model, ema_model, x, y, u_views, w: float):
     logits_x = model(x)                         # the one pass that updates BN statistics
-    with mm.frozen_bn_stats(model):
+    with frozen_bn_stats(model):
         logits_u = model(u_views[0])
     lx = xent(logits_x, y)
     lu = pseudo_label_loss(logits_u, cfg.threshold)

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import mixmatch as mm
-from .common import consistency_warmup, xent
+from .common import consistency_warmup, frozen_bn_stats, xent
 
 
 def unlabeled_views(cfg) -> int:
@@ -68,7 +67,7 @@ def entropy(logits: Tensor) -> Tensor:
 def losses(cfg, model, ema_model, x, y, u_views, w: float):
     logits_x = model(x)                         # the one pass that updates BN statistics
     u = u_views[0]
-    with mm.frozen_bn_stats(model):
+    with frozen_bn_stats(model):
         logits_u = model(u)
         r_adv = adversarial_perturbation(model, u, logits_u, cfg.vat_eps, cfg.vat_xi)
         logits_adv = model(u + r_adv)
