@@ -1,9 +1,10 @@
 """Datasets, labeled/unlabeled/validation splits, and device-resident batch sampling.
 
 Owns:
-- `load_dataset`: the raw uint8 NHWC arrays of a dataset on the host (scikit-learn digits,
-  torchvision CIFAR-10/100, SVHN, SVHN+extra, STL-10, or a user `npz:PATH` file) and the
-  dataset's augmentation spec (REFERENCE.md "Data and protocol");
+- `load_dataset` and the built-in loaders: the raw uint8 NHWC arrays of a dataset on the host
+  (scikit-learn digits, torchvision CIFAR-10/100, SVHN, SVHN+extra, STL-10, or a user
+  `npz:PATH` file) with its augmentation spec, from the dataset's record in datasets.py (which
+  names the loader; facts about a dataset live there, not here);
 - `split_labeled`: the official labeled split of scripts/create_split.py (a seeded per-class
   shuffle, then a greedy draw that follows the class frequencies: exactly n_labeled / n_classes
   per class on balanced data such as CIFAR, proportional on SVHN; STL-10's predefined folds at
@@ -19,6 +20,7 @@ followed by the uint8 -> [-1, 1] float conversion on the device.
 
 from __future__ import annotations
 
+import importlib
 import os
 import tarfile
 from dataclasses import dataclass
@@ -30,16 +32,7 @@ from torch import Tensor
 
 from .augment import AugmentSpec, augment_batch, pad_reflect, to_float
 from .config import ConfigError
-
-# Augmentation per dataset (REFERENCE.md; official libml/data.py augment_cifar10/svhn/stl10).
-AUGMENT: dict[str, AugmentSpec] = {
-    "cifar10": AugmentSpec(flip=True, pad=4),     # flip + reflect-pad 4 + random 32x32 crop
-    "cifar100": AugmentSpec(flip=True, pad=4),
-    "svhn": AugmentSpec(flip=False, pad=4),       # shift only: digits are not mirror-symmetric
-    "svhn_extra": AugmentSpec(flip=False, pad=4),
-    "stl10": AugmentSpec(flip=True, pad=12),      # 96x96: flip + shift up to 12 px
-    "digits": AugmentSpec(flip=False, pad=1),     # 8x8 digits: shift up to 1 px, no flip
-}
+from .datasets import DatasetInfo, allowed, dataset_info
 
 DIGITS_N_TEST = 500   # images; the other 1297 of the 1797 are the training set
 DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split is the same for every run
@@ -70,16 +63,27 @@ class Dataset:
 
 # ---- loaders ------------------------------------------------------------------------------------
 def load_dataset(dataset: str, data_dir: str) -> Dataset:
-    """Load `dataset` (a `Config.dataset` value) into host arrays; errors are one-line
-    ConfigErrors naming the field or the file."""
-    if dataset.startswith("npz:"):
-        return _load_npz(dataset[4:])
-    if dataset == "digits":
-        return _load_digits()
-    if dataset in ("cifar10", "cifar100", "svhn", "svhn_extra", "stl10"):
-        return _load_torchvision(dataset, data_dir)
-    raise ConfigError(f"dataset: unknown '{dataset}'; allowed: digits, cifar10, cifar100, svhn, "
-                      "svhn_extra, stl10, npz:PATH")
+    """Load `dataset` (a `Config.dataset` value) into host arrays with the loader its record
+    names; errors are one-line ConfigErrors naming the field or the file."""
+    info = dataset_info(dataset)
+    if info is None:
+        raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {allowed()}")
+    module, func = info.loader.split(":")
+    return getattr(importlib.import_module(module), func)(info, data_dir)
+
+
+def augment_spec(info: DatasetInfo, h: int, w: int) -> AugmentSpec:
+    """The record's augmentation; for a user npz (none declared), by image size: CIFAR-like
+    (flip + 4 px shift) from 32 px, flip + 2 px shift from 16 px, and a 1 px shift without flip
+    for tiny (digits-like) images."""
+    if info.flip is not None and info.shift_px is not None:
+        return AugmentSpec(flip=info.flip, pad=info.shift_px)
+    side = min(h, w)
+    if side >= 32:
+        return AugmentSpec(flip=True, pad=4)
+    if side >= 16:
+        return AugmentSpec(flip=True, pad=2)
+    return AugmentSpec(flip=False, pad=1)
 
 
 def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
@@ -92,7 +96,7 @@ def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
     return out
 
 
-def _load_digits() -> Dataset:
+def load_digits(info: DatasetInfo, data_dir: str) -> Dataset:
     """scikit-learn's bundled 8x8 digits (no download): 1797 images, values 0..16 mapped to
     0..255, split once into 1297 train / 500 test, stratified, with a fixed seed. The legacy
     RandomState stream is frozen by numpy, so the split is identical on every machine."""
@@ -107,17 +111,18 @@ def _load_digits() -> Dataset:
     test = np.concatenate([rs.permutation(np.flatnonzero(y == c))[: n_test[c]] for c in classes])
     is_test = np.zeros(len(y), bool)
     is_test[test] = True
-    return Dataset("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], 10, AUGMENT["digits"])
+    return Dataset("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], 10, augment_spec(info, 8, 8))
 
 
 def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.uint8).transpose(0, 2, 3, 1))
 
 
-def _load_torchvision(name: str, data_dir: str) -> Dataset:
+def load_torchvision(info: DatasetInfo, data_dir: str) -> Dataset:
     """CIFAR-10/100, SVHN (+extra) and STL-10 via torchvision (download=True: a no-op when the
     files are already in `data_dir` and pass their checksum)."""
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd   # lazy: only these datasets need torchvision
+    name, augment = info.name, augment_spec(info, info.image_px, info.image_px)
 
     def get(cls, **kw):
         try:
@@ -132,7 +137,7 @@ def _load_torchvision(name: str, data_dir: str) -> Dataset:
         tr, te = get(cls, train=True), get(cls, train=False)  # .data is uint8 NHWC already
         return Dataset(name, np.ascontiguousarray(tr.data), np.asarray(tr.targets, np.int64),
                        np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64),
-                       10 if name == "cifar10" else 100, AUGMENT[name])
+                       info.n_classes, augment)
     if name in ("svhn", "svhn_extra"):
         # SVHN .data is uint8 NCHW; torchvision already maps the '10' label of digit 0 to 0.
         splits = ["train", "extra"] if name == "svhn_extra" else ["train"]
@@ -143,7 +148,7 @@ def _load_torchvision(name: str, data_dir: str) -> Dataset:
         # (create_split.py svhn-train.tfrecord svhn-extra.tfrecord: the same image order).
         y = np.concatenate([np.asarray(t.labels, np.int64) for t in trs])
         return Dataset(name, np.concatenate([_nchw_to_nhwc(t.data) for t in trs]), y,
-                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name],
+                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes, augment,
                        split_labels=svhn_official_classes(y))
     # stl10: labels from 'train' (5000), 'unlabeled' (100,000) only joins the unlabeled pool.
     tr, te = get(tvd.STL10, split="train"), get(tvd.STL10, split="test")
@@ -151,7 +156,7 @@ def _load_torchvision(name: str, data_dir: str) -> Dataset:
     folds_file = os.path.join(data_dir, getattr(tvd.STL10, "base_folder", "stl10_binary"),
                               getattr(tvd.STL10, "folds_list_file", "fold_indices.txt"))
     return Dataset(name, _nchw_to_nhwc(tr.data), np.asarray(tr.labels, np.int64),
-                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name],
+                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes, augment,
                    x_unlabeled_extra=_nchw_to_nhwc(unl.data), label_folds=read_folds(folds_file))
 
 
@@ -179,21 +184,11 @@ def read_folds(path: str) -> tuple[np.ndarray, ...]:
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def npz_augment(h: int, w: int) -> AugmentSpec:
-    """Augmentation of a user npz by image size: CIFAR-like (flip + 4 px shift) from 32 px,
-    flip + 2 px shift from 16 px, and a 1 px shift without flip for tiny (digits-like) images."""
-    side = min(h, w)
-    if side >= 32:
-        return AugmentSpec(flip=True, pad=4)
-    if side >= 16:
-        return AugmentSpec(flip=True, pad=2)
-    return AugmentSpec(flip=False, pad=1)
-
-
-def _load_npz(path: str) -> Dataset:
-    """A user dataset: numpy .npz with x_train, y_train, x_test, y_test. Images uint8
+def load_npz(info: DatasetInfo, data_dir: str) -> Dataset:
+    """A user dataset `npz:PATH`: numpy .npz with x_train, y_train, x_test, y_test. Images uint8
     [N, H, W, C] or [N, H, W] (grayscale, C = 1 is added); labels integers >= 0;
     n_classes = max label + 1 over train and test."""
+    path = info.name[len("npz:"):]
     where = f"dataset: npz file '{path}'"
     if not os.path.isfile(path):
         raise ConfigError(f"{where} does not exist")
@@ -234,7 +229,7 @@ def _load_npz(path: str) -> Dataset:
     name = os.path.basename(path).removesuffix(".npz")
     return Dataset(name, np.ascontiguousarray(arrays["x_train"]), arrays["y_train"].astype(np.int64),
                    np.ascontiguousarray(arrays["x_test"]), arrays["y_test"].astype(np.int64),
-                   n_classes, npz_augment(*arrays["x_train"].shape[1:3]))
+                   n_classes, augment_spec(info, *arrays["x_train"].shape[1:3]))
 
 
 # ---- splits -------------------------------------------------------------------------------------
