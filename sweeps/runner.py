@@ -159,7 +159,7 @@ def sweep_main(argv: list[str]) -> int:
         previous = existing_study(url, spec.name)
         if previous is not None and unchanged_since_last_report(spec, previous, cells, args.no_table):
             return relaunch_of_a_finished_sweep(spec, previous, cells, url, args.no_table)
-        from mixmatch_core.train import check_out_dir
+        from mixmatch_core.checkpoint import check_out_dir
         for out_dir in sorted({x.out_dir for x in cells}) if args.workers != 0 else ():
             check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
         store.check_storage_url(url)

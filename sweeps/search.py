@@ -310,14 +310,14 @@ def make_pruner(spec: SearchSpec, base: Config):
 def _pruned_type():
     import optuna
 
-    class TrialStopped(optuna.TrialPruned):
-        """Raised from `on_eval` when the pruner says stop. `tracking_status` tells train() to end
-        the MLflow run KILLED (not FAILED); we tag it trial_state=PRUNED ourselves."""
-        tracking_status = "KILLED"
+    from mixmatch_core.train import RunStopped
+
+    class TrialStopped(optuna.TrialPruned, RunStopped):
+        """Raised from `on_eval` when the pruner says stop: train() ends the MLflow run KILLED
+        (not FAILED; RunStopped's status); we tag it trial_state=PRUNED ourselves."""
 
         def __init__(self, reason: str):
-            super().__init__(reason)
-            self.tracking_reason = reason
+            RunStopped.__init__(self, "KILLED", reason)
 
     return TrialStopped
 

@@ -32,7 +32,8 @@ from mlflow.entities import ViewType
 import mixmatch_core.train as train_module
 from mixmatch_core.config import load_config, resolve
 from mixmatch_core.tracking import RunTracker
-from mixmatch_core.train import save_checkpoint, train
+from mixmatch_core.checkpoint import save_checkpoint
+from mixmatch_core.train import train
 from mixmatch_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
