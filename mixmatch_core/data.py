@@ -100,7 +100,7 @@ def load_digits(info: DatasetInfo, data_dir: str) -> Dataset:
     """scikit-learn's bundled 8x8 digits (no download): 1797 images, values 0..16 mapped to
     0..255, split once into 1297 train / 500 test, stratified, with a fixed seed. The legacy
     RandomState stream is frozen by numpy, so the split is identical on every machine."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits   # lazy: only this dataset needs scikit-learn
 
     d = load_digits()
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
@@ -279,13 +279,7 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
         raise ConfigError(f"val_size: {val_size} + n_labeled {n_labeled} exceeds the {n} training images")
     counts = np.bincount(y, minlength=n_classes)
     n_val = _largest_remainder(counts, val_size) if val_size else np.zeros(n_classes, np.int64)
-    fold = None
-    if folds and n_labeled == len(folds[0]):
-        if not 0 <= seed < len(folds):
-            raise ConfigError(f"seed: at n_labeled={n_labeled} the labeled set is a predefined fold; "
-                              f"allowed: 0..{len(folds) - 1}, got {seed}")
-        fold = np.zeros(n, bool)
-        fold[np.asarray(folds[seed], np.int64)] = True
+    fold = _predefined_fold(folds, n_labeled, seed, n)
     if fold is not None or n_labeled == n - val_size:
         n_lab = np.zeros(n_classes, np.int64)           # the labeled set is fixed, not drawn
     else:
@@ -314,6 +308,18 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
         lab_idx = np.concatenate(labeled).astype(np.int64)
     rest[lab_idx] = False
     return np.sort(lab_idx).astype(np.int64), np.flatnonzero(rest).astype(np.int64), np.sort(val_idx)
+
+
+def _predefined_fold(folds: tuple[np.ndarray, ...] | None, n_labeled: int, seed: int, n: int) -> np.ndarray | None:
+    """A mask of fold `seed` when the labeled set is a predefined fold (STL-10 at 1000 labels)."""
+    if not folds or n_labeled != len(folds[0]):
+        return None
+    if not 0 <= seed < len(folds):
+        raise ConfigError(f"seed: at n_labeled={n_labeled} the labeled set is a predefined fold; "
+                          f"allowed: 0..{len(folds) - 1}, got {seed}")
+    fold = np.zeros(n, bool)
+    fold[np.asarray(folds[seed], np.int64)] = True
+    return fold
 
 
 # ---- device-resident data -----------------------------------------------------------------------
