@@ -73,6 +73,9 @@ class Config:
                                         "the run (official warmup_pos: 0.4 = the first 40% of steps)", kind=float)
     threshold: float | None = _f(None, "pseudo_label: minimum max-probability for a pseudo-label to count",
                                  kind=float)
+    pl_mask: str | None = _f(None, "pseudo_label: official (the official code's [B] x [B, 1] broadcast: fraction "
+                                   "of confident rows x mean cross-entropy over all rows) | per_row (only "
+                                   "confident rows count, as its comment intends)", kind=str)
     vat_weight: float | None = _f(None, "vat: weight of the VAT loss after warm-up (official flag `vat`)",
                                   kind=float)
     vat_eps: float | None = _f(None, "vat: L2 norm of the adversarial perturbation (pixels in [-1, 1])",
@@ -185,6 +188,7 @@ CHOICES = {
     "method": tuple(METHODS),
     "mixup": ("all", "none", "labeled", "unlabeled", "separate"),
     "bn_mode": ("interleave", "fused"),
+    "pl_mask": ("official", "per_row"),        # methods/pseudo_label.py's PL_MASKS
     "amp": ("none", "bf16"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
