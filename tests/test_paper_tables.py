@@ -196,10 +196,6 @@ def test_dry_run_lists_the_cells_with_their_cost_in_gpu_hours(table, tmp_path, m
 
 # ---- the paper's numbers beside every cell -------------------------------------------------------
 REFERENCE = ROOT / "results" / "paper_reference.csv"
-# Cells whose paper number we could not source (README "Paper tables"): not invented.
-UNSOURCED = {("svhn", "mixup_svhn")} | {("svhn_extra", v) for v in
-                                       ("pi_model_svhn", "pseudo_label_svhn", "mixup_svhn", "vat",
-                                        "mean_teacher_svhn_extra")}
 
 
 def reference_keys() -> set:
@@ -210,11 +206,11 @@ def reference_keys() -> set:
 
 
 @pytest.mark.parametrize("table, index", [(t, i) for t in sorted(SCRIPTS) for i in range(3) if i < len(grids_of(t))])
-def test_every_cell_of_a_paper_spec_has_the_papers_number_unless_unsourced(table, index):
+def test_every_cell_of_a_paper_spec_has_the_papers_number(table, index):
     keys = reference_keys()
     for c in grid_cells(table, index):
         key = (c.dataset, c.model, c.method, c.variant, c.n_labeled, table)
-        assert key in keys or (c.dataset, c.variant) in UNSOURCED, key
+        assert key in keys, key
 
 
 def test_reference_rows_of_registry_methods_name_their_variants():
