@@ -41,6 +41,9 @@ class Config:
     data_dir: str = _f("data", "where torchvision datasets are downloaded/read")
     n_labeled: int = _f(250, "labeled training images (a multiple of the class count where the official split is "
                                   "balanced: CIFAR, STL-10, digits; any count on SVHN)")
+    labeled_pool: str = _f("train", "stl10 only: where the labeled set is drawn from: train (the 5000 labeled "
+                                    "images) | train+unlabeled (official create_split.py: the 100,000 "
+                                    "unlabeled images join the pool with label 0; the paper's 5000-label cell)")
     val_size: int = _f(0, "training images carved out as a validation split (0 = none)")
     seed: int = _f(1, "labeled-split seed (the paper uses 1..5) and RNG seed of the run")
     # --- method -----------------------------------------------------------------------------
@@ -189,6 +192,7 @@ CHOICES = {
     "mixup": ("all", "none", "labeled", "unlabeled", "separate"),
     "bn_mode": ("interleave", "fused"),
     "pl_mask": ("official", "per_row"),        # methods/pseudo_label.py's PL_MASKS
+    "labeled_pool": ("train", "train+unlabeled"),   # data.LABELED_POOLS
     "amp": ("none", "bf16"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
@@ -380,6 +384,9 @@ def validate(c: Config) -> None:
     if c.dataset == "stl10" and c.n_labeled == 1000:   # the labeled set is predefined fold `seed`
         _check(0 <= c.seed <= 9, f"seed: STL-10 at n_labeled=1000 uses the predefined fold `seed`; "
                                  f"allowed: 0..9, got {c.seed}")
+    _check(c.labeled_pool == "train" or c.dataset == "stl10",
+           f"labeled_pool: '{c.labeled_pool}' needs dataset stl10 (its unlabeled split); "
+           f"allowed for '{c.dataset}': train")
     _check(c.scales >= 0, f"scales: must be >= 0 (0 = auto), got {c.scales}")
     _check(c.val_size >= 0, f"val_size: must be >= 0, got {c.val_size}")
     _check(c.steps >= 1, f"steps: must be >= 1, got {c.steps}")

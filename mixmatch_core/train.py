@@ -259,7 +259,8 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
     # anything is written.
     seed_everything(cfg.seed)
     ds = load_dataset(cfg.dataset, cfg.data_dir)
-    data = DeviceData.build(ds, cfg.n_labeled, cfg.seed, cfg.val_size, device, cfg.channels_last)
+    data = DeviceData.build(ds, cfg.n_labeled, cfg.seed, cfg.val_size, device, cfg.channels_last,
+                            cfg.labeled_pool)
     n_classes = data.n_classes
     method = methods.load(cfg.method)
     if method.unlabeled_views(cfg) and data.n_unlabeled == 0:

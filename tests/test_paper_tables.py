@@ -124,6 +124,17 @@ def test_table2_is_stl10_with_four_scales_folds_1_to_5_and_all_5000_labels():
     assert sorted((c.n_labeled, c.seed) for c in cells) == [(1000, s) for s in SEEDS] + [(5000, 1)]
     assert all((c.dataset, c.model, c.scales, c.lambda_u, c.alpha, c.wd) == ("stl10", "wrn28_2", 4, 50.0, 0.75, 0.02)
                for c in cells)
+    # the 5000-label cell draws from train + unlabeled, as the official stl10.1@5000 split did
+    assert {(c.n_labeled, c.labeled_pool) for c in cells} == {(1000, "train"), (5000, "train+unlabeled")}
+
+
+@pytest.mark.parametrize("table, words", [(2, "labeled_pool=train+unlabeled"),
+                                          (4, "inferred from ablation/ab_mixmatch.py"), (7, "0.000002")])
+def test_specs_whose_number_measures_a_setting_of_note_say_so_in_notes(table, words):
+    notes = raw_spec(table)["notes"]
+    assert isinstance(notes, list) and all(isinstance(n, str) for n in notes)
+    assert any(words in n for n in notes)
+    load_spec(str(EXPERIMENTS / f"paper_table{table}.yaml"))              # spec.py accepts `notes`
 
 
 def test_table4_mixmatch_rows_run_split_seed_3_with_the_ablation_defaults():
