@@ -54,6 +54,9 @@ class Config:
     data_dir: str = _f("data", "where torchvision datasets are downloaded/read")
     n_labeled: int = _f(250, "labeled training images (a multiple of the class count where the official split is "
                                   "balanced: CIFAR, STL-10, digits; any count on SVHN)")
+    labeled_pool: str = _f("train", "stl10 only: where the labeled set is drawn from: train (the 5000 labeled "
+                                    "images) | train+unlabeled (official create_split.py: the 100,000 "
+                                    "unlabeled images join the pool with label 0; the paper's 5000-label cell)")
     val_size: int = _f(0, "training images carved out as a validation split (0 = none)")
     seed: int = _f(1, "labeled-split seed (the paper uses 1..5) and RNG seed of the run")
     # --- method -----------------------------------------------------------------------------
@@ -82,6 +85,7 @@ class Config:
     consistency_weight: float | None = knob_field("consistency_weight", kind=float)
     warmup_pos: float | None = knob_field("warmup_pos", kind=float)
     threshold: float | None = knob_field("threshold", kind=float)
+    pl_mask: str | None = knob_field("pl_mask", kind=str)
     vat_weight: float | None = knob_field("vat_weight", kind=float)
     vat_eps: float | None = knob_field("vat_eps", kind=float)
     vat_xi: float | None = knob_field("vat_xi", kind=float)
@@ -158,6 +162,7 @@ VARIANTS: dict[str, dict[str, Any]] = methods.variants()
 
 CHOICES = {
     "method": tuple(METHODS),
+    "labeled_pool": ("train", "train+unlabeled"),   # data.LABELED_POOLS
     "amp": ("none", "bf16"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
@@ -358,6 +363,10 @@ def validate(c: Config) -> None:
     if info is not None and info.fold_size and c.n_labeled == info.fold_size:   # predefined fold `seed`
         _check(0 <= c.seed <= 9, f"seed: {c.dataset} at n_labeled={c.n_labeled} uses the predefined fold "
                                  f"`seed`; allowed: 0..9, got {c.seed}")
+    _check(c.labeled_pool == "train" or (info is not None and info.labeled_pool_extra),
+           f"labeled_pool: '{c.labeled_pool}' needs dataset "
+           f"{' or '.join(n for n, d in datasets.DATASETS.items() if d.labeled_pool_extra)} (its unlabeled split); "
+           f"allowed for '{c.dataset}': train")
     _check(c.scales >= 0, f"scales: must be >= 0 (0 = auto), got {c.scales}")
     _check(c.val_size >= 0, f"val_size: must be >= 0, got {c.val_size}")
     _check(c.steps >= 1, f"steps: must be >= 1, got {c.steps}")

@@ -9,6 +9,8 @@ Owns:
   shuffle, then a greedy draw that follows the class frequencies: exactly n_labeled / n_classes
   per class on balanced data such as CIFAR, proportional on SVHN; STL-10's predefined folds at
   1000 labels; every image for the fully supervised runs) plus an optional validation split;
+- the labeled pool (`labeled_pool`): the training set, or for STL-10 the training set followed
+  by the 'unlabeled' split with label 0, as create_split.py reads both tfrecords;
 - `DeviceData`: every image of the run stored ONCE on the device as uint8 (the training
   images already reflect-padded for augmentation), epoch-style samplers over random
   device permutations, and the batch functions the trainer calls.
@@ -47,7 +49,9 @@ class Dataset:
     The labeled split is drawn on `split_labels` when set: the class ids of the official
     tfrecords where they differ from ours (SVHN, whose class order decides the draw), so that a
     seed selects the official labeled images. `label_folds` are predefined labeled sets (STL-10's
-    ten 1000-image folds), indices into the training set."""
+    ten 1000-image folds), indices into the training set. `equal_class_draw`: the draw gives
+    every class the same share whatever the pool's class counts (create_split.py does so for
+    STL-10, whose unlabeled images all carry label 0)."""
 
     name: str
     x_train: np.ndarray
@@ -59,6 +63,16 @@ class Dataset:
     x_unlabeled_extra: np.ndarray | None = None
     split_labels: np.ndarray | None = None
     label_folds: tuple[np.ndarray, ...] | None = None
+    equal_class_draw: bool = False
+
+
+# Where the labeled set is drawn from (config `labeled_pool`). "train+unlabeled" is what the
+# official create_split.py does for STL-10 (stl10-train.tfrecord then stl10-unlabeled.tfrecord):
+# the 100,000 unlabeled images join the pool with label 0 ("airplane"), and every class gets
+# n_labeled / 10 labels. At 5000 labels, seed 1 (runs/table2.sh's stl10.1@5000) that is the 4500
+# training images of classes 1..9 plus 500 class-0 images drawn from 100,500 candidates: 3 true
+# airplanes and 497 unlabeled images trained as airplane. The paper's 5.59% was measured so.
+LABELED_POOLS = ("train", "train+unlabeled")
 
 
 # ---- loaders ------------------------------------------------------------------------------------
@@ -157,7 +171,8 @@ def load_torchvision(info: DatasetInfo, data_dir: str) -> Dataset:
                               getattr(tvd.STL10, "folds_list_file", "fold_indices.txt"))
     return Dataset(name, _nchw_to_nhwc(tr.data), np.asarray(tr.labels, np.int64),
                    _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes, augment,
-                   x_unlabeled_extra=_nchw_to_nhwc(unl.data), label_folds=read_folds(folds_file))
+                   x_unlabeled_extra=_nchw_to_nhwc(unl.data), label_folds=read_folds(folds_file),
+                   equal_class_draw=True)
 
 
 def svhn_official_classes(y: np.ndarray) -> np.ndarray:
@@ -251,7 +266,8 @@ def draw_counts(class_counts: np.ndarray, n: int) -> np.ndarray:
 
 
 def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_size: int = 0,
-                  folds: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  folds: tuple[np.ndarray, ...] | None = None,
+                  equal_class_draw: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labeled_idx, unlabeled_idx, val_idx): sorted int64 indices into the training set.
 
     Official protocol (scripts/create_split.py): `np.random.seed(seed)`, then each class's index
@@ -268,6 +284,8 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
       supervised runs, fully_supervised/fs_*.py, train on the whole training set).
     - `folds` (STL-10): at n_labeled == the fold size the labeled set is the predefined fold
       `seed` (create_split reads line `seed` of stl10_fold_indices.txt), not a seeded draw.
+    - `equal_class_draw` (STL-10): `draw_counts` sees equal class counts, as create_split.py's
+      STL-10 branch sets train_stats to 1 for every class.
     """
     y = np.asarray(y)
     n = len(y)
@@ -283,7 +301,7 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
     if fold is not None or n_labeled == n - val_size:
         n_lab = np.zeros(n_classes, np.int64)           # the labeled set is fixed, not drawn
     else:
-        n_lab = draw_counts(counts, n_labeled)
+        n_lab = draw_counts(np.ones(n_classes) if equal_class_draw else counts, n_labeled)
     rs = np.random.RandomState(seed)
     labeled, val = [], []
     for c in range(n_classes):
@@ -376,24 +394,42 @@ class DeviceData:
 
     @classmethod
     def build(cls, ds: Dataset, n_labeled: int, seed: int, val_size: int, device: torch.device | str,
-              channels_last: bool) -> "DeviceData":
-        """Split `ds` (see `split_labeled`) and copy everything to `device` once."""
+              channels_last: bool, labeled_pool: str = "train") -> "DeviceData":
+        """Split `ds` (see `split_labeled`, drawn from `labeled_pool`, see LABELED_POOLS) and copy
+        everything to `device` once."""
         device = torch.device(device)
         y_split = ds.y_train if ds.split_labels is None else ds.split_labels
-        lab, unl, val = split_labeled(y_split, n_labeled, ds.n_classes, seed, val_size, ds.label_folds)
+        y_true, extra = ds.y_train, ds.x_unlabeled_extra
+        pooled = labeled_pool == "train+unlabeled"
+        allowed = LABELED_POOLS if extra is not None else LABELED_POOLS[:1]
+        if labeled_pool not in allowed:
+            raise ConfigError(f"labeled_pool: '{labeled_pool}' is not one of {', '.join(allowed)} "
+                              f"for dataset '{ds.name}'")
+        if pooled:                                       # the unlabeled split joins with label 0
+            zeros = np.zeros(len(extra), np.int64)
+            y_split, y_true = np.concatenate([y_split, zeros]), np.concatenate([y_true, zeros])
+        lab, unl, val = split_labeled(y_split, n_labeled, ds.n_classes, seed, val_size, ds.label_folds,
+                                      ds.equal_class_draw)
 
         def put(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+        def images(idx: np.ndarray) -> np.ndarray:
+            """Images of sorted pool indices: the training set, then (pooled) the unlabeled split."""
+            n = len(ds.x_train)
+            if not pooled or idx.size == 0 or idx[-1] < n:
+                return ds.x_train[idx]
+            return np.concatenate([ds.x_train[idx[idx < n]], extra[idx[idx >= n] - n]])
+
         pad = ds.augment.pad
-        x_unl = ds.x_train[unl]
-        if ds.x_unlabeled_extra is not None:
-            x_unl = np.concatenate([x_unl, ds.x_unlabeled_extra])
+        x_unl = images(unl)
+        if extra is not None and not pooled:
+            x_unl = np.concatenate([x_unl, extra])
         return cls(spec=ds.augment, n_classes=ds.n_classes, device=device, channels_last=channels_last,
-                   x_labeled=pad_reflect(put(ds.x_train[lab]), pad), y_labeled=put(ds.y_train[lab]),
+                   x_labeled=pad_reflect(put(images(lab)), pad), y_labeled=put(y_true[lab]),
                    x_unlabeled=pad_reflect(put(x_unl), pad),
                    x_test=put(ds.x_test), y_test=put(ds.y_test),
-                   x_val=put(ds.x_train[val]), y_val=put(ds.y_train[val]))
+                   x_val=put(images(val)), y_val=put(y_true[val]))
 
     # -- properties ------------------------------------------------------------------------------
     @property

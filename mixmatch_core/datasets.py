@@ -32,6 +32,7 @@ class DatasetInfo:
     # then be a multiple of the class count; SVHN's follows the class frequencies.
     balanced_split: bool = True
     fold_size: int | None = None      # predefined labeled folds of this size (STL-10: 1000)
+    labeled_pool_extra: bool = False  # an unlabeled split that config labeled_pool=train+unlabeled can add
     paper_name: str | None = None     # the paper's dataset our numbers are compared with
     cost_factor: float = 1.0          # step cost relative to a 32x32 image (dry-run estimates)
     source: str = "torchvision"       # MLflow dataset input: torchvision | code | local
@@ -60,7 +61,7 @@ DATASETS: dict[str, DatasetInfo] = {
     # STL-10, 96x96: flip + shift up to 12 px; runs/table2.sh --scales=4 (auto would give 5 at
     # 96 px); 9x the pixels of 32x32 (cost estimate).
     "stl10": DatasetInfo("stl10", _TORCHVISION, image_px=96, shift_px=12,
-                         preset=dict(lambda_u=50.0, alpha=0.75, scales=4), fold_size=1000,
+                         preset=dict(lambda_u=50.0, alpha=0.75, scales=4), fold_size=1000, labeled_pool_extra=True,
                          paper_name="stl10", cost_factor=9.0),
 }
 # A user's numpy file `npz:PATH` (x_train, y_train, x_test, y_test): classes and augmentation

@@ -224,7 +224,7 @@ def open_data(cfg: Config, device: torch.device, method: ModuleType) -> DeviceDa
     large, a bad npz) surface before anything is written."""
     seed_everything(cfg.seed)
     data = DeviceData.build(load_dataset(cfg.dataset, cfg.data_dir), cfg.n_labeled, cfg.seed, cfg.val_size,
-                            device, cfg.channels_last)
+                            device, cfg.channels_last, cfg.labeled_pool)
     if method.unlabeled_views(cfg) and data.n_unlabeled == 0:
         raise ConfigError(f"n_labeled: {cfg.n_labeled} + val_size {cfg.val_size} use every training image of "
                           f"'{cfg.dataset}', leaving no unlabeled images for method '{cfg.method}'; lower them "

@@ -121,7 +121,10 @@ METHODS: dict[str, Method] = {
     "pseudo_label": Method(
         "PseudoLabel", "pseudo_label.py",
         {"consistency_weight": _consistency(1.0), "warmup_pos": _WARMUP,
-         "threshold": _fraction("pseudo_label: minimum max-probability for a pseudo-label to count", 0.95)},
+         "threshold": _fraction("pseudo_label: minimum max-probability for a pseudo-label to count", 0.95),
+         "pl_mask": Knob("official", "pseudo_label: official (the official code's [B] x [B, 1] broadcast: fraction "
+                         "of confident rows x mean cross-entropy over all rows) | per_row (only confident rows "
+                         "count, as its comment intends)", choices=("official", "per_row"))},
         {"wd": 0.02, "consistency_weight": 1.0}, forwards_per_step=lambda cfg: 6.0),
     "mixup": Method("MixUp", "mixup.py", {"alpha": _alpha(0.5)}, {"wd": 0.02, "alpha": 0.75},
                     forwards_per_step=lambda cfg: 7.0),
