@@ -315,12 +315,18 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
                                                                     if n_val[c] else ""))
         val.append(idx[: n_val[c]])
         labeled.append(idx[n_val[c]: n_val[c] + n_lab[c]])
-    val_idx = np.concatenate(val).astype(np.int64)
+    return _assemble(n, np.concatenate(val).astype(np.int64), fold, labeled, every_image=n_labeled == n - val_size)
+
+
+def _assemble(n: int, val_idx: np.ndarray, fold: np.ndarray | None, labeled: list[np.ndarray],
+              every_image: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labeled, unlabeled, val) sorted indices: the fold, or every non-val image, or the drawn
+    labels; all the rest is unlabeled."""
     rest = np.ones(n, bool)
     rest[val_idx] = False
     if fold is not None:
         lab_idx = np.flatnonzero(fold)
-    elif n_labeled == n - val_size:
+    elif every_image:
         lab_idx = np.flatnonzero(rest)
     else:
         lab_idx = np.concatenate(labeled).astype(np.int64)
