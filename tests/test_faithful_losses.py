@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from mixmatch_core import methods
-from mixmatch_core import mixmatch as mm_lib
 from mixmatch_core.config import ConfigError, resolve
 from mixmatch_core.methods import METHODS, pseudo_label
 
@@ -123,7 +122,10 @@ def losses_of(name, x, y, u_views, w, weight=0.7, ema_w=None, **user):
 def pin_lambda(monkeypatch, *draws):
     """The method's Beta draws return these arrays, in call order."""
     it = iter(draws)
-    monkeypatch.setattr(mm_lib, "sample_lambda", lambda n, alpha, device=None: torch.tensor(next(it)[:n]))
+    for name in methods.METHODS:      # each method imports sample_lambda by name
+        mod = methods.load(name)
+        if hasattr(mod, "sample_lambda"):
+            monkeypatch.setattr(mod, "sample_lambda", lambda n, alpha, device=None: torch.tensor(next(it)[:n]))
 
 
 def test_supervised_is_cross_entropy_and_nothing_else():
