@@ -276,6 +276,50 @@ def packed_step(cfg, models: list[nn.Module], ema_models: list[nn.Module], amp_c
     return Step(cfg, model, ema, True, amp_ctx, compile_mode)
 
 
+# ---- the model-compute floor of the two packing forms ------------------------------------------
+class Floor:
+    """Model compute only for N models (benchmarks/step_time.py's floor (b), packed): K guess
+    forwards without grad, then K + 1 forwards and one backward of their summed logits, training
+    mode, fixed random inputs; no optimiser, data or losses. `form` "grouped" is PackedModel;
+    "vmap" is torch.func: stack_module_state + functional_call under vmap over the model axis
+    (BN running statistics as stacked buffers, updated in place under vmap). `compile_mode`
+    compiles the grouped form's forward (the trainer's `compiled`); the vmap form stays eager."""
+
+    def __init__(self, models: list[nn.Module], form: str, batch: int, K: int, amp_ctx, channels_last: bool,
+                 compile_mode: str | None = None):
+        n, device = len(models), next(models[0].parameters()).device
+        self.amp_ctx, self.form = amp_ctx, form
+        if form == "grouped":
+            self.model = PackedModel(models, channels_last).train()
+            fwd = self.model
+            self.inputs = [torch.randn(batch, n, 3, 32, 32, device=device) for _ in range(2 * K + 1)]
+        elif form == "vmap":
+            from torch.func import functional_call, stack_module_state, vmap
+            params, buffers = stack_module_state([copy.deepcopy(m) for m in models])
+            self.params = list(params.values())
+            base = copy.deepcopy(models[0]).to("meta")
+
+            def one(p, b, x):
+                return functional_call(base, (p, b), (x,))
+            fwd = lambda x: vmap(one)(params, buffers, x)      # noqa: E731 - [N, B, ...] -> [N, B, classes]
+            self.inputs = [torch.randn(n, batch, 3, 32, 32, device=device) for _ in range(2 * K + 1)]
+        else:
+            raise ValueError(f"form: grouped or vmap, not {form!r}")
+        if compile_mode and form == "grouped":
+            from mixmatch_core.train import compiled
+            fwd = compiled(self.model, compile_mode)
+        self.fwd, self.K = fwd, K
+
+    def __call__(self) -> None:
+        with torch.no_grad(), self.amp_ctx():
+            for x in self.inputs[:self.K]:
+                self.fwd(x)
+        with self.amp_ctx():
+            logits = torch.cat([self.fwd(x) for x in self.inputs[self.K:]])
+        grads = self.params if self.form == "vmap" else list(self.model.parameters())
+        torch.autograd.grad(logits.float().sum(), grads)
+
+
 # ---- equality: a packed step against N separate steps -------------------------------------------
 # Tolerances of a packed step against N separate steps in fp32. Losses: relative difference
 # (measured on CPU: <= 1e-6). Tensors: |packed - separate| / |separate - initial| in L2 norm per
