@@ -157,8 +157,6 @@ def packing_decision(rows: list[dict], workers: list[dict], tiny: bool = False) 
 def child_vat(args) -> int:
     """Train --model for --vat-steps VAT steps (the trainer's step, the check's precision) on
     digits-32, then probe r_adv on one unlabeled batch in each precision setting."""
-    import torch
-
     from benchmarks import step_time as st
     from benchmarks import vat_probe as vp
     from benchmarks.gpu_check import digits32
@@ -167,8 +165,7 @@ def child_vat(args) -> int:
     from mixmatch_core.train import resolve_device, seed_everything
     device = resolve_device(args.device)
     out = {"model": args.model, "trained_steps": args.vat_steps, "batch": args.batch, "train_amp": args.amp,
-           "tf32_defaults": {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                             "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}}
+           "tf32_defaults": vp.tf32_state()}
     try:
         seed_everything(1)
         cfg = resolve({"dataset": "cifar10", "method": "vat", "model": args.model, "batch_size": args.batch,

@@ -31,17 +31,38 @@ from torch import Tensor
 from mixmatch_core import mixmatch as mm
 
 
+def _tf32_switches() -> list[tuple[str, object, str, object]]:
+    """(name, object, attribute, strict value) of the switches that let fp32 convolutions and
+    matmuls use TF32: torch >= 2.9's fp32_precision API where present (reading the legacy
+    allow_tf32 flags after anyone used the new API can raise), else the legacy flags."""
+    b = torch.backends
+    conv = getattr(b.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return [("cudnn.conv.fp32_precision", conv, "fp32_precision", "ieee"),
+                ("cuda.matmul.fp32_precision", b.cuda.matmul, "fp32_precision", "ieee")]
+    return [("cudnn.allow_tf32", b.cudnn, "allow_tf32", False),
+            ("cuda.matmul.allow_tf32", b.cuda.matmul, "allow_tf32", False)]
+
+
+def tf32_state() -> dict[str, object]:
+    """The TF32 switches as they are now, for the JSON (PyTorch's defaults: TF32 in cuDNN
+    convolutions, not in matmuls)."""
+    return {name: getattr(obj, attr) for name, obj, attr, _ in _tf32_switches()}
+
+
 @contextlib.contextmanager
 def strict_fp32(device_type: str):
     """Full fp32 in convolutions and matmuls: TF32 off in cuDNN and cuBLAS, autocast off."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.allow_tf32, matmul.allow_tf32)
-    cudnn.allow_tf32, matmul.allow_tf32 = False, False
+    switches = _tf32_switches()
+    saved = [getattr(obj, attr) for _, obj, attr, _ in switches]
+    for _, obj, attr, strict in switches:
+        setattr(obj, attr, strict)
     try:
         with torch.autocast(device_type=device_type, enabled=False):
             yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        for (_, obj, attr, _), value in zip(switches, saved):
+            setattr(obj, attr, value)
 
 
 def bf16_autocast(device_type: str):
