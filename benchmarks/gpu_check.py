@@ -1,13 +1,13 @@
 """GPU check: what one GPU machine gives this trainer, measured in under 8 minutes by one command.
 
     python -m benchmarks.gpu_check --out DIR            # on the GPU machine (about 7 minutes)
-    python -m benchmarks.gpu_check --out DIR --device cpu --tiny    # the same code path in seconds
+    python -m benchmarks.gpu_check --out DIR --device cpu --tiny    # the same code path in a minute or two
 
 Needs torch, torchvision, numpy, scikit-learn, PyYAML and tqdm; imports neither MLflow nor Optuna
 (directly or through what it imports) and downloads nothing. Its data: synthetic uint8 images for
 the step timings, and scikit-learn's embedded 8x8 digits upscaled to 32x32 RGB for the trainer
 runs (DIR/digits32.npz while the workers run). Every section runs in subprocesses with a
-deadline, so a hung compile costs its own budget only. Sections:
+deadline (benchmarks/gpu_protocol.py), so a hung compile costs its own budget only. Sections:
 
 1. step: seconds per step of benchmarks/step_time.py's (a) full WRN-28-2 MixMatch step (the
    trainer's), (b) model floor and (c) naive port, all in bf16 with channels_last, batch
@@ -20,11 +20,16 @@ deadline, so a hung compile costs its own budget only. Sections:
    and given threads exactly as `--workers-per-gpu` does (sweeps/gpus.py). The workers start
    together (a file barrier) and stop at the same wall-clock time; a worker's rate is its steps
    between its evaluations inside the common window.
-3. train: a ~2-minute MixMatch run (WRN-28-2, 250 labels) of the trainer's step on the digits-32
+3. train: a ~1-minute MixMatch run (WRN-28-2, 250 labels) of the trainer's step on the digits-32
    images (shift augmentation, no flip), with the loss and the EMA and live test error every
    ~10 s, to see both fall.
+4. packed: N = 1, 2, 4, 8, 16 cells packed into one model (benchmarks/packed.py), eager and
+   compiled, against one cell (1.) and N processes (2.), with the equality check of a packed step
+   against N separate ones on the device; 5. vat: the VAT probe (benchmarks/vat_probe.py);
+   6. methods: every registered method through the trainer. See benchmarks/gpu_sections.py.
+   Sections 1 and 4 and the probe start together (side by side), then 2, 6 and 3 run in turn.
 
-Prints a table and writes DIR/gpu_check.json.
+Prints a table and writes DIR/gpu_check.json (docs/gpu_check.md explains how to read it).
 """
 
 from __future__ import annotations
@@ -32,23 +37,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import gpu_sections as sections
+from benchmarks.gpu_protocol import REPO, env, log, run_side_by_side, serve_timings
+
 MODES = ("eager", "default", "reduce-overhead", "max-autotune")
-# Budget of each section, seconds (the total must stay under 8 minutes on the GPU machine).
-BUDGET_S = {"step_compile": 150, "step_time": 40, "workers_round": 30, "train": 110}
+# Budget of each section, seconds (the total must stay under 8 minutes on the GPU machine):
+# compiling sections 1 and 4 side by side, then timing each child alone (all timings end by
+# `timings_end` s after the start), a round of workers, the methods, the training run.
+BUDGET_S = {"step_compile": 150, "step_time": 30, "packed_time": 45, "timings_end": 260, "workers_round": 30,
+            "methods": 75, "train": 60}
 TOTAL_S = 470
-TINY_BUDGET_S = {"step_compile": 120, "step_time": 60, "workers_round": 60, "train": 6}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+TINY_BUDGET_S = {"step_compile": 300, "step_time": 60, "packed_time": 60, "timings_end": 500, "workers_round": 60,
+                 "methods": 120, "train": 6}
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -82,112 +88,43 @@ def write_digits32(path: Path) -> Path:
 # ---- section 1: step timings (child process per mode) ----------------------------------------------
 def child_step(args) -> int:
     """Build (a), (b), (c) with one compile mode, warm up (compiles), say READY, wait for GO on
-    stdin, time them, print RESULT."""
+    stdin, time them, print RESULT (benchmarks/gpu_protocol.py)."""
+    import statistics
+
     import torch
 
     from benchmarks import step_time as st
     from mixmatch_core.data import DeviceData, split_labeled
-    from mixmatch_core.train import device_name, resolve_device, seed_everything
+    from mixmatch_core.train import device_name, seed_everything
     mode = None if args.mode == "eager" else args.mode
-    out = {"mode": args.mode, "note": None}
-    try:
-        device = resolve_device(args.device)
+    out, device, naive = {"mode": args.mode, "note": None}, torch.device(args.device), []
+
+    def build():
         seed_everything(0)
-        amp, cl = args.amp, True
         ds = st.synthetic_dataset(args.n_train, args.n_test)
-        cfg = st.make_config("cifar10", args.model, args.batch, 2, 250, amp, cl, str(device))
-        data = DeviceData.build(ds, 250, 1, 0, device, cl)
+        cfg = st.make_config("cifar10", args.model, args.batch, 2, 250, args.amp, True, str(device))
+        data = DeviceData.build(ds, 250, 1, 0, device, True)
         lab, unl, _ = split_labeled(ds.y_train, 250, ds.n_classes, 1, 0)
-        fns = {"a": st.ProjectStep(cfg, data, compile_mode=mode),
-               "b": st.FloorStep(args.model, 10, 3, data.image_size, args.batch, 2, amp, cl, device,
-                                 compile_mode=mode),
-               "c": st.NaiveStep(cfg, ds, lab, unl, device, amp, cl, compile_mode=mode)}
-        t0 = time.perf_counter()
-        for fn in fns.values():
-            for _ in range(args.warmup):
-                fn()
-        st.sync(device)
-        out.update(compile_and_warmup_s=time.perf_counter() - t0, device_name=device_name(device))
-    except Exception as e:  # noqa: BLE001 - reported, the other modes go on
-        out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-        print("RESULT " + json.dumps(out), flush=True)
-        return 1
-    print("READY", flush=True)
-    if sys.stdin.readline().strip() != "GO":
-        return 1
-    try:
-        per = st.time_round_robin(fns, args.steps, 0, args.repeats, device, log=lambda m: None)
-        med = {k: statistics.median(v) for k, v in per.items()}
-        out.update(a_s=med["a"], b_s=med["b"], c_s=med["c"], a_over_b=med["a"] / med["b"], c_over_a=med["c"] / med["a"],
-                   per_repeat_s=per, naive_input_pipeline_s=statistics.median(fns["c"].load_s))
-    except Exception as e:  # noqa: BLE001
-        out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-    print("RESULT " + json.dumps(out), flush=True)
-    return 0
+        naive.append(st.NaiveStep(cfg, ds, lab, unl, device, args.amp, True, compile_mode=mode))
+        out["device_name"] = device_name(device)
+        return {"a": st.ProjectStep(cfg, data, compile_mode=mode),
+                "b": st.FloorStep(args.model, 10, 3, data.image_size, args.batch, 2, args.amp, True, device,
+                                  compile_mode=mode), "c": naive[0]}
+
+    def finish(o: dict) -> None:
+        med = o["seconds_per_step"]
+        o.update(a_s=med["a"], b_s=med["b"], c_s=med["c"], a_over_b=med["a"] / med["b"], c_over_a=med["c"] / med["a"],
+                 naive_input_pipeline_s=statistics.median(naive[0].load_s))
+    return serve_timings(out, build, args.steps, args.repeats, args.warmup, device, finish)
 
 
-def _read_line(proc: subprocess.Popen, deadline: float) -> str | None:
-    """The next READY or RESULT line of `proc`'s stdout (other output is skipped), or None at
-    EOF or past `deadline` (monotonic)."""
-    import selectors
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        while time.monotonic() < deadline:
-            if sel.select(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
-                line = proc.stdout.readline()
-                if not line:
-                    return None
-                if line.startswith(("READY", "RESULT ")):
-                    return line
-        return None
-    finally:
-        sel.close()
-
-
-def run_steps(args, budget: dict) -> list[dict]:
-    """Section 1: one process per mode, compiled side by side, timed one at a time."""
+def step_commands(args) -> dict[str, list[str]]:
+    """Section 1: one child per compile mode."""
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", "step", "--device", args.device, "--amp", args.amp,
            "--model", args.model, "--batch", str(args.batch), "--steps", str(args.steps), "--repeats",
            str(args.repeats), "--warmup", str(args.warmup), "--n-train", str(args.n_train), "--n-test",
            str(args.n_test)]
-    procs = {m: subprocess.Popen(cmd + ["--mode", m], cwd=REPO, env=_env(), stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, bufsize=1) for m in args.modes}
-    results: dict[str, dict] = {}
-    ready: list[str] = []
-    deadline = time.monotonic() + budget["step_compile"]
-    try:
-        for m, p in procs.items():
-            line = _read_line(p, deadline)
-            if line and line.startswith("READY"):
-                ready.append(m)
-            elif line and line.startswith("RESULT "):
-                results[m] = json.loads(line[7:])
-            else:
-                results[m] = {"mode": m, "error": f"not compiled and warmed up within {budget['step_compile']} s"
-                              if line is None and p.poll() is None else "the process ended without a result"}
-            log(f"  step [{m}]: " + ("ready" if m in ready else results[m].get("error", "")))
-        for m in args.modes:            # abandoned ones must not share the GPU with the timings
-            if m not in ready and procs[m].poll() is None:
-                procs[m].kill()
-        for m in ready:
-            p = procs[m]
-            p.stdin.write("GO\n")
-            p.stdin.flush()
-            line = _read_line(p, time.monotonic() + budget["step_time"])
-            results[m] = json.loads(line[7:]) if line and line.startswith("RESULT ") else \
-                {"mode": m, "error": f"not timed within {budget['step_time']} s"}
-            if p.poll() is None:
-                p.stdin.close()
-                p.kill()
-            log(f"  step [{m}]: " + (f"(a) {results[m]['a_s'] * 1e3:.1f} ms" if "a_s" in results[m]
-                                     else results[m].get("error", "")))
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    return [results[m] for m in args.modes]
+    return {f"step {m}": cmd + ["--mode", m] + sections.tiny_threads(args) for m in args.modes}
 
 
 # ---- section 2: several trainer processes on one GPU --------------------------------------------------
@@ -265,7 +202,7 @@ def run_workers(args, data: Path, budget: dict, step_s: float | None) -> list[di
                         "--model", args.model, "--batch", str(args.batch), "--amp", args.amp, "--barrier", d,
                         "--data", str(data), "--rank", str(s.rank), "--threads", str(s.threads),
                         "--eval-every", str(eval_every), "--json", f"{d}/w{s.rank}.json"]
-            procs = gpus.start(slots, command, base_env=_env(), tied=True, cwd=REPO)
+            procs = gpus.start(slots, command, base_env=env(), tied=True, cwd=REPO)
             row = {"workers": n, "threads_per_worker": slots[0].threads, "eval_every_steps": eval_every}
             try:
                 deadline = time.monotonic() + budget["workers_round"]
@@ -348,17 +285,13 @@ def run_train(args, budget_s: float) -> dict:
                str(args.eval_every_s), "--n-train", str(args.n_train), "--json", f"{d}/train.json"]
         cmd += ["--tiny"] if args.tiny else []
         try:
-            subprocess.run(cmd, cwd=REPO, env=_env(), timeout=budget_s + 90, check=True)
+            subprocess.run(cmd, cwd=REPO, env=env(), timeout=budget_s + 90, check=True)
             return json.loads(Path(d, "train.json").read_text())
         except (subprocess.SubprocessError, OSError) as e:
             return {"error": f"{type(e).__name__}: {e}"[:300]}
 
 
 # ---- driver --------------------------------------------------------------------------------------------
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
-
-
 def machine() -> dict:
     import platform
 
@@ -398,84 +331,131 @@ def print_table(r: dict) -> None:
               f"{row['total_steps_per_s'] / row['workers']:>11.1f} {row['images_per_s']:>9.0f} "
               f"{row.get('speedup_vs_first', 1.0):>7.2f}")
     t = r["train"]
-    print(f"\n3. training run: MixMatch {s['model']}, {t.get('n_labeled', '?')} labels, {t.get('data', '')}")
-    if "curve" not in t:
-        print(f"   {t.get('error', 'no result')}")
-        return
-    print(f"{'seconds':>8} {'step':>7} {'loss':>8} {'loss_x':>8} {'loss_u':>8} {'error EMA %':>12} {'error live %':>13}")
-    for c in t["curve"]:
-        print(f"{c['seconds']:>8.0f} {c['step']:>7} {c['loss']:>8.4f} {c['loss_x']:>8.4f} {c['loss_u']:>8.4f} "
-              f"{c['test_error_ema']:>12.2f} {c['test_error_live']:>13.2f}")
+    sections.print_block(
+        f"\n3. training run: MixMatch {s['model']}, {t.get('n_labeled', '?')} labels, {t.get('data', '')}",
+        t.get("curve"), t.get("error"),
+        f"{'seconds':>8} {'step':>7} {'loss':>8} {'loss_x':>8} {'loss_u':>8} {'error EMA %':>12} {'error live %':>13}",
+        lambda c: f"{c['seconds']:>8.0f} {c['step']:>7} {c['loss']:>8.4f} {c['loss_x']:>8.4f} {c['loss_u']:>8.4f} "
+                  f"{c['test_error_ema']:>12.2f} {c['test_error_live']:>13.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
+CHILDREN = {"step": child_step, "worker": child_worker, "train": child_train, "packed": sections.child_packed,
+            "equal": sections.child_equal, "vat": sections.child_vat, "methods": sections.child_methods}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=False, help="directory for gpu_check.json")
     p.add_argument("--device", default="cuda", help="cuda (default) | cpu")
     p.add_argument("--tiny", action="store_true", help="CI-sized settings: small model, a few steps, seconds")
     p.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)} (default: all; --tiny: eager)")
     p.add_argument("--workers-list", default=None, help="worker counts (default 1,2,4,8; --tiny: 1,2)")
-    p.add_argument("--train-seconds", type=float, default=None, help="length of the training run (default 120)")
+    p.add_argument("--train-seconds", type=float, default=None, help="length of the training run (default 60)")
+    p.add_argument("--packed-modes", default=None, help="packed section's modes (default eager,default; --tiny: eager)")
+    p.add_argument("--packed-list", default=None, help="packed model counts (default 1,2,4,8,16; --tiny: 1,2)")
     # children (internal)
-    p.add_argument("--child", choices=("step", "worker", "train"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=tuple(CHILDREN), help=argparse.SUPPRESS)
     for name, kind in (("--mode", str), ("--model", str), ("--amp", str), ("--batch", int), ("--steps", int), ("--repeats", int),
                        ("--warmup", int), ("--n-train", int), ("--n-test", int), ("--barrier", str), ("--data", str),
                        ("--rank", int), ("--threads", int), ("--eval-every", int), ("--json", str),
-                       ("--seconds", float), ("--eval-every-s", float)):
+                       ("--seconds", float), ("--eval-every-s", float), ("--methods", str), ("--method-steps", int),
+                       ("--vat-steps", int)):
         p.add_argument(name, type=kind, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        return {"step": child_step, "worker": child_worker, "train": child_train}[args.child](args)
-    if not args.out:
+    if not args.child and not args.out:
         p.error("--out DIR is required")
+    for key, allowed in (("modes", MODES), ("packed_modes", MODES)):
+        bad = [m for m in (getattr(args, key) or "").split(",") if m.strip() and m.strip() not in allowed]
+        if bad:
+            p.error(f"--{key.replace('_', '-')}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
+    return args
 
-    t_start = time.monotonic()
+
+def apply_defaults(args: argparse.Namespace) -> None:
+    """The GPU settings, or the CI-sized ones with --tiny."""
     tiny = args.tiny
     args.model = args.model or ("small_cnn8" if tiny else "wrn28_2")
     args.batch = args.batch or (8 if tiny else 64)
     args.steps, args.repeats, args.warmup = (1, 1, 1) if tiny else (10, 5, 3)
+    args.packed_steps, args.packed_repeats = (1, 1) if tiny else (5, 3)
     args.n_train, args.n_test = (512, 64) if tiny else (50000, 10000)
     args.modes = [m.strip() for m in (args.modes or ("eager" if tiny else ",".join(MODES))).split(",") if m.strip()]
-    bad = [m for m in args.modes if m not in MODES]
-    if bad:
-        p.error(f"--modes: unknown {', '.join(bad)}; allowed: {', '.join(MODES)}")
+    args.packed_modes = [m.strip() for m in (args.packed_modes or ("eager" if tiny else "eager,default")).split(",")
+                         if m.strip()]
+    args.packed_list = [int(x) for x in (args.packed_list or ("1,2" if tiny else "1,2,4,8,16")).split(",")]
     args.workers_list = [int(x) for x in (args.workers_list or ("1,2" if tiny else "1,2,4,8")).split(",")]
+    # The equality check: the paper's model and batch on the GPU; a WRN small enough for CI with --tiny.
+    args.equal_model, args.equal_n, args.equal_batch = ("wrn10_1", 2, 8) if tiny else ("wrn28_2", 4, 64)
+    args.vat_steps, args.method_steps = (2, 2) if tiny else (50, 100)
     # bf16 + channels_last everywhere; a CPU --tiny run stays fp32 (bf16 is 10-25x slower on CPUs
     # without native bf16, README Performance)
     args.amp = "none" if tiny and args.device == "cpu" else "bf16"
-    args.window_s = 2.0 if tiny else 15.0
+    args.window_s = 2.0 if tiny else 10.0
     args.eval_interval_s = 0.5 if tiny else 3.0
     args.eval_every_s = 1.0 if tiny else 10.0
-    budget = TINY_BUDGET_S if tiny else BUDGET_S
-    train_s = args.train_seconds or budget["train"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    args.out = str(out)
 
-    log(f"gpu_check: {args.device}, modes {', '.join(args.modes)}, workers {args.workers_list}, training {train_s:.0f} s")
-    log("1. step timings (compiling the modes side by side)")
-    steps = run_steps(args, budget)
+
+def run_all(args: argparse.Namespace, t_start: float) -> dict:
+    """Every section in turn (see the module docstring), each within its budget."""
+    budget = TINY_BUDGET_S if args.tiny else BUDGET_S
+    out = Path(args.out)
+    log(f"gpu_check: {args.device}, modes {', '.join(args.modes)}, packed {args.packed_modes} x {args.packed_list}, "
+        f"workers {args.workers_list}")
+    log("1. step timings, 4. packed models and 5. the VAT probe (compiling side by side)")
+    commands = {**step_commands(args), **sections.packed_commands(args),
+                "vat probe": sections.child_cmd(args, "vat", "--vat-steps", str(args.vat_steps))}
+    time_s = {name: budget["step_time" if name.startswith("step") else "packed_time"] for name in commands}
+    res = run_side_by_side(commands, budget["step_compile"], time_s, t_start + budget["timings_end"])
+    steps = [{"mode": m, **res.pop(f"step {m}")} for m in args.modes]
+    vat, equality = res.pop("vat probe"), res.pop("packed equality")
     eager = next((r for r in steps if r["mode"] == "eager" and "a_s" in r), None)
     log("2. workers on one GPU")
-    # The training run keeps at least 60 s (and the check stays within TOTAL_S).
-    args.deadline = None if tiny else t_start + TOTAL_S - 60 - 90
+    # The methods and the training run keep their budgets (and the check stays within TOTAL_S).
+    args.deadline = None if args.tiny else t_start + TOTAL_S - budget["train"] - budget["methods"] - 40
     data = write_digits32(out / "digits32.npz")
     workers = run_workers(args, data, budget, eager["a_s"] if eager else None)
+    log("6. every method through the trainer")
+    methods_s = budget["methods"] if args.tiny else min(budget["methods"], TOTAL_S - 90 - (time.monotonic() - t_start))
+    methods = sections.run_methods(args, data, methods_s)
     data.unlink()       # 5.5 MB that anyone can make again; DIR keeps the results only
     log("3. training run")
     # Whatever the compiles took, the whole check stays within TOTAL_S.
-    train_s = max(60.0 if not tiny else 1.0, min(train_s, TOTAL_S - 30 - (time.monotonic() - t_start)))
+    train_s = args.train_seconds or budget["train"]
+    train_s = max(60.0 if not args.tiny else 1.0, min(train_s, TOTAL_S - 30 - (time.monotonic() - t_start)))
     train = run_train(args, train_s)
-    result = {"benchmark": "gpu_check", "machine": machine(), "tiny": tiny,
-              "settings": {"model": args.model, "batch": args.batch, "K": 2, "amp": args.amp, "channels_last": True,
-                           "steps": args.steps,
-                           "repeats": args.repeats, "warmup": args.warmup, "modes": args.modes,
-                           "workers_list": args.workers_list, "window_s": args.window_s, "train_s": train_s,
-                           "step_data": f"synthetic uint8 32x32x3, {args.n_train} train images"},
-              "step": steps, "workers": workers, "train": train, "wall_s": time.monotonic() - t_start}
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+    packed_rows = sections.packed_rows(res, steps, workers)
+    return {"benchmark": "gpu_check", "machine": machine(), "tiny": args.tiny,
+            "settings": {"model": args.model, "batch": args.batch, "K": 2, "amp": args.amp, "channels_last": True,
+                         "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "modes": args.modes,
+                         "workers_list": args.workers_list, "window_s": args.window_s, "train_s": train_s,
+                         "packed_modes": args.packed_modes, "packed_list": args.packed_list,
+                         "packed_steps": args.packed_steps, "packed_repeats": args.packed_repeats,
+                         "method_steps": args.method_steps, "budget_s": budget,
+                         "step_data": f"synthetic uint8 32x32x3, {args.n_train} train images"},
+            "step": steps, "workers": workers, "train": train,
+            "packed": {"rows": packed_rows, "equality": equality,
+                       "decision": sections.packing_decision(packed_rows, workers, args.tiny)},
+            "vat": vat, "methods": methods, "wall_s": time.monotonic() - t_start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        if args.threads and args.child != "worker":       # (a worker's threads go into its config)
+            import torch
+            torch.set_num_threads(args.threads)
+        return CHILDREN[args.child](args)
+    t_start = time.monotonic()
+    apply_defaults(args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    result = run_all(args, t_start)
+    out = Path(args.out) / "gpu_check.json"
+    out.write_text(json.dumps(result, indent=1))
     print_table(result)
-    print(f"\nwrote {out / 'gpu_check.json'}")
+    sections.print_packed(result)
+    sections.print_vat(result)
+    sections.print_methods(result)
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -1,6 +1,8 @@
 """benchmarks/gpu_check.py at CI size (`--device cpu --tiny`), run once for the module in a
 subprocess where importing MLflow or Optuna raises (the GPU machine it is written for has
-neither), in every process it starts."""
+neither), in every process it starts; every section's JSON and table come from that one run.
+The section helpers that the tiny run cannot reach (a crashing method child, the probe after
+methods/vat.py gains power_iteration, the packing decision) are tested directly."""
 
 import json
 import os
@@ -83,10 +85,40 @@ def test_gpu_check_writes_every_section_to_its_json(tiny_check):
     assert len(r["train"]["curve"]) >= 2 and r["train"]["curve"][-1]["step"] > r["train"]["curve"][0]["step"]
 
 
+def test_gpu_check_times_packed_models_and_checks_them_against_separate_steps(tiny_check):
+    proc, out, _ = tiny_check
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = json.loads((out / "gpu_check.json").read_text())["packed"]
+    assert [(row["mode"], row["n_models"]) for row in p["rows"]] == [("eager", 1), ("eager", 2)]
+    for row in p["rows"]:
+        assert row["ms_per_step"] > 0 and row["cells_steps_per_s"] == pytest.approx(row["n_models"] * 1e3 /
+                                                                                      row["ms_per_step"])
+        assert row["floor_grouped_ms"] > 0 and row["floor_vmap_ms"] > 0
+        assert row["vs_one_cell"] > 0 and row["vs_n_processes"] > 0 and row["vs_best_processes"] > 0
+    e = p["equality"]
+    assert e["within_tolerance"] and len(e["steps"]) == 2 and e["device"] == "cpu", e
+    assert p["decision"]["packed_over_processes"] > 0 and "not a decision" in p["decision"]["verdict"]
+
+
+def test_gpu_check_probes_vat_and_trains_every_method(tiny_check):
+    proc, out, _ = tiny_check
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "gpu_check.json").read_text())
+    from mixmatch_core.methods import METHODS
+    settings = [(row["function"], row["setting"]) for row in r["vat"]["rows"]]
+    assert settings[:2] == [("raw", "TF32 defaults"), ("raw", "bf16 autocast")]
+    assert (len(settings) == 3) == (r["vat"]["note"] is None)   # the guarded row once power_iteration exists
+    assert r["vat"]["rows"][0]["cos_min"] == pytest.approx(1.0)  # CPU: no TF32, the same computation
+    assert [m["method"] for m in r["methods"]] == list(METHODS)
+    for m in r["methods"]:
+        assert m["steps_per_s"] > 0 and m["finite"] and 0 <= m["test_error_pct"] <= 100, m
+
+
 def test_gpu_check_prints_one_table_per_section(tiny_check):
     proc, _, _ = tiny_check
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for title in ("1. seconds per step", "2. workers on one GPU", "3. training run"):
+    for title in ("1. seconds per step", "2. workers on one GPU", "3. training run", "4. packed models",
+                  "5. VAT probe", "6. every method"):
         assert title in proc.stdout
     assert "gpu_check.json" in proc.stdout.splitlines()[-1]
 
@@ -122,3 +154,61 @@ def test_window_rates_count_each_workers_steps_inside_the_common_window():
     start, end, rates = window_rates([a, b])
     assert (start, end) == (2.0, 4.0)             # from the last first evaluation to the first last one
     assert rates == pytest.approx([10.0, 5.0])
+
+
+FAKE_METHODS_CHILD = """import json, sys
+names = sys.argv[sys.argv.index("--methods") + 1].split(",")
+for name in names:
+    if name == "vat":
+        sys.exit(3)                                   # dies while training vat
+    print("RESULT " + json.dumps({"method": name, "steps_per_s": 1.0}), flush=True)
+"""
+
+
+def test_a_method_whose_child_dies_is_reported_and_the_others_still_train(monkeypatch, tmp_path):
+    from benchmarks import gpu_sections
+    from mixmatch_core.methods import METHODS
+    monkeypatch.setattr(gpu_sections, "child_cmd", lambda args, kind, *extra, **kw: [sys.executable, "-c",
+                                                                                    FAKE_METHODS_CHILD, *extra])
+
+    class Args:
+        out, method_steps = str(tmp_path), 2
+    rows = gpu_sections.run_methods(Args, tmp_path / "d.npz", budget_s=60)
+    assert [r["method"] for r in rows] == list(METHODS)
+    assert rows[list(METHODS).index("vat")]["error"] == "the process ended (exit 3) while training it"
+    assert all(r.get("steps_per_s") == 1.0 for r in rows if r["method"] != "vat")   # before and after vat
+
+
+def test_the_vat_probe_adds_the_guarded_row_once_power_iteration_exists(monkeypatch):
+    import torch
+
+    from benchmarks import vat_probe
+    from mixmatch_core import methods
+    from mixmatch_core.models import build_model
+    vat = methods.load("vat")
+    raw = vat.adversarial_perturbation
+    monkeypatch.setattr(vat, "power_iteration", raw, raising=False)
+
+    def guarded(forward, u, logits_u, eps, xi):      # a guard as the VAT fix may write it: the clean logits
+        with vat_probe.strict_fp32("cpu"):           # and the power iteration both in strict fp32
+            return raw(forward, u, forward(u), eps, xi)
+    monkeypatch.setattr(vat, "adversarial_perturbation", guarded)
+    torch.manual_seed(0)
+    rows, note = vat_probe.probe_rows(build_model("small_cnn4", 10, 3).train(), torch.randn(2, 3, 16, 16), 6.0, 1e-6)
+    assert note is None and [r["function"] for r in rows] == ["raw", "raw", "guarded"]
+    assert rows[2]["cos_min"] == pytest.approx(1.0) and rows[2]["norm_ratio_min"] == pytest.approx(1.0)
+
+
+def test_packing_is_compared_with_one_cell_and_with_processes_per_gpu():
+    from benchmarks.gpu_sections import packed_rows, packing_decision
+    results = {"packed eager N=1,4": {"mode": "eager", "compile_and_warmup_s": 1.0, "rows": [
+        {"n_models": 1, "ms_per_step": 20.0, "cells_steps_per_s": 50.0},
+        {"n_models": 4, "ms_per_step": 25.0, "cells_steps_per_s": 160.0}]}}
+    steps = [{"mode": "eager", "a_s": 0.02}]                                    # one cell: 50 steps/s
+    workers = [{"workers": 1, "total_steps_per_s": 50.0}, {"workers": 4, "total_steps_per_s": 100.0}]
+    rows = packed_rows(results, steps, workers)
+    assert [(r["vs_one_cell"], r["vs_n_processes"], r["vs_best_processes"]) for r in rows] == \
+        [pytest.approx((1.0, 1.0, 0.5)), pytest.approx((3.2, 1.6, 1.6))]
+    d = packing_decision(rows, workers)
+    assert d["packed_over_processes"] == pytest.approx(1.6) and d["verdict"] == "packing wins"
+    assert packing_decision(rows[:1], workers)["verdict"] == "processes per GPU suffice"

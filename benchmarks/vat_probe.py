@@ -1,0 +1,112 @@
+"""The VAT probe: how much the adversarial direction r_adv moves when the power iteration runs in
+reduced precision (TF32 convolutions, bf16 autocast) instead of strict fp32.
+
+Owns: the strict-fp32 context of the probe's reference (no TF32 in cuDNN or matmuls, autocast
+off), one r_adv per precision setting from the same model, batch and Gaussian probe, and their
+comparison per image (cosine similarity, norm ratio). Used by benchmarks/gpu_check.py.
+
+Why it matters: VAT's probe has norm xi = 1e-6 over a whole image (about 2e-8 per pixel), far
+below the resolution of TF32 (10-bit mantissa) or bf16 (7-bit) inputs to a convolution; there
+u + d rounds to u, the KL's gradient at its minimum is zero or noise, and r_adv loses its direction
+(cosine near 0) or vanishes (norm ratio 0). mixmatch_core.methods.vat exposes (or will expose)
+`power_iteration(forward, u, logits_u, eps, xi)` (the raw math in the ambient precision) and
+`adversarial_perturbation(...)` (the same inside a strict-fp32 guard). Before that change only
+`adversarial_perturbation` exists, unguarded; the probe then uses it as the raw math and says so.
+
+Each setting computes the clean logits `logits_u` in its own precision, as methods/vat.py's losses
+does before calling the perturbation. So the guarded row also shows whether a guard recovers the
+direction when the caller's logits are bf16: the KL's gradient at d = 0 is J^T (p(u) - p_clean),
+and a bf16 error in p_clean is a first-order term that swamps the second-order one (|d| = 1e-6).
+A guard must recompute the clean logits in fp32 too (on CPU, a guard that reused the caller's bf16
+logits gave a cosine of -0.49 for one image; one that recomputed them gave 1.0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from mixmatch_core import mixmatch as mm
+
+
+def _tf32_switches() -> list[tuple[str, object, str, object]]:
+    """(name, object, attribute, strict value) of the switches that let fp32 convolutions and
+    matmuls use TF32: torch >= 2.9's fp32_precision API where present (reading the legacy
+    allow_tf32 flags after anyone used the new API can raise), else the legacy flags."""
+    b = torch.backends
+    conv = getattr(b.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return [("cudnn.conv.fp32_precision", conv, "fp32_precision", "ieee"),
+                ("cuda.matmul.fp32_precision", b.cuda.matmul, "fp32_precision", "ieee")]
+    return [("cudnn.allow_tf32", b.cudnn, "allow_tf32", False),
+            ("cuda.matmul.allow_tf32", b.cuda.matmul, "allow_tf32", False)]
+
+
+def tf32_state() -> dict[str, object]:
+    """The TF32 switches as they are now, for the JSON (PyTorch's defaults: TF32 in cuDNN
+    convolutions, not in matmuls)."""
+    return {name: getattr(obj, attr) for name, obj, attr, _ in _tf32_switches()}
+
+
+@contextlib.contextmanager
+def strict_fp32(device_type: str):
+    """Full fp32 in convolutions and matmuls: TF32 off in cuDNN and cuBLAS, autocast off."""
+    switches = _tf32_switches()
+    saved = [getattr(obj, attr) for _, obj, attr, _ in switches]
+    for _, obj, attr, strict in switches:
+        setattr(obj, attr, strict)
+    try:
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        for (_, obj, attr, _), value in zip(switches, saved):
+            setattr(obj, attr, value)
+
+
+def bf16_autocast(device_type: str):
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def ambient(device_type: str):
+    """PyTorch's defaults as shipped: on CUDA cuDNN convolutions may use TF32, matmuls do not."""
+    return contextlib.nullcontext()
+
+
+def perturbation(fn, model, u: Tensor, eps: float, xi: float, seed: int, setting) -> Tensor:
+    """r_adv = fn(model, u, logits_u, eps, xi) in `setting`, as methods/vat.py's losses call it:
+    training mode with BN statistics left as they were, the clean logits from the same precision,
+    and the Gaussian probe from `seed` (the same d in every setting). Returns fp32 [B, C, H, W]."""
+    with setting(u.device.type), mm.frozen_bn_stats(model):
+        logits_u = model(u)
+        torch.manual_seed(seed)
+        return fn(model, u, logits_u, eps, xi).detach().float()
+
+
+def compare(r: Tensor, ref: Tensor) -> dict[str, float]:
+    """Per image: cosine similarity of r with ref, and |r| / |ref|; mean and extremes over the batch."""
+    r, ref = r.flatten(1).double(), ref.flatten(1).double()
+    cos = torch.nn.functional.cosine_similarity(r, ref, dim=1, eps=1e-30)
+    ratio = r.norm(dim=1) / ref.norm(dim=1).clamp_min(1e-30)
+    return {"cos_mean": cos.mean().item(), "cos_min": cos.min().item(), "norm_ratio_mean": ratio.mean().item(),
+            "norm_ratio_min": ratio.min().item(), "norm_ratio_max": ratio.max().item()}
+
+
+def probe_rows(model, u: Tensor, eps: float, xi: float, seed: int = 0) -> tuple[list[dict], str | None]:
+    """Each reduced-precision setting against the raw math in strict fp32 (rows: name, setting and
+    comparison), and a note when methods/vat.py has no `power_iteration` yet."""
+    from mixmatch_core import methods
+    vat = methods.load("vat")
+    raw = getattr(vat, "power_iteration", None)
+    note = None if raw else ("mixmatch_core.methods.vat has no power_iteration yet: the raw probe is "
+                             "adversarial_perturbation (unguarded today); no guarded row")
+    raw = raw or vat.adversarial_perturbation
+
+    ref = perturbation(raw, model, u, eps, xi, seed, strict_fp32)
+    cases = [("raw", "TF32 defaults", raw, ambient), ("raw", "bf16 autocast", raw, bf16_autocast)]
+    if note is None:      # bf16 autocast on top of the ambient TF32 defaults: the trainer's amp=bf16
+        cases.append(("guarded", "TF32 defaults + bf16 autocast", vat.adversarial_perturbation, bf16_autocast))
+    rows = [{"function": f, "setting": s, "vs": "raw, strict fp32",
+             **compare(perturbation(fn, model, u, eps, xi, seed, ctx), ref)} for f, s, fn, ctx in cases]
+    return rows, note
