@@ -28,7 +28,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from mixmatch_core import mixmatch as mm
+from mixmatch_core.methods.common import frozen_bn_stats
 
 
 def _tf32_switches() -> list[tuple[str, object, str, object]]:
@@ -78,7 +78,7 @@ def perturbation(fn, model, u: Tensor, eps: float, xi: float, seed: int, setting
     """r_adv = fn(model, u, logits_u, eps, xi) in `setting`, as methods/vat.py's losses call it:
     training mode with BN statistics left as they were, the clean logits from the same precision,
     and the Gaussian probe from `seed` (the same d in every setting). Returns fp32 [B, C, H, W]."""
-    with setting(u.device.type), mm.frozen_bn_stats(model):
+    with setting(u.device.type), frozen_bn_stats(model):
         logits_u = model(u)
         torch.manual_seed(seed)
         return fn(model, u, logits_u, eps, xi).detach().float()

@@ -76,7 +76,7 @@ def test_the_one_model_step_is_the_trainers_mixmatch_losses_given_its_draws():
     twin = copy.deepcopy(model)
     x, y, u = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), [torch.randn(8, 3, 32, 32) for _ in range(2)]
     torch.manual_seed(5)           # mm.mixup's own draws, in its order: the Beta weights, then the partners
-    lam, perm = pk.mm.sample_lambda(24, cfg.alpha), torch.randperm(24)
+    lam, perm = pk.ops.sample_lambda(24, cfg.alpha), torch.randperm(24)
     ours = pk.mixmatch_losses(cfg, model, pk.Draws(x, y, u, lam, perm), 75.0, packed=False)
     torch.manual_seed(5)
     theirs = methods.load("mixmatch").losses(cfg, twin, None, x, y, u, 75.0)
