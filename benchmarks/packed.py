@@ -283,7 +283,9 @@ class Floor:
     mode, fixed random inputs; no optimiser, data or losses. `form` "grouped" is PackedModel;
     "vmap" is torch.func: stack_module_state + functional_call under vmap over the model axis
     (BN running statistics as stacked buffers, updated in place under vmap). `compile_mode`
-    compiles the grouped form's forward (the trainer's `compiled`); the vmap form stays eager."""
+    compiles the grouped form's forward (the trainer's `compiled`); the vmap form stays eager and
+    NCHW (stack_module_state stacks contiguous weights; vmap's convolution rule regroups them
+    into one grouped convolution itself)."""
 
     def __init__(self, models: list[nn.Module], form: str, batch: int, K: int, amp_ctx, channels_last: bool,
                  compile_mode: str | None = None):
