@@ -102,12 +102,14 @@ def bf16_native(device: torch.device) -> bool | None:
 # ---- data ---------------------------------------------------------------------------------------
 def synthetic_dataset(n_train: int = 50000, n_test: int = 10000, seed: int = 0):
     """Random uint8 32x32x3 images with CIFAR-10's shapes and augmentation (timing only)."""
-    from mixmatch_core.data import AUGMENT, Dataset
+    from mixmatch_core.data import Dataset, augment_spec
+    from mixmatch_core.datasets import dataset_info
     rs = np.random.RandomState(seed)
     y_train = np.arange(n_train, dtype=np.int64) % 10
     y_test = np.arange(n_test, dtype=np.int64) % 10
     return Dataset("synthetic", rs.randint(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), y_train,
-                   rs.randint(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), y_test, 10, AUGMENT["cifar10"])
+                   rs.randint(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), y_test, 10,
+                   augment_spec(dataset_info("cifar10"), 32, 32))
 
 
 def load_data(data: str):
@@ -278,7 +280,7 @@ class NaiveStep:
             return next(getattr(self, which))
 
     def __call__(self) -> None:
-        from mixmatch_core.mixmatch import interleave
+        from mixmatch_core.methods.mixmatch import interleave
         cfg, dev, B = self.cfg, self.device, self.cfg.batch_size
         t0 = time.perf_counter()
         x, y = self._next("lab_it")

@@ -59,7 +59,7 @@ def run_sweep(root: Path, spec: Path) -> tuple[float, str, tuple[float, float]]:
     its (start, end) as epoch seconds."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", str(spec), "--workers", "1",
+    cmd = [sys.executable, "-m", "mixmatch_cli", "sweep", str(spec), "--workers", "1",
            "--storage", f"sqlite:///{root / 'optuna.db'}", "--no-table"]
     t0, e0 = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)

@@ -12,5 +12,5 @@ __version__ = "0.1.0"
 
 def train(*args, **kwargs):
     """Lazy alias of `mixmatch_core.train.train` (keeps `import mixmatch_core` light)."""
-    from .train import train as _train
+    from .train import train as _train   # lazy: `import mixmatch_core` must not import torch
     return _train(*args, **kwargs)

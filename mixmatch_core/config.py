@@ -1,9 +1,12 @@
 """The one config of a training run: the frozen dataclass, its presets, variants and validation.
 
-Owns: every knob of a run (with its meaning and unit), the per-dataset presets, the named
-ablation variants (one-line diffs against the full method), parsing of YAML files and
-`key=value` overrides, validation with one-line errors, and the run's identity (its name and
-`cell_key`), which are derived from the resolved config and nothing else.
+Owns: every knob of a run (with its meaning and unit), parsing of YAML files and `key=value`
+overrides, resolution (dataset preset, method defaults and preset, the named variant) and
+validation with one-line errors, and the run's identity (its name and `cell_key`), which are
+derived from the resolved config and nothing else. The facts it resolves with live in the two
+registries: datasets.py (one record per dataset: classes, preset, split rule) and methods/
+(one record per method: its knobs with their defaults, help and checks, its preset and its
+named variants).
 
 Resolution order (later wins):
     dataclass defaults (the paper's CIFAR-10 setting)
@@ -23,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from .methods import FULL_METHOD, METHODS, MIXMATCH_FIELDS, method_fields, owned_fields
+from . import datasets, methods
+from .methods import METHODS, MIXMATCH_FIELDS, method_fields, owned_fields
 
 
 class ConfigError(ValueError):
@@ -34,13 +38,25 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+def knob_field(name: str, default: Any = None, kind: type | None = None):
+    """A method hyperparameter's field: its help is the registry's (methods/__init__.py), so the
+    dataclass and `--help` cannot disagree. MixMatch's knobs keep the dataclass default (the
+    paper's CIFAR-10 setting); the baselines' are None unless the run's method owns them."""
+    owners = methods.knobs(name)
+    help = (owners[0][1].help + f" [{', '.join(m for m, _ in owners)}]") if owners else "(no method declares it)"
+    return _f(default, help, knob=True, **({"kind": kind} if kind else {}))
+
+
 @dataclass(frozen=True)
 class Config:
     # --- data -------------------------------------------------------------------------------
-    dataset: str = _f("cifar10", "digits | cifar10 | cifar100 | svhn | svhn_extra | stl10 | npz:PATH")
+    dataset: str = _f("cifar10", datasets.allowed().replace(", ", " | "))
     data_dir: str = _f("data", "where torchvision datasets are downloaded/read")
     n_labeled: int = _f(250, "labeled training images (a multiple of the class count where the official split is "
                                   "balanced: CIFAR, STL-10, digits; any count on SVHN)")
+    labeled_pool: str = _f("train", "stl10 only: where the labeled set is drawn from: train (the 5000 labeled "
+                                    "images) | train+unlabeled (official create_split.py: the 100,000 "
+                                    "unlabeled images join the pool with label 0; the paper's 5000-label cell)")
     val_size: int = _f(0, "training images carved out as a validation split (0 = none)")
     seed: int = _f(1, "labeled-split seed (the paper uses 1..5) and RNG seed of the run")
     # --- method -----------------------------------------------------------------------------
@@ -56,30 +72,24 @@ class Config:
     median_of: int = _f(20, "reported error = 100 - median accuracy of the last N evaluations")
     log_every: int = _f(256, "steps between loss/throughput metric points (one host sync each)")
     # --- MixMatch hyperparameters (paper notation) -------------------------------------------
-    K: int = _f(2, "augmentations per unlabeled image for label guessing")
-    T: float = _f(0.5, "sharpening temperature (T = 1: no sharpening)")
-    alpha: float = _f(0.75, "Beta(alpha, alpha) parameter of MixUp")
-    lambda_u: float = _f(75.0, "weight of the unlabeled L2 loss (after ramp-up)")
-    rampup_steps: int = _f(16384, "steps over which lambda_u ramps linearly from 0 (code: 1024 kimg)")
-    mixup: str = _f("all", "all | none | labeled | unlabeled | separate (Table 4 MixUp ablations)")
-    ema_guess: bool = _f(False, "the EMA model guesses labels (Table 4 'with parameter EMA')")
-    bn_mode: str = _f("interleave", "interleave (official: only the first pass updates BN stats) | fused")
+    K: int = knob_field("K", 2)
+    T: float = knob_field("T", 0.5)
+    alpha: float = knob_field("alpha", 0.75)
+    lambda_u: float = knob_field("lambda_u", 75.0)
+    rampup_steps: int = knob_field("rampup_steps", 16384)
+    mixup: str = knob_field("mixup", "all")
+    ema_guess: bool = knob_field("ema_guess", False)
+    bn_mode: str = knob_field("bn_mode", "interleave")
     # --- the baselines' hyperparameters (official flag names and meanings; a field is set only
     # for the methods that own it, None otherwise; defaults: methods/__init__.py) ------------
-    consistency_weight: float | None = _f(None, "weight of the consistency loss after warm-up (pi_model, "
-                                                "mean_teacher, ict; pseudo_label: of the pseudo-label loss)",
-                                          kind=float)
-    warmup_pos: float | None = _f(None, "the consistency weight ramps linearly from 0 over this fraction of "
-                                        "the run (official warmup_pos: 0.4 = the first 40% of steps)", kind=float)
-    threshold: float | None = _f(None, "pseudo_label: minimum max-probability for a pseudo-label to count",
-                                 kind=float)
-    vat_weight: float | None = _f(None, "vat: weight of the VAT loss after warm-up (official flag `vat`)",
-                                  kind=float)
-    vat_eps: float | None = _f(None, "vat: L2 norm of the adversarial perturbation (pixels in [-1, 1])",
-                               kind=float)
-    vat_xi: float | None = _f(None, "vat: norm of the probe perturbation of the power iteration", kind=float)
-    entmin_weight: float | None = _f(None, "vat: weight of the entropy-minimisation loss (not warmed up)",
-                                     kind=float)
+    consistency_weight: float | None = knob_field("consistency_weight", kind=float)
+    warmup_pos: float | None = knob_field("warmup_pos", kind=float)
+    threshold: float | None = knob_field("threshold", kind=float)
+    pl_mask: str | None = knob_field("pl_mask", kind=str)
+    vat_weight: float | None = knob_field("vat_weight", kind=float)
+    vat_eps: float | None = knob_field("vat_eps", kind=float)
+    vat_xi: float | None = knob_field("vat_xi", kind=float)
+    entmin_weight: float | None = knob_field("entmin_weight", kind=float)
     # --- optimisation -----------------------------------------------------------------------
     lr: float = _f(0.002, "Adam learning rate (constant)")
     wd: float = _f(0.02, "decoupled weight decay: conv/linear kernels *= 1 - wd * lr each step")
@@ -146,54 +156,16 @@ LEGACY_IDENTITY = ("K", "T", "alpha", "amp", "batch_size", "bn_mode", "data_dir"
                    "ema_guess", "eval_every", "lambda_u", "log_every", "lr", "median_of", "method", "mixup",
                    "model", "n_labeled", "rampup_steps", "seed", "steps", "val_size", "variant", "wd")
 
-# Per-dataset presets, applied to fields the user left unset (REFERENCE.md "lambda_u per
-# dataset"). `digits` is the embedded CPU setting: a small CNN, about a minute on 2 cores.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cifar10": dict(lambda_u=75.0, alpha=0.75),
-    "cifar100": dict(lambda_u=150.0, alpha=0.75),
-    "svhn": dict(lambda_u=250.0, alpha=0.75),
-    "svhn_extra": dict(lambda_u=250.0, alpha=0.25),
-    "stl10": dict(lambda_u=50.0, alpha=0.75, scales=4),   # runs/table2.sh --scales=4 (auto would give 5 at 96 px)
-    "npz": dict(lambda_u=75.0, alpha=0.75),
-    # digits: 500 steps x 64 labeled images ~ 25 epochs of the 1297 training images; the
-    # ramp-up is 40% of the run (the paper's 16k of 1M steps would never finish ramping). The
-    # 16-wide small CNN: 8x8 images need no more, and it runs ~25 steps/s on one core.
-    "digits": dict(model="small_cnn16", n_labeled=50, steps=500, eval_every=50, median_of=5,
-                   log_every=50, lambda_u=75.0, alpha=0.75, rampup_steps=200, ema_decay=0.99),
-}
-
-# Named diffs against the full method: one per method (so a sweep's `variant` axis gives one
-# table row per method), the official fully supervised recipe, and the Table 4 ablations.
-VARIANTS: dict[str, dict[str, Any]] = {
-    **{name: ({} if name == FULL_METHOD else dict(method=name)) for name in METHODS},
-    # fully_supervised/fs_mixup.py with every label (the paper's "fully supervised" rows):
-    # MixUp Beta(0.5), wd 0.002 are fs_mixup's preset; set n_labeled to the training set size.
-    "fully_supervised": dict(method="fs_mixup"),
-    "no_sharpen": dict(T=1.0),
-    "no_mixup": dict(mixup="none"),
-    "k1": dict(K=1),
-    "k3": dict(K=3),
-    "k4": dict(K=4),
-    "no_ema": dict(ema=False),
-    "ema_guess": dict(ema_guess=True),
-    "mixup_labeled_only": dict(mixup="labeled"),
-    "mixup_unlabeled_only": dict(mixup="unlabeled"),
-    "mixup_separate": dict(mixup="separate"),
-}
+# Named diffs against the full method: one per method and each method's own (MixMatch's
+# Table 4 ablations, fs_mixup's fully_supervised), all declared in methods/__init__.py.
+VARIANTS: dict[str, dict[str, Any]] = methods.variants()
 
 CHOICES = {
     "method": tuple(METHODS),
-    "mixup": ("all", "none", "labeled", "unlabeled", "separate"),
-    "bn_mode": ("interleave", "fused"),
+    "labeled_pool": ("train", "train+unlabeled"),   # data.LABELED_POOLS
     "amp": ("none", "bf16"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "svhn_extra", "stl10")
-N_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "svhn_extra": 10, "stl10": 10}
-
-
-def dataset_family(dataset: str) -> str:
-    return "npz" if dataset.startswith("npz:") else dataset
 
 
 # ---- parsing -----------------------------------------------------------------------------------
@@ -283,12 +255,12 @@ def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, An
     given = {**base, **user}
     values = DEFAULTS.to_dict()
     dataset = given.get("dataset", values["dataset"])
-    family = dataset_family(dataset)
-    if family not in PRESETS:
-        raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {', '.join(DATASETS)}, npz:PATH")
-    values.update(PRESETS[family])
-    method = _method_of(given, known)
-    values.update({k: v for k, v in METHODS[method].hparams.items() if v is not None})
+    info = datasets.dataset_info(dataset)
+    if info is None:
+        raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {datasets.allowed()}")
+    values.update(info.preset)
+    method = _method_of(given, known, variants or {})
+    values.update({k: knob.default for k, knob in METHODS[method].hparams.items() if knob.default is not None})
     values.update(METHODS[method].preset)
     foreign = _foreign_fields(method)
     values.update({k: v for k, v in base.items() if k not in foreign})
@@ -320,12 +292,26 @@ def _without_unset(values: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (values or {}).items() if not (v is None and k in optional)}
 
 
-def _method_of(given: dict[str, Any], known: dict[str, dict[str, Any]]) -> str:
-    """The run's method: the variant's, else the user's, else MixMatch; one-line errors."""
+def _method_of(given: dict[str, Any], known: dict[str, dict[str, Any]], own: dict[str, dict[str, Any]]) -> str:
+    """The run's method: the variant's, else the user's, else MixMatch; one-line errors.
+
+    Every built-in variant belongs to one method (`mixmatch` and its Table 4 ablations to
+    MixMatch, `vat` to VAT, ...), so a variant and a method given together must agree:
+    `variant=mixmatch method=vat` is an error, not VAT trained under a run named after MixMatch.
+    A spec's own variant without a `method` applies to the given method."""
     variant = given.get("variant", DEFAULTS.variant)
     if variant not in known:
         raise ConfigError(f"variant: unknown '{variant}'; allowed: {', '.join(known)}")
-    method = known[variant].get("method", given.get("method", DEFAULTS.method))
+    asked = given.get("method")
+    if "variant" not in given:       # the default variant names no method: the asked one trains
+        owner = None
+    else:
+        owner = known[variant].get("method") or (methods.variant_method(VARIANTS[variant])
+                                                 if variant in VARIANTS and variant not in own else None)
+    if owner and asked is not None and asked != owner:
+        raise ConfigError(f"variant: '{variant}' is a variant of method '{owner}', which contradicts "
+                          f"method={asked}; give one of them (variant={asked} names {asked}'s runs)")
+    method = owner or asked or DEFAULTS.method
     if method not in METHODS:
         raise ConfigError(f"method: '{method}' is not one of {', '.join(METHODS)}")
     return method
@@ -366,16 +352,21 @@ def validate(c: Config) -> None:
                f"model: '{c.model}' needs depth 6n+4 >= 10 and width >= 1 (e.g. wrn28_2)")
     if c.dataset.startswith("npz:"):
         _check(len(c.dataset) > 4, "dataset: npz: needs a path, e.g. npz:data/cifar10.npz")
-    ncls = N_CLASSES.get(c.dataset)
+    info = datasets.dataset_info(c.dataset)
+    ncls = info.n_classes if info is not None else None
     _check(c.n_labeled > 0, f"n_labeled: must be positive, got {c.n_labeled}")
     # The official split (create_split.py) is balanced where the classes are (CIFAR, STL-10,
     # digits), so there n_labeled must divide evenly; SVHN's follows the class frequencies.
-    if ncls and c.dataset not in ("svhn", "svhn_extra"):
+    if ncls and info.balanced_split:
         _check(c.n_labeled % ncls == 0,
                f"n_labeled: must be a positive multiple of the class count ({ncls}), got {c.n_labeled}")
-    if c.dataset == "stl10" and c.n_labeled == 1000:   # the labeled set is predefined fold `seed`
-        _check(0 <= c.seed <= 9, f"seed: STL-10 at n_labeled=1000 uses the predefined fold `seed`; "
-                                 f"allowed: 0..9, got {c.seed}")
+    if info is not None and info.fold_size and c.n_labeled == info.fold_size:   # predefined fold `seed`
+        _check(0 <= c.seed <= 9, f"seed: {c.dataset} at n_labeled={c.n_labeled} uses the predefined fold "
+                                 f"`seed`; allowed: 0..9, got {c.seed}")
+    _check(c.labeled_pool == "train" or (info is not None and info.labeled_pool_extra),
+           f"labeled_pool: '{c.labeled_pool}' needs dataset "
+           f"{' or '.join(n for n, d in datasets.DATASETS.items() if d.labeled_pool_extra)} (its unlabeled split); "
+           f"allowed for '{c.dataset}': train")
     _check(c.scales >= 0, f"scales: must be >= 0 (0 = auto), got {c.scales}")
     _check(c.val_size >= 0, f"val_size: must be >= 0, got {c.val_size}")
     _check(c.steps >= 1, f"steps: must be >= 1, got {c.steps}")
@@ -383,17 +374,7 @@ def validate(c: Config) -> None:
     _check(1 <= c.eval_every <= c.steps, f"eval_every: must be in 1..steps ({c.steps}), got {c.eval_every}")
     _check(c.median_of >= 1, f"median_of: must be >= 1, got {c.median_of}")
     _check(c.log_every >= 1, f"log_every: must be >= 1, got {c.log_every}")
-    # Method hyperparameters are None for methods that do not own them.
-    for name, ok, rule in (("K", lambda v: v >= 1, ">= 1"), ("T", lambda v: v > 0, "> 0"),
-                           ("alpha", lambda v: v >= 0, ">= 0"), ("lambda_u", lambda v: v >= 0, ">= 0"),
-                           ("rampup_steps", lambda v: v >= 0, ">= 0"),
-                           ("consistency_weight", lambda v: v >= 0, ">= 0"),
-                           ("warmup_pos", lambda v: 0 <= v <= 1, "in [0, 1]"),
-                           ("threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
-                           ("vat_weight", lambda v: v >= 0, ">= 0"), ("vat_eps", lambda v: v > 0, "> 0"),
-                           ("vat_xi", lambda v: v > 0, "> 0"), ("entmin_weight", lambda v: v >= 0, ">= 0")):
-        value = getattr(c, name)
-        _check(value is None or ok(value), f"{name}: must be {rule}, got {value}")
+    _validate_knobs(c)
     _check(c.lr > 0, f"lr: must be > 0, got {c.lr}")
     _check(0 <= c.wd * c.lr < 1, f"wd: wd * lr must be in [0, 1), got wd={c.wd}")
     _check(0 <= c.ema_decay < 1, f"ema_decay: must be in [0, 1), got {c.ema_decay}")
@@ -403,21 +384,30 @@ def validate(c: Config) -> None:
     _check(bool(c.experiment.strip()), "experiment: must not be empty")
 
 
+def _validate_knobs(c: Config) -> None:
+    """Each method hyperparameter against its owner's declared check (methods/__init__.py);
+    None means the run's method does not own the field."""
+    for name, knob in METHODS[c.method].hparams.items():
+        value = getattr(c, name)
+        _check(value is None or knob.allows(value), f"{name}: must be {knob.allowed()}, got {value!r}"
+               if knob.choices is None else f"{name}: '{value}' is not one of {', '.join(knob.choices)}")
+
+
 def help_text() -> str:
     """Every field with its default and meaning, for `mixmatch train --help`."""
     lines = ["config fields (key=value; defaults are the paper's CIFAR-10 setting):"]
     for f in fields(Config):
         lines.append(f"  {f.name:<14} {str(f.default):<12} {f.metadata['help']}")
     lines.append("\ndataset presets (applied to fields you leave unset):")
-    for name, preset in PRESETS.items():
-        lines.append(f"  {name:<10} " + ", ".join(f"{k}={v}" for k, v in preset.items()))
+    for info in (*datasets.DATASETS.values(), datasets.NPZ):
+        lines.append(f"  {info.name:<10} " + ", ".join(f"{k}={v}" for k, v in info.preset.items()))
     lines.append("\nmethods (the fields each owns, official defaults; then its runs/table5.sh preset):")
     for name, m in METHODS.items():
-        own = ", ".join(f"{k}={v}" for k, v in m.hparams.items() if v is not None) or \
+        own = ", ".join(f"{k}={k_.default}" for k, k_ in m.hparams.items() if k_.default is not None) or \
             (", ".join(m.hparams) + " (the fields above)" if m.hparams else "none")
         preset = ", ".join(f"{k}={v}" for k, v in m.preset.items())
         lines.append(f"  {name:<14} {m.title} ({m.official}): {own}" + (f"; preset {preset}" if preset else ""))
-    lines.append("\nvariants (one-line diffs against the full method):")
+    lines.append("\nvariants (one-line diffs against the full method; each belongs to its method):")
     for name, diff in VARIANTS.items():
         lines.append(f"  {name:<22} " + (", ".join(f"{k}={v}" for k, v in diff.items()) or "(full method)"))
     return "\n".join(lines)

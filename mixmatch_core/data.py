@@ -1,13 +1,16 @@
 """Datasets, labeled/unlabeled/validation splits, and device-resident batch sampling.
 
 Owns:
-- `load_dataset`: the raw uint8 NHWC arrays of a dataset on the host (scikit-learn digits,
-  torchvision CIFAR-10/100, SVHN, SVHN+extra, STL-10, or a user `npz:PATH` file) and the
-  dataset's augmentation spec (REFERENCE.md "Data and protocol");
+- `load_dataset` and the built-in loaders: the raw uint8 NHWC arrays of a dataset on the host
+  (scikit-learn digits, torchvision CIFAR-10/100, SVHN, SVHN+extra, STL-10, or a user
+  `npz:PATH` file) with its augmentation spec, from the dataset's record in datasets.py (which
+  names the loader; facts about a dataset live there, not here);
 - `split_labeled`: the official labeled split of scripts/create_split.py (a seeded per-class
   shuffle, then a greedy draw that follows the class frequencies: exactly n_labeled / n_classes
   per class on balanced data such as CIFAR, proportional on SVHN; STL-10's predefined folds at
   1000 labels; every image for the fully supervised runs) plus an optional validation split;
+- the labeled pool (`labeled_pool`): the training set, or for STL-10 the training set followed
+  by the 'unlabeled' split with label 0, as create_split.py reads both tfrecords;
 - `DeviceData`: every image of the run stored ONCE on the device as uint8 (the training
   images already reflect-padded for augmentation), epoch-style samplers over random
   device permutations, and the batch functions the trainer calls.
@@ -19,6 +22,7 @@ followed by the uint8 -> [-1, 1] float conversion on the device.
 
 from __future__ import annotations
 
+import importlib
 import os
 import tarfile
 from dataclasses import dataclass
@@ -30,16 +34,7 @@ from torch import Tensor
 
 from .augment import AugmentSpec, augment_batch, pad_reflect, to_float
 from .config import ConfigError
-
-# Augmentation per dataset (REFERENCE.md; official libml/data.py augment_cifar10/svhn/stl10).
-AUGMENT: dict[str, AugmentSpec] = {
-    "cifar10": AugmentSpec(flip=True, pad=4),     # flip + reflect-pad 4 + random 32x32 crop
-    "cifar100": AugmentSpec(flip=True, pad=4),
-    "svhn": AugmentSpec(flip=False, pad=4),       # shift only: digits are not mirror-symmetric
-    "svhn_extra": AugmentSpec(flip=False, pad=4),
-    "stl10": AugmentSpec(flip=True, pad=12),      # 96x96: flip + shift up to 12 px
-    "digits": AugmentSpec(flip=False, pad=1),     # 8x8 digits: shift up to 1 px, no flip
-}
+from .datasets import DatasetInfo, allowed, dataset_info
 
 DIGITS_N_TEST = 500   # images; the other 1297 of the 1797 are the training set
 DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split is the same for every run
@@ -54,7 +49,9 @@ class Dataset:
     The labeled split is drawn on `split_labels` when set: the class ids of the official
     tfrecords where they differ from ours (SVHN, whose class order decides the draw), so that a
     seed selects the official labeled images. `label_folds` are predefined labeled sets (STL-10's
-    ten 1000-image folds), indices into the training set."""
+    ten 1000-image folds), indices into the training set. `equal_class_draw`: the draw gives
+    every class the same share whatever the pool's class counts (create_split.py does so for
+    STL-10, whose unlabeled images all carry label 0)."""
 
     name: str
     x_train: np.ndarray
@@ -66,20 +63,41 @@ class Dataset:
     x_unlabeled_extra: np.ndarray | None = None
     split_labels: np.ndarray | None = None
     label_folds: tuple[np.ndarray, ...] | None = None
+    equal_class_draw: bool = False
+
+
+# Where the labeled set is drawn from (config `labeled_pool`). "train+unlabeled" is what the
+# official create_split.py does for STL-10 (stl10-train.tfrecord then stl10-unlabeled.tfrecord):
+# the 100,000 unlabeled images join the pool with label 0 ("airplane"), and every class gets
+# n_labeled / 10 labels. At 5000 labels, seed 1 (runs/table2.sh's stl10.1@5000) that is the 4500
+# training images of classes 1..9 plus 500 class-0 images drawn from 100,500 candidates: 3 true
+# airplanes and 497 unlabeled images trained as airplane. The paper's 5.59% was measured so.
+LABELED_POOLS = ("train", "train+unlabeled")
 
 
 # ---- loaders ------------------------------------------------------------------------------------
 def load_dataset(dataset: str, data_dir: str) -> Dataset:
-    """Load `dataset` (a `Config.dataset` value) into host arrays; errors are one-line
-    ConfigErrors naming the field or the file."""
-    if dataset.startswith("npz:"):
-        return _load_npz(dataset[4:])
-    if dataset == "digits":
-        return _load_digits()
-    if dataset in ("cifar10", "cifar100", "svhn", "svhn_extra", "stl10"):
-        return _load_torchvision(dataset, data_dir)
-    raise ConfigError(f"dataset: unknown '{dataset}'; allowed: digits, cifar10, cifar100, svhn, "
-                      "svhn_extra, stl10, npz:PATH")
+    """Load `dataset` (a `Config.dataset` value) into host arrays with the loader its record
+    names; errors are one-line ConfigErrors naming the field or the file."""
+    info = dataset_info(dataset)
+    if info is None:
+        raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {allowed()}")
+    module, func = info.loader.split(":")
+    return getattr(importlib.import_module(module), func)(info, data_dir)
+
+
+def augment_spec(info: DatasetInfo, h: int, w: int) -> AugmentSpec:
+    """The record's augmentation; for a user npz (none declared), by image size: CIFAR-like
+    (flip + 4 px shift) from 32 px, flip + 2 px shift from 16 px, and a 1 px shift without flip
+    for tiny (digits-like) images."""
+    if info.flip is not None and info.shift_px is not None:
+        return AugmentSpec(flip=info.flip, pad=info.shift_px)
+    side = min(h, w)
+    if side >= 32:
+        return AugmentSpec(flip=True, pad=4)
+    if side >= 16:
+        return AugmentSpec(flip=True, pad=2)
+    return AugmentSpec(flip=False, pad=1)
 
 
 def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
@@ -92,11 +110,11 @@ def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
     return out
 
 
-def _load_digits() -> Dataset:
+def load_digits(info: DatasetInfo, data_dir: str) -> Dataset:
     """scikit-learn's bundled 8x8 digits (no download): 1797 images, values 0..16 mapped to
     0..255, split once into 1297 train / 500 test, stratified, with a fixed seed. The legacy
     RandomState stream is frozen by numpy, so the split is identical on every machine."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits   # lazy: only this dataset needs scikit-learn
 
     d = load_digits()
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
@@ -107,17 +125,18 @@ def _load_digits() -> Dataset:
     test = np.concatenate([rs.permutation(np.flatnonzero(y == c))[: n_test[c]] for c in classes])
     is_test = np.zeros(len(y), bool)
     is_test[test] = True
-    return Dataset("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], 10, AUGMENT["digits"])
+    return Dataset("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], 10, augment_spec(info, 8, 8))
 
 
 def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.uint8).transpose(0, 2, 3, 1))
 
 
-def _load_torchvision(name: str, data_dir: str) -> Dataset:
+def load_torchvision(info: DatasetInfo, data_dir: str) -> Dataset:
     """CIFAR-10/100, SVHN (+extra) and STL-10 via torchvision (download=True: a no-op when the
     files are already in `data_dir` and pass their checksum)."""
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd   # lazy: only these datasets need torchvision
+    name, augment = info.name, augment_spec(info, info.image_px, info.image_px)
 
     def get(cls, **kw):
         try:
@@ -132,7 +151,7 @@ def _load_torchvision(name: str, data_dir: str) -> Dataset:
         tr, te = get(cls, train=True), get(cls, train=False)  # .data is uint8 NHWC already
         return Dataset(name, np.ascontiguousarray(tr.data), np.asarray(tr.targets, np.int64),
                        np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64),
-                       10 if name == "cifar10" else 100, AUGMENT[name])
+                       info.n_classes, augment)
     if name in ("svhn", "svhn_extra"):
         # SVHN .data is uint8 NCHW; torchvision already maps the '10' label of digit 0 to 0.
         splits = ["train", "extra"] if name == "svhn_extra" else ["train"]
@@ -143,7 +162,7 @@ def _load_torchvision(name: str, data_dir: str) -> Dataset:
         # (create_split.py svhn-train.tfrecord svhn-extra.tfrecord: the same image order).
         y = np.concatenate([np.asarray(t.labels, np.int64) for t in trs])
         return Dataset(name, np.concatenate([_nchw_to_nhwc(t.data) for t in trs]), y,
-                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name],
+                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes, augment,
                        split_labels=svhn_official_classes(y))
     # stl10: labels from 'train' (5000), 'unlabeled' (100,000) only joins the unlabeled pool.
     tr, te = get(tvd.STL10, split="train"), get(tvd.STL10, split="test")
@@ -151,8 +170,9 @@ def _load_torchvision(name: str, data_dir: str) -> Dataset:
     folds_file = os.path.join(data_dir, getattr(tvd.STL10, "base_folder", "stl10_binary"),
                               getattr(tvd.STL10, "folds_list_file", "fold_indices.txt"))
     return Dataset(name, _nchw_to_nhwc(tr.data), np.asarray(tr.labels, np.int64),
-                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), 10, AUGMENT[name],
-                   x_unlabeled_extra=_nchw_to_nhwc(unl.data), label_folds=read_folds(folds_file))
+                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes, augment,
+                   x_unlabeled_extra=_nchw_to_nhwc(unl.data), label_folds=read_folds(folds_file),
+                   equal_class_draw=True)
 
 
 def svhn_official_classes(y: np.ndarray) -> np.ndarray:
@@ -179,21 +199,11 @@ def read_folds(path: str) -> tuple[np.ndarray, ...]:
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def npz_augment(h: int, w: int) -> AugmentSpec:
-    """Augmentation of a user npz by image size: CIFAR-like (flip + 4 px shift) from 32 px,
-    flip + 2 px shift from 16 px, and a 1 px shift without flip for tiny (digits-like) images."""
-    side = min(h, w)
-    if side >= 32:
-        return AugmentSpec(flip=True, pad=4)
-    if side >= 16:
-        return AugmentSpec(flip=True, pad=2)
-    return AugmentSpec(flip=False, pad=1)
-
-
-def _load_npz(path: str) -> Dataset:
-    """A user dataset: numpy .npz with x_train, y_train, x_test, y_test. Images uint8
+def load_npz(info: DatasetInfo, data_dir: str) -> Dataset:
+    """A user dataset `npz:PATH`: numpy .npz with x_train, y_train, x_test, y_test. Images uint8
     [N, H, W, C] or [N, H, W] (grayscale, C = 1 is added); labels integers >= 0;
     n_classes = max label + 1 over train and test."""
+    path = info.name[len("npz:"):]
     where = f"dataset: npz file '{path}'"
     if not os.path.isfile(path):
         raise ConfigError(f"{where} does not exist")
@@ -234,7 +244,7 @@ def _load_npz(path: str) -> Dataset:
     name = os.path.basename(path).removesuffix(".npz")
     return Dataset(name, np.ascontiguousarray(arrays["x_train"]), arrays["y_train"].astype(np.int64),
                    np.ascontiguousarray(arrays["x_test"]), arrays["y_test"].astype(np.int64),
-                   n_classes, npz_augment(*arrays["x_train"].shape[1:3]))
+                   n_classes, augment_spec(info, *arrays["x_train"].shape[1:3]))
 
 
 # ---- splits -------------------------------------------------------------------------------------
@@ -256,7 +266,8 @@ def draw_counts(class_counts: np.ndarray, n: int) -> np.ndarray:
 
 
 def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_size: int = 0,
-                  folds: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  folds: tuple[np.ndarray, ...] | None = None,
+                  equal_class_draw: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labeled_idx, unlabeled_idx, val_idx): sorted int64 indices into the training set.
 
     Official protocol (scripts/create_split.py): `np.random.seed(seed)`, then each class's index
@@ -273,6 +284,8 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
       supervised runs, fully_supervised/fs_*.py, train on the whole training set).
     - `folds` (STL-10): at n_labeled == the fold size the labeled set is the predefined fold
       `seed` (create_split reads line `seed` of stl10_fold_indices.txt), not a seeded draw.
+    - `equal_class_draw` (STL-10): `draw_counts` sees equal class counts, as create_split.py's
+      STL-10 branch sets train_stats to 1 for every class.
     """
     y = np.asarray(y)
     n = len(y)
@@ -284,17 +297,11 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
         raise ConfigError(f"val_size: {val_size} + n_labeled {n_labeled} exceeds the {n} training images")
     counts = np.bincount(y, minlength=n_classes)
     n_val = _largest_remainder(counts, val_size) if val_size else np.zeros(n_classes, np.int64)
-    fold = None
-    if folds and n_labeled == len(folds[0]):
-        if not 0 <= seed < len(folds):
-            raise ConfigError(f"seed: at n_labeled={n_labeled} the labeled set is a predefined fold; "
-                              f"allowed: 0..{len(folds) - 1}, got {seed}")
-        fold = np.zeros(n, bool)
-        fold[np.asarray(folds[seed], np.int64)] = True
+    fold = _predefined_fold(folds, n_labeled, seed, n)
     if fold is not None or n_labeled == n - val_size:
         n_lab = np.zeros(n_classes, np.int64)           # the labeled set is fixed, not drawn
     else:
-        n_lab = draw_counts(counts, n_labeled)
+        n_lab = draw_counts(np.ones(n_classes) if equal_class_draw else counts, n_labeled)
     rs = np.random.RandomState(seed)
     labeled, val = [], []
     for c in range(n_classes):
@@ -308,17 +315,35 @@ def split_labeled(y: np.ndarray, n_labeled: int, n_classes: int, seed: int, val_
                                                                     if n_val[c] else ""))
         val.append(idx[: n_val[c]])
         labeled.append(idx[n_val[c]: n_val[c] + n_lab[c]])
-    val_idx = np.concatenate(val).astype(np.int64)
+    return _assemble(n, np.concatenate(val).astype(np.int64), fold, labeled, every_image=n_labeled == n - val_size)
+
+
+def _assemble(n: int, val_idx: np.ndarray, fold: np.ndarray | None, labeled: list[np.ndarray],
+              every_image: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labeled, unlabeled, val) sorted indices: the fold, or every non-val image, or the drawn
+    labels; all the rest is unlabeled."""
     rest = np.ones(n, bool)
     rest[val_idx] = False
     if fold is not None:
         lab_idx = np.flatnonzero(fold)
-    elif n_labeled == n - val_size:
+    elif every_image:
         lab_idx = np.flatnonzero(rest)
     else:
         lab_idx = np.concatenate(labeled).astype(np.int64)
     rest[lab_idx] = False
     return np.sort(lab_idx).astype(np.int64), np.flatnonzero(rest).astype(np.int64), np.sort(val_idx)
+
+
+def _predefined_fold(folds: tuple[np.ndarray, ...] | None, n_labeled: int, seed: int, n: int) -> np.ndarray | None:
+    """A mask of fold `seed` when the labeled set is a predefined fold (STL-10 at 1000 labels)."""
+    if not folds or n_labeled != len(folds[0]):
+        return None
+    if not 0 <= seed < len(folds):
+        raise ConfigError(f"seed: at n_labeled={n_labeled} the labeled set is a predefined fold; "
+                          f"allowed: 0..{len(folds) - 1}, got {seed}")
+    fold = np.zeros(n, bool)
+    fold[np.asarray(folds[seed], np.int64)] = True
+    return fold
 
 
 # ---- device-resident data -----------------------------------------------------------------------
@@ -375,24 +400,42 @@ class DeviceData:
 
     @classmethod
     def build(cls, ds: Dataset, n_labeled: int, seed: int, val_size: int, device: torch.device | str,
-              channels_last: bool) -> "DeviceData":
-        """Split `ds` (see `split_labeled`) and copy everything to `device` once."""
+              channels_last: bool, labeled_pool: str = "train") -> "DeviceData":
+        """Split `ds` (see `split_labeled`, drawn from `labeled_pool`, see LABELED_POOLS) and copy
+        everything to `device` once."""
         device = torch.device(device)
         y_split = ds.y_train if ds.split_labels is None else ds.split_labels
-        lab, unl, val = split_labeled(y_split, n_labeled, ds.n_classes, seed, val_size, ds.label_folds)
+        y_true, extra = ds.y_train, ds.x_unlabeled_extra
+        pooled = labeled_pool == "train+unlabeled"
+        allowed = LABELED_POOLS if extra is not None else LABELED_POOLS[:1]
+        if labeled_pool not in allowed:
+            raise ConfigError(f"labeled_pool: '{labeled_pool}' is not one of {', '.join(allowed)} "
+                              f"for dataset '{ds.name}'")
+        if pooled:                                       # the unlabeled split joins with label 0
+            zeros = np.zeros(len(extra), np.int64)
+            y_split, y_true = np.concatenate([y_split, zeros]), np.concatenate([y_true, zeros])
+        lab, unl, val = split_labeled(y_split, n_labeled, ds.n_classes, seed, val_size, ds.label_folds,
+                                      ds.equal_class_draw)
 
         def put(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+        def images(idx: np.ndarray) -> np.ndarray:
+            """Images of sorted pool indices: the training set, then (pooled) the unlabeled split."""
+            n = len(ds.x_train)
+            if not pooled or idx.size == 0 or idx[-1] < n:
+                return ds.x_train[idx]
+            return np.concatenate([ds.x_train[idx[idx < n]], extra[idx[idx >= n] - n]])
+
         pad = ds.augment.pad
-        x_unl = ds.x_train[unl]
-        if ds.x_unlabeled_extra is not None:
-            x_unl = np.concatenate([x_unl, ds.x_unlabeled_extra])
+        x_unl = images(unl)
+        if extra is not None and not pooled:
+            x_unl = np.concatenate([x_unl, extra])
         return cls(spec=ds.augment, n_classes=ds.n_classes, device=device, channels_last=channels_last,
-                   x_labeled=pad_reflect(put(ds.x_train[lab]), pad), y_labeled=put(ds.y_train[lab]),
+                   x_labeled=pad_reflect(put(images(lab)), pad), y_labeled=put(y_true[lab]),
                    x_unlabeled=pad_reflect(put(x_unl), pad),
                    x_test=put(ds.x_test), y_test=put(ds.y_test),
-                   x_val=put(ds.x_train[val]), y_val=put(ds.y_train[val]))
+                   x_val=put(images(val)), y_val=put(y_true[val]))
 
     # -- properties ------------------------------------------------------------------------------
     @property

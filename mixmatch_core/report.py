@@ -39,31 +39,37 @@ def final_metrics(history: list[dict], median_of: int) -> dict[str, float]:
 def write_run_artifacts(out: Path, cfg, history: list[dict], conf: np.ndarray,
                         class_names: list[str] | None = None) -> list[Path]:
     """Write the run's report files into `out`; returns their paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
     out.mkdir(parents=True, exist_ok=True)
     n = conf.shape[0]
     names = list(class_names) if class_names is not None and len(class_names) == n else [str(i) for i in range(n)]
-    paths = []
+    (config := out / "config.yaml").write_text(cfg.to_yaml())
+    return [config, *_write_error_tables(out, conf, names), _plot_confusion(out / "confusion_matrix.png", cfg, conf, names),
+            _plot_learning_curve(out / "learning_curve.png", cfg, history)]
 
-    p = out / "config.yaml"
-    p.write_text(cfg.to_yaml())
-    paths.append(p)
 
+def _write_error_tables(out: Path, conf: np.ndarray, names: list[str]) -> list[Path]:
+    """confusion_matrix.csv (counts, rows = true class) and per_class_error.csv (in %)."""
+    import pandas as pd   # lazy: only a finished run writes these
     p = out / "confusion_matrix.csv"
     pd.DataFrame(conf, index=pd.Index(names, name="true"), columns=names).to_csv(p)
-    paths.append(p)
-
     support = conf.sum(1)
     per_class = pd.DataFrame({"class": names, "n_test": support,
                               "error": 100.0 * (1 - np.diag(conf) / np.maximum(support, 1))})
-    p = out / "per_class_error.csv"
-    per_class.to_csv(p, index=False, float_format="%.2f")
-    paths.append(p)
+    q = out / "per_class_error.csv"
+    per_class.to_csv(q, index=False, float_format="%.2f")
+    return [p, q]
 
+
+def _pyplot():
+    import matplotlib   # lazy: only a finished run draws; Agg, a file backend (no display)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _plot_confusion(p: Path, cfg, conf: np.ndarray, names: list[str]) -> Path:
+    """The row-normalised confusion matrix, counts written in each cell up to 20 classes."""
+    plt, n = _pyplot(), conf.shape[0]
     fig, ax = plt.subplots(figsize=(1.2 + 0.5 * n, 1.0 + 0.5 * n) if n <= 20 else (12, 11))
     norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -78,11 +84,15 @@ def write_run_artifacts(out: Path, cfg, history: list[dict], conf: np.ndarray,
     ax.set_ylabel("true")
     ax.set_title(f"{cfg.run_name}: test confusion (error {100 * (1 - np.trace(conf) / max(conf.sum(), 1)):.2f}%)")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    p = out / "confusion_matrix.png"
     fig.savefig(p, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    paths.append(p)
+    return p
 
+
+def _plot_learning_curve(p: Path, cfg, history: list[dict]) -> Path:
+    """Test error of the EMA and live models (and validation) per evaluation, with the window
+    of the reporting rule shaded."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["test_error_ema"] for h in history], label="test error (EMA model)")
@@ -97,8 +107,6 @@ def write_run_artifacts(out: Path, cfg, history: list[dict], conf: np.ndarray,
     ax.set_title(cfg.run_name)
     ax.grid(alpha=0.3)
     ax.legend()
-    p = out / "learning_curve.png"
     fig.savefig(p, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    paths.append(p)
-    return paths
+    return p

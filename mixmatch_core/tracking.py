@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .datasets import dataset_info
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -150,10 +152,11 @@ def dataset_input(cfg):
     split seed and validation size fix which images are labeled (data.split_labeled). The
     labeled split is also in the input's tags, beside the context `train`."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
-    if cfg.dataset.startswith("npz:"):
+    info = dataset_info(cfg.dataset)
+    if info.source == "local":        # a user's npz file
         source_type, source = "local", {"uri": str(Path(cfg.dataset[4:]).resolve())}
-    elif cfg.dataset == "digits":
-        source_type, source = "code", {"uri": "sklearn.datasets.load_digits"}
+    elif info.source == "code":
+        source_type, source = "code", {"uri": info.source_uri}
     else:
         source_type, source = "local", {"uri": str(Path(cfg.data_dir).resolve()), "torchvision": cfg.dataset}
     split = {"n_labeled": cfg.n_labeled, "seed": cfg.seed, "val_size": cfg.val_size}

@@ -3,9 +3,11 @@
 Owns: device and RNG setup, the optimiser (Adam + the official decoupled weight decay), the
 parameter EMA, the step (sampling and augmenting the batches on the device, then the method's
 losses from mixmatch_core/methods/<method>.py, backward and updates), evaluation of the EMA
-and live models, the reporting rule (median of the last N
-evaluations), atomic checkpoints with exact resume, non-finite-loss detection, the progress
-bar, and handing metrics/artifacts to the tracker. It knows nothing of sweeps or Optuna: a
+and live models, what a checkpoint holds and exact resume (checkpoint.py writes and reads
+it), non-finite-loss detection, the progress bar, and handing metrics and artifacts to the
+tracker. `train` is a short loop of named steps: open_session (setup and restore),
+start_tracking, train_step + optimizer_update, log_interval (StepMeter), evaluate_and_
+checkpoint, and the end of tracking (end_tracking, or the final metrics). It knows nothing of sweeps or Optuna: a
 caller may pass `on_eval` (e.g. to report to a pruner), `still_owner` (a lease: a queue
 that can hand a run to another process) and a `tracker`.
 
@@ -17,33 +19,32 @@ augmented there, and losses are accumulated on the device; the host reads them o
 from __future__ import annotations
 
 import contextlib
-import os
+import platform
 import random
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from . import methods
+from .checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import Config, ConfigError
 from .data import DeviceData, load_dataset
 from .models import build_model
 from .report import final_metrics, write_run_artifacts
 
-CKPT_NAME = "ckpt.pt"
+__all__ = ["train", "RunResult", "RunStopped", "TrainingFailed", "RunTakenOver", "CheckpointError", "Session",
+           "open_session", "train_step", "evaluate_all", "build_models", "optimizer_update", "resolve_device"]
 
 
 class TrainingFailed(RuntimeError):
     """The run failed for a reason that is the run's, not the user's (e.g. a NaN loss)."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be used; the message names the file."""
 
 
 class RunTakenOver(RuntimeError):
@@ -67,7 +68,6 @@ def resolve_device(name: str) -> torch.device:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -163,66 +163,16 @@ def error_pct(conf: torch.Tensor) -> float:
     return float(100.0 * (1.0 - conf.diag().sum().item() / max(conf.sum().item(), 1)))
 
 
-# ---- checkpoints -------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: write a temporary file in the same directory, fsync, rename over the old one.
-    A kill at any moment leaves either the previous or the new checkpoint, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def check_out_dir(out_dir: str) -> None:
-    """Fail in one line, creating nothing, when `out_dir` cannot be created or written: its
-    nearest existing ancestor must be a writable directory (e.g. not a regular file)."""
-    probe = Path(out_dir).absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        why = "is not a directory" if not probe.is_dir() else "is not writable"
-        raise ConfigError(f"out_dir: cannot create '{out_dir}' ('{probe}' {why}); choose a writable out_dir")
-
-
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and prove it writable (a probe file), before the run is started
-    or logged; then remove temporary files left by a process killed while writing a checkpoint."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".ckpt-", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"out_dir: cannot write the run directory '{run_dir}' ({e.strerror or e}); "
-                          "choose a writable out_dir") from None
-    for stray in run_dir.glob(".ckpt-*.tmp"):
-        with contextlib.suppress(OSError):
-            stray.unlink()
-
-
-def load_checkpoint(path: Path, cfg: Config) -> dict:
-    """Load with weights_only=True (no arbitrary pickle); reject foreign or corrupt files."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means unusable
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a mixmatch checkpoint "
-                              f"({type(e).__name__}); rerun with --restart to start this run over") from None
-    if not isinstance(state, dict) or state.get("cell_key") != cfg.cell_key:
-        raise CheckpointError(f"checkpoint '{path}' belongs to another config (cell_key "
-                              f"{state.get('cell_key') if isinstance(state, dict) else '?'} != {cfg.cell_key}); "
-                              "rerun with --restart to start this run over")
-    return state
-
-
 # ---- the run -----------------------------------------------------------------------------------
+class RunStopped(Exception):
+    """Raised by a caller's `on_eval` to stop the run and end its tracked run with `status`
+    (e.g. an Optuna prune ends it KILLED); the caller owns what happens next."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 @dataclass
 class RunResult:
     status: str                      # FINISHED | FAILED
@@ -234,178 +184,243 @@ class RunResult:
     steps_per_s: float = 0.0
 
 
+@dataclass
+class Session:
+    """What one run trains with: built once by `open_session`, restored from its checkpoint,
+    then advanced by the loop (`step`, `history`)."""
+    cfg: Config
+    device: torch.device
+    data: DeviceData
+    method: ModuleType
+    model: nn.Module
+    ema_model: nn.Module
+    opt: torch.optim.Optimizer
+    fwd: nn.Module                   # the model's forward as the step calls it (compiled or not)
+    fwd_ema: nn.Module
+    amp_ctx: Callable[[], contextlib.AbstractContextManager]
+    ckpt_path: Path
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    pending: list = field(default_factory=list)   # tracker points not yet flushed at the checkpoint
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema_params = list(self.ema_model.parameters())
+        self.wd_params = decay_params(self.model)
+        # Official code: kernels *= (1 - wd * lr) after each Adam step, no L2 term in the loss
+        # (0.02 * 0.002 = 4e-5 per step; the paper's text says 0.0004, ten times the code's value).
+        self.wd_factor = 1.0 - self.cfg.wd * self.cfg.lr
+
+
 def _amp_context(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     if cfg.amp == "bf16":
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
-def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None = None,
-          restart: bool = False, still_owner: Callable[[], bool] | None = None) -> RunResult:
-    """Train (or resume, or just report a finished) run of `cfg`. `tracker` is a RunTracker or
-    None; `on_eval(step, metrics)` is called after each evaluation (and its checkpoint) and may
-    raise to stop; `still_owner()` is asked before each evaluation writes anything, and False
-    raises RunTakenOver."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
-    run_dir = Path(cfg.run_dir)
-    ckpt_path = run_dir / CKPT_NAME
-    if restart and ckpt_path.exists():
-        ckpt_path.replace(run_dir / f"{CKPT_NAME}.discarded")
-    state = load_checkpoint(ckpt_path, cfg) if ckpt_path.exists() else None
-
-    # Data first: data-dependent config errors (n_labeled too large, bad npz) surface before
-    # anything is written.
+def open_data(cfg: Config, device: torch.device, method: ModuleType) -> DeviceData:
+    """The run's data on the device. Data first: data-dependent config errors (n_labeled too
+    large, a bad npz) surface before anything is written."""
     seed_everything(cfg.seed)
-    ds = load_dataset(cfg.dataset, cfg.data_dir)
-    data = DeviceData.build(ds, cfg.n_labeled, cfg.seed, cfg.val_size, device, cfg.channels_last)
-    n_classes = data.n_classes
-    method = methods.load(cfg.method)
+    data = DeviceData.build(load_dataset(cfg.dataset, cfg.data_dir), cfg.n_labeled, cfg.seed, cfg.val_size,
+                            device, cfg.channels_last, cfg.labeled_pool)
     if method.unlabeled_views(cfg) and data.n_unlabeled == 0:
         raise ConfigError(f"n_labeled: {cfg.n_labeled} + val_size {cfg.val_size} use every training image of "
                           f"'{cfg.dataset}', leaving no unlabeled images for method '{cfg.method}'; lower them "
                           "or use a supervised method (supervised, fs_mixup)")
-    prepare_run_dir(run_dir)   # an unwritable out_dir fails here, before MLflow hears of the run
+    return data
 
-    model, ema_model = build_models(cfg, n_classes, data.in_channels, device, data.image_size[1])
-    params = [p for p in model.parameters() if p.requires_grad]
-    ema_params = list(ema_model.parameters())
-    wd_params = decay_params(model)
-    opt = make_optimizer(params, cfg.lr)
-    # Official code: kernels *= (1 - wd * lr) after each Adam step, no L2 term in the loss
-    # (0.02 * 0.002 = 4e-5 per step; the paper's text says 0.0004, ten times the code's value).
-    wd_factor = 1.0 - cfg.wd * cfg.lr
+
+def open_session(cfg: Config, restart: bool = False) -> Session:
+    """Device, data, models and optimiser of `cfg`'s run, restored from its checkpoint if any
+    (`restart` sets an existing checkpoint aside first)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    ckpt_path = Path(cfg.run_dir) / CKPT_NAME
+    if restart and ckpt_path.exists():
+        ckpt_path.replace(ckpt_path.with_name(f"{CKPT_NAME}.discarded"))
+    state = load_checkpoint(ckpt_path, cfg) if ckpt_path.exists() else None
+    method = methods.load(cfg.method)
+    data = open_data(cfg, device, method)
+    prepare_run_dir(ckpt_path.parent)   # an unwritable out_dir fails here, before MLflow hears of the run
+    model, ema_model = build_models(cfg, data.n_classes, data.in_channels, device, data.image_size[1])
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
     # The EMA model runs forward in the step only as a teacher (mean_teacher, ict, ema_guess);
     # torch.compile is lazy, so an unused compiled wrapper costs nothing. Evaluation uses the
     # plain modules: its batches have another shape, which would only add graphs.
     fwd, fwd_ema = (compiled(model, cfg.compile_mode), compiled(ema_model, cfg.compile_mode)) if cfg.compile \
         else (model, ema_model)
-    amp_ctx = _amp_context(cfg, device)
-
-    step, history, pending = 0, [], []
+    s = Session(cfg, device, data, method, model, ema_model, opt, fwd, fwd_ema, _amp_context(cfg, device), ckpt_path)
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema_model.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        step, history, pending = state["step"], list(state["history"]), list(state["pending"])
+        restore(s, state)
+    return s
 
-    run_id = state.get("run_id") if state else None
-    if tracker is not None and step >= cfg.steps and run_id and tracker.is_finished(run_id):
-        tracker = None    # a finished, fully logged run: report it again, log nothing twice
+
+def restore(s: Session, state: dict) -> None:
+    """Weights, optimiser, samplers, RNG and history from a checkpoint: the run continues
+    exactly as if it had never stopped."""
+    s.model.load_state_dict(state["model"])
+    s.ema_model.load_state_dict(state["ema"])
+    s.opt.load_state_dict(state["opt"])
+    s.data.load_state_dict(state["data"])
+    torch.set_rng_state(state["rng_cpu"])
+    if s.device.type == "cuda" and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], s.device)
+    s.step, s.history, s.pending = state["step"], list(state["history"]), list(state["pending"])
+    s.run_id = state.get("run_id")
+
+
+def checkpoint(s: Session, tracker) -> None:
+    """Everything `restore` needs, written atomically (checkpoint.save_checkpoint)."""
+    copy_buffers(s.ema_model, s.model)
+    cuda = s.device.type == "cuda"
+    save_checkpoint(s.ckpt_path, {
+        "cell_key": s.cfg.cell_key, "config": s.cfg.to_dict(), "step": s.step, "finished": s.step >= s.cfg.steps,
+        "model": s.model.state_dict(), "ema": s.ema_model.state_dict(), "opt": s.opt.state_dict(),
+        "data": s.data.state_dict(), "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(s.device) if cuda else None,
+        "history": s.history, "run_id": s.run_id, "pending": list(tracker.pending) if tracker is not None else [],
+    })
+
+
+class StepMeter:
+    """The losses of the steps since the last log point, summed on the device with a
+    non-finite flag; the host reads them once per log interval, never per step."""
+
+    def __init__(self, device: torch.device, step: int):
+        self.sums = torch.zeros(3, device=device)            # loss, loss_x, loss_u
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.n, self.step_last, self.t_last = 0, step, time.perf_counter()
+        self.means = [float("nan")] * 3
+
+    def add(self, loss: torch.Tensor, lx: torch.Tensor, lu: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.sums += torch.stack([loss.detach(), lx.detach(), lu.detach()])
+            self.bad |= ~torch.isfinite(loss.detach())
+        self.n += 1
+
+    def read(self, step: int) -> float:
+        """Host sync point: the interval's mean losses (`means`) and its steps per second; a
+        non-finite loss anywhere in the interval fails the run."""
+        sums = self.sums.tolist()
+        if bool(self.bad.item()):
+            raise TrainingFailed(f"non-finite loss (NaN or inf) within steps {step - self.n + 1}..{step}; "
+                                 "lower lr or lambda_u, or use amp=none")
+        now = time.perf_counter()
+        sps = (step - self.step_last) / max(now - self.t_last, 1e-9)
+        self.means = [v / self.n for v in sums]
+        self.sums.zero_()
+        self.n, self.step_last, self.t_last = 0, step, now
+        return sps
+
+    def restart_clock(self) -> None:
+        """Throughput counts training steps, not evaluation."""
+        self.t_last = time.perf_counter()
+
+
+def start_tracking(s: Session, tracker):
+    """The tracked run, started or resumed (None without a tracker, or when a finished, fully
+    logged run is only being reported again: nothing is logged twice)."""
+    if tracker is not None and s.step >= s.cfg.steps and s.run_id and tracker.is_finished(s.run_id):
+        return None
     if tracker is not None:
-        run_id = tracker.start(run_id, device_name(device))
-        tracker.pending = [tuple(p) for p in pending]
+        s.run_id = tracker.start(s.run_id, device_name(s.device))
+        tracker.pending = [tuple(p) for p in s.pending]
         tracker.drop_logged()
+    return tracker
 
-    def checkpoint() -> None:
-        copy_buffers(ema_model, model)
-        save_checkpoint(ckpt_path, {
-            "cell_key": cfg.cell_key, "config": cfg.to_dict(), "step": step, "finished": step >= cfg.steps,
-            "model": model.state_dict(), "ema": ema_model.state_dict(), "opt": opt.state_dict(),
-            "data": data.state_dict(), "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "history": history, "run_id": run_id,
-            "pending": list(tracker.pending) if tracker is not None else [],
-        })
 
-    result = RunResult(status="RUNNING", metrics={}, history=history, run_id=run_id, run_dir=str(run_dir))
-    bar = None
+def log_interval(s: Session, meter: StepMeter, tracker, bar, w: float, result: RunResult) -> None:
+    """A log point: read the meter (the interval's one host sync), send its metrics, move the bar."""
+    sps = result.steps_per_s = meter.read(s.step)
+    loss, lx, lu = meter.means
+    if tracker is not None:
+        tracker.log_metrics({"loss": loss, "loss_x": lx, "loss_u": lu, "lambda_u": w, "lr": s.cfg.lr,
+                             "steps_per_s": sps, "images_per_s": sps * s.cfg.batch_size}, s.step)
+    if bar is not None:
+        bar.update(s.step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", err=f"{s.history[-1]['test_error'] if s.history else float('nan'):.2f}")
+
+
+def evaluate_and_checkpoint(s: Session, tracker, bar, still_owner, on_eval, meter: StepMeter) -> None:
+    """An evaluation point: check the lease, evaluate, log, checkpoint, then flush (a kill in
+    between re-sends, never duplicates), then tell the caller (which may stop the run)."""
+    if still_owner is not None and not still_owner():
+        raise RunTakenOver(f"another process took this run over; stopped at step {s.step}")
+    h = evaluate_all(s.cfg, s.model, s.ema_model, s.data, s.amp_ctx, s.data.n_classes)
+    h["step"] = s.step
+    s.history.append(h)
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in h.items() if k != "step"}, s.step)
+    checkpoint(s, tracker)
+    if tracker is not None:
+        tracker.flush()
+    if bar is not None:
+        bar.set_postfix(loss=f"{meter.means[0]:.3f}", err=f"{h['test_error']:.2f}")
+    if on_eval is not None:
+        on_eval(s.step, h)
+    meter.restart_clock()
+
+
+def end_tracking(tracker, e: BaseException, result: RunResult) -> None:
+    """The tracked run's status when the loop stops early: FAILED for the run's own failure or
+    any error, KILLED when interrupted, the caller's status for a RunStopped, and untouched
+    when another process took the run over (it resumes it)."""
+    if isinstance(e, TrainingFailed):
+        result.status, result.reason = "FAILED", str(e)
+    if tracker is None:
+        return
+    if isinstance(e, RunTakenOver):
+        tracker.detach()
+    elif isinstance(e, KeyboardInterrupt):
+        tracker.end("KILLED", "interrupted")
+    elif isinstance(e, RunStopped):
+        tracker.end(e.status, e.reason)
+    else:
+        tracker.end("FAILED", str(e) if isinstance(e, TrainingFailed) else f"{type(e).__name__}: {e}")
+
+
+def progress_bar(cfg: Config, step: int):
+    if not cfg.progress or step >= cfg.steps:
+        return None
+    return tqdm(total=cfg.steps, initial=step, desc=cfg.run_name, unit="step", dynamic_ncols=True)
+
+
+def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None = None,
+          restart: bool = False, still_owner: Callable[[], bool] | None = None) -> RunResult:
+    """Train (or resume, or just report a finished) run of `cfg`. `tracker` is a RunTracker or
+    None; `on_eval(step, metrics)` is called after each evaluation (and its checkpoint) and may
+    raise (RunStopped to choose the tracked run's status); `still_owner()` is asked before each
+    evaluation writes anything, and False raises RunTakenOver."""
+    s = open_session(cfg, restart)
+    tracker = start_tracking(s, tracker)
+    result = RunResult(status="RUNNING", metrics={}, history=s.history, run_id=s.run_id, run_dir=cfg.run_dir)
+    bar = progress_bar(cfg, s.step)
     try:
-        B = cfg.batch_size
-        # Device-side accumulators: sum of (loss, loss_x, loss_u) and a non-finite flag. The
-        # host reads them once per log interval, never per step.
-        acc = torch.zeros(3, device=device)
-        bad = torch.zeros((), dtype=torch.bool, device=device)
-        n_acc, t_last, step_last = 0, time.perf_counter(), step
-        last_err = history[-1]["test_error"] if history else float("nan")
-        if cfg.progress and step < cfg.steps:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.steps, initial=step, desc=cfg.run_name, unit="step", dynamic_ncols=True)
-
-        while step < cfg.steps:
-            w = method.unlabeled_weight(cfg, step)   # host float: no sync
-            loss, lx, lu = train_step(cfg, method, fwd, fwd_ema, data, amp_ctx, w)
-            optimizer_update(opt, loss, params, ema_params, wd_params, wd_factor, cfg.ema_decay)
-            with torch.no_grad():
-                acc += torch.stack([loss.detach(), lx.detach(), lu.detach()])
-                bad |= ~torch.isfinite(loss.detach())
-            n_acc += 1
-            step += 1
-            is_eval = step % cfg.eval_every == 0 or step == cfg.steps
-
-            if step % cfg.log_every == 0 or is_eval:
-                sums = acc.tolist()          # host sync point: once per log interval
-                if bool(bad.item()):
-                    raise TrainingFailed(f"non-finite loss (NaN or inf) within steps {step - n_acc + 1}..{step}; "
-                                         "lower lr or lambda_u, or use amp=none")
-                now = time.perf_counter()
-                sps = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last, result.steps_per_s = now, step, sps
-                means = [v / n_acc for v in sums]
-                if tracker is not None:
-                    tracker.log_metrics({"loss": means[0], "loss_x": means[1], "loss_u": means[2],
-                                         "lambda_u": w, "lr": cfg.lr, "steps_per_s": sps,
-                                         "images_per_s": sps * B}, step)
-                acc.zero_()
-                n_acc = 0
-                if bar is not None:
-                    bar.update(step - bar.n)
-                    bar.set_postfix(loss=f"{means[0]:.3f}", err=f"{last_err:.2f}")
-
+        meter = StepMeter(s.device, s.step)
+        while s.step < cfg.steps:
+            w = s.method.unlabeled_weight(cfg, s.step)   # host float: no sync
+            loss, lx, lu = train_step(cfg, s.method, s.fwd, s.fwd_ema, s.data, s.amp_ctx, w)
+            optimizer_update(s.opt, loss, s.params, s.ema_params, s.wd_params, s.wd_factor, cfg.ema_decay)
+            meter.add(loss, lx, lu)
+            s.step += 1
+            is_eval = s.step % cfg.eval_every == 0 or s.step == cfg.steps
+            if s.step % cfg.log_every == 0 or is_eval:
+                log_interval(s, meter, tracker, bar, w, result)
             if is_eval:
-                if still_owner is not None and not still_owner():
-                    raise RunTakenOver(f"another process took this run over; stopped at step {step}")
-                h = evaluate_all(cfg, model, ema_model, data, amp_ctx, n_classes)
-                h["step"] = step
-                history.append(h)
-                last_err = h["test_error"]
-                if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in h.items() if k != "step"}, step)
-                checkpoint()              # then flush: a kill in between re-sends, never duplicates
-                if tracker is not None:
-                    tracker.flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{means[0]:.3f}", err=f"{last_err:.2f}")
-                if on_eval is not None:
-                    on_eval(step, h)
-                t_last = time.perf_counter()  # throughput counts training steps, not evaluation
+                evaluate_and_checkpoint(s, tracker, bar, still_owner, on_eval, meter)
         if bar is not None:
             bar.close()
             bar = None
-
-        result.metrics = final_metrics(history, cfg.median_of)
-        result.status = "FINISHED"
+        result.metrics, result.status = final_metrics(s.history, cfg.median_of), "FINISHED"
         if tracker is not None:
-            _log_final(cfg, tracker, result, model, ema_model, data, amp_ctx, n_classes, run_dir, ckpt_path)
+            _log_final(s, tracker, result)
             tracker.end("FINISHED")
         return result
-    except TrainingFailed as e:
-        result.status, result.reason = "FAILED", str(e)
-        if tracker is not None:
-            tracker.end("FAILED", str(e))
-        raise
-    except KeyboardInterrupt:
-        if tracker is not None:
-            tracker.end("KILLED", "interrupted")
-        raise
-    except RunTakenOver:
-        if tracker is not None:
-            tracker.detach()        # the new owner resumes this run: leave its status alone
-        raise
     except BaseException as e:
-        # A caller-raised stop (e.g. an Optuna prune) marks itself with `tracking_status`; the
-        # caller then owns the run's final status. Anything else is a failure of this run.
-        if tracker is not None:
-            status = getattr(e, "tracking_status", None)
-            if status:
-                tracker.end(status, getattr(e, "tracking_reason", None))
-            else:
-                tracker.end("FAILED", f"{type(e).__name__}: {e}")
+        end_tracking(tracker, e, result)
         raise
     finally:
         if bar is not None:
@@ -436,15 +451,15 @@ def evaluate_all(cfg: Config, model, ema_model, data: DeviceData, amp_ctx, n_cla
     return h
 
 
-def _log_final(cfg: Config, tracker, result: RunResult, model, ema_model, data, amp_ctx, n_classes: int,
-               run_dir: Path, ckpt_path: Path) -> None:
+def _log_final(s: Session, tracker, result: RunResult) -> None:
     """Final metrics and artifacts of a finished run (also re-sent when a finished run is re-run)."""
-    tracker.log_metrics(result.metrics, cfg.steps)
+    tracker.log_metrics(result.metrics, s.cfg.steps)
     tracker.drop_logged()  # re-running a finished run: its final points are already logged
     tracker.flush()
-    copy_buffers(ema_model, model)
-    conf = evaluate(ema_model if cfg.ema else model, data, "test", amp_ctx, n_classes).cpu().numpy()
-    art_dir = run_dir / "artifacts"
-    for path in write_run_artifacts(art_dir, cfg, result.history, conf, getattr(data, "class_names", None)):
+    copy_buffers(s.ema_model, s.model)
+    reported = s.ema_model if s.cfg.ema else s.model
+    conf = evaluate(reported, s.data, "test", s.amp_ctx, s.data.n_classes).cpu().numpy()
+    art_dir = s.ckpt_path.parent / "artifacts"
+    for path in write_run_artifacts(art_dir, s.cfg, result.history, conf, getattr(s.data, "class_names", None)):
         tracker.log_artifact(path)
-    tracker.log_artifact(ckpt_path, "checkpoint")
+    tracker.log_artifact(s.ckpt_path, "checkpoint")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from mixmatch_core.cli import ArgumentParser, die, user_errors
+from mixmatch_cli.errors import ArgumentParser, die, user_errors
 
 from . import gpus
 
@@ -20,7 +20,7 @@ def _common(p) -> None:
     p.add_argument("--sweep", required=True, help="sweep name (the spec's `name`)")
 
 
-def worker_main(argv: list[str]) -> int:
+def worker_parser():
     p = ArgumentParser(prog="mixmatch worker", description="Claim and train cells of a published sweep until none are "
                 "left. Start one per GPU (CUDA_VISIBLE_DEVICES) on any number of machines.")
     _common(p)
@@ -31,7 +31,11 @@ def worker_main(argv: list[str]) -> int:
     p.add_argument("--heartbeat-seconds", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="show each cell's progress bar")
     gpus.add_arguments(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def worker_main(argv: list[str]) -> int:
+    args = worker_parser().parse_args(argv)
     from mixmatch_core.tracking import check_reachable
     from . import store
     overrides = {"progress": args.progress, "num_threads": args.threads}
@@ -47,7 +51,7 @@ def worker_main(argv: list[str]) -> int:
             store.load_sweep_study(storage, args.sweep)
             if slots is not None:   # this process only launches: one pinned `mixmatch worker` per slot
                 child = gpus.strip_options(argv, {"--workers-per-gpu": True, "--gpus": True, "--threads": True})
-                return gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "sweeps.cli", "worker", *child,
+                return gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "mixmatch_cli", "worker", *child,
                                                          "--threads", str(s.threads)],
                                        log=lambda m: print(m, file=sys.stderr, flush=True))
             done = store.run_worker(storage, args.sweep, overrides,
@@ -58,14 +62,18 @@ def worker_main(argv: list[str]) -> int:
     return 0
 
 
-def status_main(argv: list[str]) -> int:
+def status_parser():
     p = ArgumentParser(prog="mixmatch status", description="Cells of a sweep: waiting, running (on which host), "
                        "done, failed. Give the spec (local sweep, default storage) or --storage and --sweep.")
     p.add_argument("spec", nargs="?", help="sweep spec YAML: its name and default storage (sqlite:///optuna/...)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host:5432/db "
                    "(default: the spec's local default)")
     p.add_argument("--sweep", help="sweep name (default: the spec's `name`)")
-    args = p.parse_args(argv)
+    return p
+
+
+def status_main(argv: list[str]) -> int:
+    args = status_parser().parse_args(argv)
     from . import store
     name, url = args.sweep, args.storage
     with user_errors(store.StorageError):

@@ -211,14 +211,20 @@ def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
     return log_artifacts(plot_table(load_table(sweep_or_spec, experiment)[1], out_dir), parent_run_id, "plots")
 
 
-def plot_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import ArgumentParser, user_errors
+def plot_parser():
+    from mixmatch_cli.errors import ArgumentParser, user_errors
 
     p = ArgumentParser(prog="mixmatch plot", description="Error-vs-labels, ablation and learning-curve plots of a "
                 "sweep (PNG and SVG), from MLflow.")
     add_source_arguments(p)
     p.add_argument("--out", metavar="DIR", default="plots", help="output directory (default plots)")
-    args = p.parse_args(argv)
+    return p
+
+
+def plot_main(argv: list[str]) -> int:
+    from mixmatch_cli.errors import ArgumentParser, user_errors
+
+    args = plot_parser().parse_args(argv)
     with user_errors(out=args.out):
         paths = plot_all(args.sweep, args.out, experiment=args.experiment)
     if not paths:

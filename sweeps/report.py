@@ -310,8 +310,8 @@ def spec_from_parent_run(src: Source):
         return None
 
 
-def report_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import ArgumentParser, user_errors
+def report_parser():
+    from mixmatch_cli.errors import ArgumentParser, user_errors
 
     p = ArgumentParser(prog="mixmatch report", description="One self-contained HTML page of a sweep (tables, "
                        "plots, cells, configs, provenance) that opens offline, from MLflow and the sweep's storage.")
@@ -319,7 +319,13 @@ def report_main(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", default="reports", help="output directory (default reports)")
     p.add_argument("--storage", metavar="URL",
                    help="the sweep's Optuna storage, for waiting cells (default: the spec's local default)")
-    args = p.parse_args(argv)
+    return p
+
+
+def report_main(argv: list[str]) -> int:
+    from mixmatch_cli.errors import ArgumentParser, user_errors
+
+    args = report_parser().parse_args(argv)
     with user_errors(out=args.out), tempfile.TemporaryDirectory() as figures:
         from .plot import plot_table
         src, table = load_table(args.sweep, args.experiment)

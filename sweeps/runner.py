@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from mixmatch_core.cli import ArgumentParser, die, user_errors
+from mixmatch_cli.errors import ArgumentParser, die, user_errors
 from mixmatch_core.config import ConfigError
 from mixmatch_core.methods import FULL_METHOD, METHODS
 
@@ -159,7 +159,7 @@ def sweep_main(argv: list[str]) -> int:
         previous = existing_study(url, spec.name)
         if previous is not None and unchanged_since_last_report(spec, previous, cells, args.no_table):
             return relaunch_of_a_finished_sweep(spec, previous, cells, url, args.no_table)
-        from mixmatch_core.train import check_out_dir
+        from mixmatch_core.checkpoint import check_out_dir
         for out_dir in sorted({x.out_dir for x in cells}) if args.workers != 0 else ():
             check_out_dir(out_dir)  # local workers will write there: one line now, not one failure per cell
         store.check_storage_url(url)
@@ -245,7 +245,7 @@ def run_local_workers(spec, url, workers, gpus, device, heartbeat, study, cells,
         if slots is None and gpus[0] is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         n_threads = slots[i].threads if slots else threads if gpus[0] is None else 0
-        cmd = [sys.executable, "-m", "sweeps.cli", "worker", "--storage", url, "--sweep", spec.name,
+        cmd = [sys.executable, "-m", "mixmatch_cli", "worker", "--storage", url, "--sweep", spec.name,
                "--threads", str(n_threads)]
         if device != "auto":
             cmd += ["--device", device]

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from mixmatch_core.cli import EXIT_RUN_FAILED, ArgumentParser, die, user_errors
+from mixmatch_cli.errors import EXIT_RUN_FAILED, ArgumentParser, die, user_errors
 from mixmatch_core.config import FIELDS, Config, ConfigError, load_yaml, resolve
 
 from . import gpus
@@ -310,14 +310,14 @@ def make_pruner(spec: SearchSpec, base: Config):
 def _pruned_type():
     import optuna
 
-    class TrialStopped(optuna.TrialPruned):
-        """Raised from `on_eval` when the pruner says stop. `tracking_status` tells train() to end
-        the MLflow run KILLED (not FAILED); we tag it trial_state=PRUNED ourselves."""
-        tracking_status = "KILLED"
+    from mixmatch_core.train import RunStopped
+
+    class TrialStopped(optuna.TrialPruned, RunStopped):
+        """Raised from `on_eval` when the pruner says stop: train() ends the MLflow run KILLED
+        (not FAILED; RunStopped's status); we tag it trial_state=PRUNED ourselves."""
 
         def __init__(self, reason: str):
-            super().__init__(reason)
-            self.tracking_reason = reason
+            RunStopped.__init__(self, "KILLED", reason)
 
     return TrialStopped
 
@@ -689,7 +689,7 @@ def _positive(kind):
     return parse
 
 
-def search_main(argv: list[str]) -> int:
+def search_parser():
     p = ArgumentParser(prog="mixmatch search", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Optuna hyperparameter search with pruning; every trial is an MLflow run "
                             "under one parent run per study. Re-running the same command resumes the study.",
@@ -708,7 +708,11 @@ def search_main(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", help="where best.yaml and the plots go (default optuna/STUDY)")
     gpus.add_arguments(p)
     p.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)   # set by --workers-per-gpu
-    args = p.parse_args(argv)
+    return p
+
+
+def search_main(argv: list[str]) -> int:
+    args = search_parser().parse_args(argv)
 
     from mixmatch_core.tracking import check_reachable
     from sweeps.store import StorageError, check_storage_url, default_storage
@@ -735,7 +739,7 @@ def search_main(argv: list[str]) -> int:
             open_storage(storage_url)
             client().search_experiments(max_results=1)
             child = gpus.strip_options(argv, {"--workers-per-gpu": True, "--gpus": True})
-            gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "sweeps.cli", "search", *child, "--as-worker"],
+            gpus.run_pinned(slots, lambda s: [sys.executable, "-m", "mixmatch_cli", "search", *child, "--as-worker"],
                             log=lambda m: print(m, file=sys.stderr, flush=True))
         role = "worker" if args.as_worker else "finish" if slots is not None else "all"
         return run_search(spec, study_name, storage_url, out_dir, args.heartbeat_seconds, role=role)

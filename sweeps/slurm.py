@@ -30,7 +30,7 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
-from mixmatch_core.cli import ArgumentParser, die
+from mixmatch_cli.errors import ArgumentParser, die
 from mixmatch_core.config import ConfigError
 
 from . import gpus
@@ -51,7 +51,7 @@ class SweepJob(Checkpointable):
         self._proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "sweeps.cli", "worker", "--storage", self.storage, "--sweep", self.sweep,
+        cmd = [sys.executable, "-m", "mixmatch_cli", "worker", "--storage", self.storage, "--sweep", self.sweep,
                "--workers-per-gpu", str(self.workers_per_gpu)]
         cmd += ["--out-dir", self.out_dir] if self.out_dir else []
         cmd += ["--heartbeat-seconds", str(self.heartbeat_seconds)] if self.heartbeat_seconds else []
@@ -134,7 +134,7 @@ def make_executor(args, folder: str):
     return executor
 
 
-def slurm_main(argv: list[str]) -> int:
+def slurm_parser():
     p = ArgumentParser(prog="mixmatch slurm", description="Submit a sweep's workers as one Slurm job array "
                        "(submitit): each job runs N pinned workers per GPU on the sweep's shared storage and is "
                        "requeued, its cells resumed from their checkpoints, after a time limit or preemption.")
@@ -157,7 +157,11 @@ def slurm_main(argv: list[str]) -> int:
     p.add_argument("--out-dir", default=None, help="checkpoint root shared by every job (default: the cells')")
     p.add_argument("--heartbeat-seconds", type=gpus.positive_int, default=None)
     p.add_argument("--wait", action="store_true", help="wait for the jobs and report how each ended")
-    args = p.parse_args(argv)
+    return p
+
+
+def slurm_main(argv: list[str]) -> int:
+    args = slurm_parser().parse_args(argv)
 
     from mixmatch_core.tracking import TrackingError, check_reachable, tracking_uri
     from . import store

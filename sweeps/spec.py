@@ -28,7 +28,7 @@ from typing import Any
 
 from mixmatch_core.config import FIELDS, VARIANTS, Config, ConfigError, load_yaml, resolve
 
-SPEC_KEYS = {"name", "experiment", "base", "variants", "grid", "grids", "retries", "layout", "description"}
+SPEC_KEYS = {"name", "experiment", "base", "variants", "grid", "grids", "retries", "layout", "description", "notes"}
 LAYOUTS = ("auto", "labels", "ablation")
 
 

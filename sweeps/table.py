@@ -811,8 +811,8 @@ def export(sweep_or_spec: str, out_dir, formats=("markdown", "latex", "csv", "ht
     return log_artifacts(write_table(table, out_dir, formats), parent_run_id, "tables")
 
 
-def table_main(argv: list[str]) -> int:
-    from mixmatch_core.cli import ArgumentParser, die, user_errors
+def table_parser():
+    from mixmatch_cli.errors import ArgumentParser, die, user_errors
 
     p = ArgumentParser(prog="mixmatch table", description="Paper-style error tables of a sweep, from MLflow. "
                 "Give the spec file (planned cells are known: missing ones are marked) or the sweep's name.")
@@ -825,7 +825,13 @@ def table_main(argv: list[str]) -> int:
     p.add_argument("--layout", default="auto", choices=LAYOUTS,
                    help="labels = Table 5, ablation = Table 4; auto = the spec's layout, else labels for "
                         ">= 3 label counts and <= 4 rows (default auto)")
-    args = p.parse_args(argv)
+    return p
+
+
+def table_main(argv: list[str]) -> int:
+    from mixmatch_cli.errors import ArgumentParser, die, user_errors
+
+    args = table_parser().parse_args(argv)
     if args.format == "all" and not args.out:
         die("--format all writes several files; give --out DIR")
     with user_errors(out=args.out):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mixmatch_core.augment import AugmentSpec
-from mixmatch_core.config import ConfigError
-from mixmatch_core.data import Dataset, DeviceData, load_dataset, split_labeled
+from mixmatch_core.config import CHOICES, ConfigError, resolve
+from mixmatch_core.data import LABELED_POOLS, Dataset, DeviceData, load_dataset, split_labeled
 
 
 def one_line_error(excinfo, *fragments):
@@ -92,11 +92,14 @@ def test_split_names_the_class_whose_images_went_to_val_size():
 # from data.py): np.random.seed(seed); shuffle each class's index list in class order with the
 # global numpy RNG; then label i goes to argmax(train_stats - npos / max(npos.max(), 1)) with
 # train_stats = class counts / the largest count, taking that class's next shuffled index.
-def create_split_labeled(y: np.ndarray, size: int, seed: int) -> list[int]:
+# `stl10`: the script's STL-10 branch, train_stats set to 1 for every class.
+def create_split_labeled(y: np.ndarray, size: int, seed: int, stl10: bool = False) -> list[int]:
     nclass = int(y.max()) + 1
     class_id = [np.flatnonzero(y == i).astype(np.int64) for i in range(nclass)]
     train_stats = np.array([len(c) for c in class_id], np.float64)
     train_stats /= train_stats.max()
+    if stl10:
+        train_stats[:] = 1
     saved = np.random.get_state()
     try:
         np.random.seed(seed)
@@ -347,6 +350,53 @@ def test_stl10_with_every_labeled_image_keeps_the_unlabeled_split_as_the_unlabel
     d = DeviceData.build(ds, n_labeled=100, seed=1, val_size=0, device="cpu", channels_last=False)
     assert (d.n_labeled, d.n_unlabeled) == (100, 60)
     assert (d.x_unlabeled == 3).all()   # only images of the 'unlabeled' split
+
+
+def test_stl10_train_plus_unlabeled_pool_draws_as_create_split_with_label_0(fake_tv):
+    ds = load_dataset("stl10", str(fake_tv))
+    d = DeviceData.build(ds, n_labeled=50, seed=1, val_size=0, device="cpu", channels_last=False,
+                         labeled_pool="train+unlabeled")
+    y_pool = np.concatenate([ds.y_train, np.zeros(60, np.int64)])     # the tfrecords' order and labels
+    want = create_split_labeled(y_pool, 50, 1, stl10=True)
+    x_pool = np.concatenate([ds.x_train, ds.x_unlabeled_extra])
+    assert torch.equal(d.y_labeled, torch.from_numpy(y_pool[want]))
+    assert torch.equal(d.x_labeled[:, 12:-12, 12:-12], torch.from_numpy(x_pool[want]))
+    assert np.bincount(y_pool[want]).tolist() == [5] * 10                  # equal shares, not frequencies
+    from_unlabeled = (d.x_labeled[:, 12, 12, 0] == 3)
+    assert from_unlabeled.any() and (d.y_labeled[from_unlabeled] == 0).all()
+    assert (d.n_labeled, d.n_unlabeled) == (50, 160 - 50)
+
+
+def test_stl10_labeled_pool_train_is_unchanged_and_folds_ignore_the_pool(fake_tv):
+    ds = load_dataset("stl10", str(fake_tv))
+    a = DeviceData.build(ds, n_labeled=50, seed=4, val_size=0, device="cpu", channels_last=False)
+    assert torch.equal(a.y_labeled, torch.from_numpy(ds.y_train[create_split_labeled(ds.y_train, 50, 4)]))
+    assert (a.n_labeled, a.n_unlabeled) == (50, 50 + 60)
+    b = DeviceData.build(ds, n_labeled=6, seed=4, val_size=0, device="cpu", channels_last=False,
+                         labeled_pool="train+unlabeled")                  # at the fold size: the fold
+    assert torch.equal(b.y_labeled, torch.from_numpy(ds.y_train[np.sort(FOLDS[4])]))
+
+
+def test_official_stl10_5000_label_split_has_497_unlabeled_images_as_class_0():
+    """runs/table2.sh's stl10.1@5000: 500 per class from train (500 per class) + 100,000
+    unlabeled images with label 0, seed 1. Whatever the training set's order, classes 1..9 are
+    all their training images and class 0 draws 500 of its 100,500 candidates."""
+    y_train = np.random.RandomState(0).permutation(np.repeat(np.arange(10), 500))
+    y_pool = np.concatenate([y_train, np.zeros(100_000, np.int64)])
+    lab, unl, _ = split_labeled(y_pool, 5000, 10, seed=1, equal_class_draw=True)
+    assert np.bincount(y_pool[lab]).tolist() == [500] * 10
+    assert int((lab >= 5000).sum()) == 497 and len(unl) == 100_000
+
+
+def test_labeled_pool_is_one_line_naming_the_field_and_allowed_values():
+    with pytest.raises(ConfigError, match=r"^labeled_pool: 'train\+unlabeled' needs dataset stl10 .*allowed for "
+                                          r"'cifar10': train$"):
+        resolve({"labeled_pool": "train+unlabeled"})
+    with pytest.raises(ConfigError, match=r"^labeled_pool: 'all' is not one of train, train\+unlabeled$"):
+        resolve({"dataset": "stl10", "labeled_pool": "all"})
+    with pytest.raises(ConfigError, match=r"^labeled_pool: 'train\+unlabeled' is not one of train for dataset"):
+        DeviceData.build(id_dataset(), 20, 1, 0, "cpu", False, labeled_pool="train+unlabeled")
+    assert CHOICES["labeled_pool"] == LABELED_POOLS
 
 
 def test_stl10_without_its_fold_file_is_one_line_naming_the_file(fake_tv):

@@ -107,7 +107,7 @@ def test_three_workers_one_killed_every_cell_finishes_exactly_once(pg_db, mlflow
     storage = pg_db[0]
     (tmp_path / "spec.yaml").write_text(SPEC)
     env = _env(tmp_path, mlflow_server)
-    mm = [sys.executable, "-m", "sweeps.cli"]
+    mm = [sys.executable, "-m", "mixmatch_cli"]
     pub = subprocess.run(mm + ["sweep", "spec.yaml", "--storage", storage, "--workers", "0"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert pub.returncode == 0, pub.stderr
@@ -181,7 +181,7 @@ def test_two_search_workers_share_one_study_one_killed_trials_complete_once(pg_d
     storage = pg_db[0]
     (tmp_path / "search.yaml").write_text(SEARCH_SPEC)
     env = _env(tmp_path, mlflow_server)
-    cmd = [sys.executable, "-m", "sweeps.cli", "search", "search.yaml", "--storage", storage, "--trials", "5",
+    cmd = [sys.executable, "-m", "mixmatch_cli", "search", "search.yaml", "--storage", storage, "--trials", "5",
            "--heartbeat-seconds", "1"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=open(tmp_path / f"s{i}.log", "w")) for i in range(2)]

@@ -32,13 +32,14 @@ from mlflow.entities import ViewType
 import mixmatch_core.train as train_module
 from mixmatch_core.config import load_config, resolve
 from mixmatch_core.tracking import RunTracker
-from mixmatch_core.train import save_checkpoint, train
-from sweeps.cli import main
+from mixmatch_core.checkpoint import save_checkpoint
+from mixmatch_core.train import train
+from mixmatch_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for d in ("mixmatch_core", "sweeps", "benchmarks") for p in (ROOT / d).rglob("*.py"))
 _ENTRY = Path(sys.executable).with_name("mixmatch")
-MIXMATCH = [str(_ENTRY)] if _ENTRY.exists() else [sys.executable, "-m", "sweeps.cli"]
+MIXMATCH = [str(_ENTRY)] if _ENTRY.exists() else [sys.executable, "-m", "mixmatch_cli"]
 
 # 20 steps of 16 digits, evaluations at 10 and 20; one thread is the fastest on a busy machine.
 TINY = ["dataset=digits", "steps=20", "eval_every=10", "log_every=5", "batch_size=16", "median_of=2",
@@ -662,9 +663,9 @@ def test_no_server_binds_to_every_interface_by_default():
 
 
 def test_mixmatch_ui_binds_to_127_0_0_1_by_default(store, monkeypatch, capsys):
-    import mixmatch_core.cli
+    import mixmatch_cli.ui
     started = []
-    monkeypatch.setattr(mixmatch_core.cli.os, "execv", lambda exe, cmd: started.append(cmd))
+    monkeypatch.setattr(mixmatch_cli.ui.os, "execv", lambda exe, cmd: started.append(cmd))
     assert cli(["ui"], capsys)[0] == 0
     (cmd,) = started
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import gpus
-from sweeps.cli import main
+from mixmatch_cli import main
 
 from test_failures import assert_nothing_started, cli, the_error_line
 from test_sweep import cell_runs, write_spec
@@ -168,7 +168,7 @@ def test_worker_workers_per_gpu_launches_one_pinned_worker_per_slot(tmp_path, mo
     (slots,) = rec.calls
     assert [(g, t) for g, t, _ in slots] == [("0", 2), ("1", 2), ("0", 2), ("1", 2)]
     cmd = slots[0][2]
-    assert cmd[1:4] == ["-m", "sweeps.cli", "worker"] and cmd[-2:] == ["--threads", "2"]
+    assert cmd[1:4] == ["-m", "mixmatch_cli", "worker"] and cmd[-2:] == ["--threads", "2"]
     assert "--workers-per-gpu" not in cmd and "--gpus" not in cmd and "7" not in cmd
     assert cmd[cmd.index("--sweep") + 1] == "tiny"
 
@@ -218,7 +218,7 @@ def test_search_with_two_pinned_workers_finishes_the_study_and_writes_best_yaml_
     (tmp_path / "search.yaml").write_text(SEARCH_SPEC)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "CUDA_VISIBLE_DEVICES": "0"}
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "search", "search.yaml", "--workers-per-gpu", "2",
+    done = subprocess.run([sys.executable, "-m", "mixmatch_cli", "search", "search.yaml", "--workers-per-gpu", "2",
                            "--heartbeat-seconds", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -121,16 +121,16 @@ def test_mean_teacher_targets_come_from_the_ema_model():
     assert torch.equal(teacher.seen[0], u1) and torch.equal(model.seen[-1], u2)
 
 
-def test_pseudo_label_counts_only_confident_rows_but_averages_over_all():
+def test_pseudo_label_per_row_counts_only_confident_rows_but_averages_over_all():
     logits = torch.tensor([[10.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 9.0], [1.0, 1.2, 0.0]])
     p = logits.softmax(-1)
     mask = (p.max(-1).values > 0.95).float()
     assert mask.tolist() == [1.0, 0.0, 1.0, 0.0]
     expected = (F.cross_entropy(logits, torch.tensor([0, 0, 2, 1]), reduction="none") * mask).sum() / 4
-    assert pseudo_label.pseudo_label_loss(logits, 0.95).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pseudo_label.pseudo_label_loss(logits, 0.95, "per_row").item() == pytest.approx(expected.item(), rel=1e-6)
     # Gradient flows through the unlabeled logits, not through the target or the mask.
     lg = logits.clone().requires_grad_(True)
-    pseudo_label.pseudo_label_loss(lg, 0.95).backward()
+    pseudo_label.pseudo_label_loss(lg, 0.95, "per_row").backward()
     assert lg.grad[1].abs().sum() == 0 and lg.grad[0].abs().sum() > 0
 
 
@@ -173,7 +173,7 @@ def test_vat_loss_is_kl_student_to_teacher_plus_entropy():
 
 
 def _fixed_lambda(monkeypatch, module, value):
-    monkeypatch.setattr(module.mm, "sample_lambda", lambda n, alpha, device=None: torch.full((n,), value))
+    monkeypatch.setattr(module, "sample_lambda", lambda n, alpha, device=None: torch.full((n,), value))
 
 
 def test_ict_mixes_unlabeled_inputs_and_teacher_targets_alike(monkeypatch):
@@ -283,12 +283,12 @@ def _mixmatch_inputs(K=2, seed=7):
 def _recording_mixup(monkeypatch):
     from mixmatch_core.methods import mixmatch as mm_method
     seen = {}
-    real = mm_method.mm.mixup
+    real = mm_method.mixup
 
     def spy(x, targets, n_labeled, alpha, mode="all"):
         seen["targets"] = targets.clone()
         return real(x, targets, n_labeled, alpha, mode)
-    monkeypatch.setattr(mm_method.mm, "mixup", spy)
+    monkeypatch.setattr(mm_method, "mixup", spy)
     return mm_method, seen
 
 

@@ -1,4 +1,5 @@
-"""Specification of mixmatch_core.mixmatch: the pure MixMatch algorithm (Algorithm 1)."""
+"""Specification of MixMatch's pure functions (methods/mixmatch.py, Algorithm 1) and the shared
+ops it uses (methods/common.py)."""
 import math
 
 import pytest
@@ -6,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixmatch_core.mixmatch import (
-    forward_interleaved, frozen_bn_stats, guess_labels, interleave, interleave_offsets,
-    loss_u, loss_x, mixup, mixup_pairs, rampup, sample_lambda, sharpen)
+from mixmatch_core.methods.common import frozen_bn_stats, mixup_pairs, sample_lambda
+from mixmatch_core.methods.common import soft_xent as loss_x
+from mixmatch_core.methods.common import squared_prob_error as loss_u
+from mixmatch_core.methods.mixmatch import (
+    forward_interleaved, guess_labels, interleave, interleave_offsets, mixup, rampup, sharpen)
 
 C = 5  # classes of the toy model
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mixmatch_core.config import ConfigError, resolve
-from sweeps.cli import main
+from mixmatch_cli import main
 from sweeps.spec import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +124,17 @@ def test_table2_is_stl10_with_four_scales_folds_1_to_5_and_all_5000_labels():
     assert sorted((c.n_labeled, c.seed) for c in cells) == [(1000, s) for s in SEEDS] + [(5000, 1)]
     assert all((c.dataset, c.model, c.scales, c.lambda_u, c.alpha, c.wd) == ("stl10", "wrn28_2", 4, 50.0, 0.75, 0.02)
                for c in cells)
+    # the 5000-label cell draws from train + unlabeled, as the official stl10.1@5000 split did
+    assert {(c.n_labeled, c.labeled_pool) for c in cells} == {(1000, "train"), (5000, "train+unlabeled")}
+
+
+@pytest.mark.parametrize("table, words", [(2, "labeled_pool=train+unlabeled"),
+                                          (4, "inferred from ablation/ab_mixmatch.py"), (7, "0.000002")])
+def test_specs_whose_number_measures_a_setting_of_note_say_so_in_notes(table, words):
+    notes = raw_spec(table)["notes"]
+    assert isinstance(notes, list) and all(isinstance(n, str) for n in notes)
+    assert any(words in n for n in notes)
+    load_spec(str(EXPERIMENTS / f"paper_table{table}.yaml"))              # spec.py accepts `notes`
 
 
 def test_table4_mixmatch_rows_run_split_seed_3_with_the_ablation_defaults():
@@ -196,10 +207,6 @@ def test_dry_run_lists_the_cells_with_their_cost_in_gpu_hours(table, tmp_path, m
 
 # ---- the paper's numbers beside every cell -------------------------------------------------------
 REFERENCE = ROOT / "results" / "paper_reference.csv"
-# Cells whose paper number we could not source (README "Paper tables"): not invented.
-UNSOURCED = {("svhn", "mixup_svhn")} | {("svhn_extra", v) for v in
-                                       ("pi_model_svhn", "pseudo_label_svhn", "mixup_svhn", "vat",
-                                        "mean_teacher_svhn_extra")}
 
 
 def reference_keys() -> set:
@@ -210,11 +217,11 @@ def reference_keys() -> set:
 
 
 @pytest.mark.parametrize("table, index", [(t, i) for t in sorted(SCRIPTS) for i in range(3) if i < len(grids_of(t))])
-def test_every_cell_of_a_paper_spec_has_the_papers_number_unless_unsourced(table, index):
+def test_every_cell_of_a_paper_spec_has_the_papers_number(table, index):
     keys = reference_keys()
     for c in grid_cells(table, index):
         key = (c.dataset, c.model, c.method, c.variant, c.n_labeled, table)
-        assert key in keys or (c.dataset, c.variant) in UNSOURCED, key
+        assert key in keys, key
 
 
 def test_reference_rows_of_registry_methods_name_their_variants():

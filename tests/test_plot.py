@@ -6,7 +6,7 @@ import pytest
 
 from sweeps import plot as pl
 from sweeps import table as tb
-from sweeps.cli import main
+from mixmatch_cli import main
 
 from mlflow_store import log_cell, sqlite_store
 

@@ -10,7 +10,7 @@ import pytest
 
 from sweeps import report
 from sweeps import table as tb
-from sweeps.cli import main
+from mixmatch_cli import main
 from sweeps.store import CellState
 
 SPEC = ("name: tiny\nexperiment: tiny-exp\ndescription: two seeds and a cell that fails\n"

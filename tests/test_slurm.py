@@ -69,7 +69,7 @@ def _submit(tmp_path, jobs: int) -> tuple[subprocess.Popen, list[int]]:
     (tmp_path / "spec.yaml").write_text(spec)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "sweeps.cli", "slurm", "spec.yaml", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+    cmd = [sys.executable, "-m", "mixmatch_cli", "slurm", "spec.yaml", "--storage", f"sqlite:///{tmp_path}/optuna.db",
            "--jobs", str(jobs), "--gpus-per-job", "1", "--workers-per-gpu", "1", "--time", "30",
            "--executor", "local", "--heartbeat-seconds", "1", "--wait"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=open(tmp_path / "cli.log", "w"),

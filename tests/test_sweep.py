@@ -12,7 +12,7 @@ import mlflow
 import pytest
 
 from mixmatch_core.config import ConfigError
-from sweeps.cli import main
+from mixmatch_cli import main
 from sweeps.spec import load_spec, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_sigkill_of_the_whole_sweep_then_relaunch_finishes_every_cell_exactly_on
     spec = write_spec(store, "grid: {n_labeled: [50], variant: [mixmatch], seed: [1, 2, 3]}\n",
                       ).read_text().replace("steps: 30", "steps: 60")
     (store / "spec.yaml").write_text(spec)
-    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "spec.yaml", "--workers", "2", "--heartbeat-seconds", "1",
+    cmd = [sys.executable, "-m", "mixmatch_cli", "sweep", "spec.yaml", "--workers", "2", "--heartbeat-seconds", "1",
            "--no-table"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=store, env=env, start_new_session=True,

@@ -12,7 +12,7 @@ import pytest
 
 from mixmatch_core.config import ConfigError, resolve
 from sweeps import table as tb
-from sweeps.cli import main
+from mixmatch_cli import main
 
 from mlflow_store import log_cell, sqlite_store
 
@@ -345,9 +345,13 @@ def test_bad_layout_or_reference_is_a_config_error(layout, reference):
 
 def test_paper_reference_csv_holds_the_papers_numbers():
     ref = tb.load_reference().set_index(["table", "dataset", "model", "variant", "n_labeled"])
-    assert ref.groupby(level="table").size().to_dict() == {1: 2, 2: 2, 4: 22, 5: 31, 6: 26, 7: 6}
+    assert ref.groupby(level="table").size().to_dict() == {1: 2, 2: 2, 4: 22, 5: 31, 6: 31, 7: 31}
     assert tuple(ref.loc[(5, "cifar10", "wrn28_2", "mixmatch", 250), ["error_mean", "error_std"]]) == (11.08, 0.87)
     assert ref.loc[(5, "cifar10", "wrn28_2", "fully_supervised", 50000), "error_mean"] == 4.13
     assert ref.loc[(4, "cifar10", "wrn28_2", "no_sharpen", 4000), "error_mean"] == 10.59
     assert ref.loc[(1, "cifar10", "wrn28_large", "mixmatch", 4000), "error_mean"] == 4.95
     assert ref.loc[(7, "svhn_extra", "wrn28_2", "mixmatch", 4000), "error_mean"] == 2.07
+    assert tuple(ref.loc[(7, "svhn_extra", "wrn28_2", "pseudo_label_svhn", 250), ["error_mean", "error_std"]]) == \
+        (17.71, 0.78)
+    assert ref.loc[(6, "svhn", "wrn28_2", "mixup_svhn", 250), "error_mean"] == 39.97
+    assert ref.loc[(1, "cifar10", "wrn28_large", "mixmatch", 4000), "n_splits"] == 5

@@ -33,13 +33,13 @@ from mixmatch_core.config import Config, load_config
 from mixmatch_core.models import SmallCNN
 from mixmatch_core.tracking import RunTracker, git_commit, start_parent_run
 from mixmatch_core.train import train
-from sweeps.cli import main as mixmatch
+from mixmatch_cli import main as mixmatch
 
 TINY = ["dataset=digits", "steps=20", "eval_every=10", "log_every=5", "batch_size=16", "median_of=2",
         "progress=false", "device=cpu", "num_threads=1"]
 # The `mixmatch` console entry of this venv (or the same entry point through -m).
 _ENTRY = Path(sys.executable).with_name("mixmatch")
-MIXMATCH = [str(_ENTRY)] if _ENTRY.exists() else [sys.executable, "-m", "sweeps.cli"]
+MIXMATCH = [str(_ENTRY)] if _ENTRY.exists() else [sys.executable, "-m", "mixmatch_cli"]
 SERVER_START_SECONDS = 60
 
 
@@ -422,10 +422,10 @@ def test_ui_help_says_it_binds_to_loopback(capsys):
 
 def test_ui_prints_the_runs_table_of_the_newest_experiment_in_the_model_training_view(finished, monkeypatch,
                                                                                          capsys):
-    import mixmatch_core.cli
+    import mixmatch_cli.ui
     monkeypatch.chdir(finished.where)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", finished.uri)
-    monkeypatch.setattr(mixmatch_core.cli.os, "execv", lambda exe, cmd: None)
+    monkeypatch.setattr(mixmatch_cli.ui.os, "execv", lambda exe, cmd: None)
     assert mixmatch(["ui", "--port", "5123", "--no-browser"]) == 0
     exp = finished.client.get_experiment_by_name("mixmatch").experiment_id
     url = f"http://127.0.0.1:5123/#/experiments/{exp}/runs?workflowType=machine_learning"

@@ -7,8 +7,8 @@ from mixmatch_core import methods
 from mixmatch_core.config import resolve
 from mixmatch_core.data import DeviceData, load_dataset
 from mixmatch_core.models import build_model
-from mixmatch_core.train import (CheckpointError, TrainingFailed, decay_params, ema_update, load_checkpoint,
-                                 train, train_step)
+from mixmatch_core.checkpoint import CheckpointError, load_checkpoint
+from mixmatch_core.train import TrainingFailed, decay_params, ema_update, train, train_step
 
 TINY = dict(dataset="digits", n_labeled=50, steps=20, eval_every=10, median_of=2, log_every=5, batch_size=16,
             rampup_steps=10, progress=False, device="cpu")

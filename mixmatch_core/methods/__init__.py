@@ -1,11 +1,12 @@
 """The registry of training methods: MixMatch, the paper's baselines and the supervised ones.
 
-Owns: one `Method` record per method (its paper label, the config fields it owns with the
-official code's defaults, the official runs/table5.sh flags as its preset, and its rough cost
-per step), and `load(name)`, which imports the method's module. Everything that lists
-methods derives from `METHODS`: config choices and `--help`, the variants named after
-methods, the dry-run step costs, the table's row order and the full method that Welch tests
-compare against (`FULL_METHOD`).
+Owns: one `Method` record per method: its paper label, the official file it follows, the
+hyperparameters it owns (each a `Knob`: the official default, help and check, read by the
+config's validation and `--help`), the official runs/table5.sh flags as its preset, its named
+variants (MixMatch's Table 4 ablations live with MixMatch) and its rough cost per step; and
+`load(name)`, which imports the method's module. Everything that lists methods derives from
+`METHODS`: config choices and `--help`, the variants, the dry-run step costs, the table's row
+order (`row_order`) and the full method that Welch tests compare against (`FULL_METHOD`).
 
 This file imports no torch, so configs and sweeps resolve without it (a relaunch that trains
 nothing stays fast). Each method's losses live in `methods/<name>.py`, one short file read
@@ -20,56 +21,136 @@ beside its official file in google-research/mixmatch, with these module-level fu
                                       `ema_model` are in training mode, `x`/`y` the augmented
                                       labeled batch, `u_views` the list of unlabeled views.
 
-Adding a method: one file in this folder, one line in METHODS, its tests.
+Adding a method: one file in this folder, one line in METHODS (with its knobs), its tests. A
+new knob is also a field of mixmatch_core/config.py's Config (`knob_field(NAME)`): the
+dataclass is the one flat config dumped with every run.
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One hyperparameter a method owns: its official default (None: no default here, the
+    Config dataclass holds it), what it means, and what values are allowed."""
+    default: Any
+    help: str
+    check: Callable[[Any], bool] | None = None   # True when the value is allowed
+    rule: str = ""                               # the allowed values, for the one-line error
+    choices: tuple[str, ...] | None = None
+
+    def allows(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return self.check is None or bool(self.check(value))
+
+    def allowed(self) -> str:
+        return f"one of {', '.join(self.choices)}" if self.choices is not None else self.rule
+
+
+def _nonneg(help: str, default: Any = None) -> Knob:
+    return Knob(default, help, lambda v: v >= 0, ">= 0")
+
+
+def _fraction(help: str, default: Any = None) -> Knob:
+    return Knob(default, help, lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 @dataclass(frozen=True)
 class Method:
     title: str                     # the paper's row label (Table 5, Table 4)
     official: str                  # the official file it follows
-    hparams: dict[str, Any]        # config fields the method owns -> official flag default
-    preset: dict[str, Any] = field(default_factory=dict)  # runs/table5.sh flags (CIFAR-10)
-    # Approximate cost of one step in forwards of one batch of B images (a backward counts
-    # as two): for --dry-run estimates only.
-    forwards_per_step: float = 3.0
+    hparams: dict[str, Knob]       # config fields the method owns, with official defaults
+    preset: dict[str, Any] = field(default_factory=dict)     # runs/table5.sh flags (CIFAR-10)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)   # named one-line diffs
+    # Approximate cost of one step in forwards of one batch of B images (a backward counts as
+    # two), from the resolved config: for --dry-run estimates only.
+    forwards_per_step: Callable[[Any], float] = lambda cfg: 3.0
     legacy: bool = False           # predates the registry: identity hashes MixMatch's fields too
 
 
-# The fields MixMatch owns; `supervised` is legacy, so its identity keeps them too.
-MIXMATCH_FIELDS = ("K", "T", "alpha", "lambda_u", "rampup_steps", "mixup", "ema_guess", "bn_mode")
+# Shared knobs: the baselines' warm-up and weight have the official flag names and meanings.
+_WARMUP = _fraction("the consistency weight ramps linearly from 0 over this fraction of the run "
+                    "(official warmup_pos: 0.4 = the first 40% of steps)", 0.4)
+
+
+def _consistency(default: float) -> Knob:
+    return _nonneg("weight of the consistency loss after warm-up (pseudo_label: of the pseudo-label loss)",
+                   default)
+
+
+def _alpha(default: float | None) -> Knob:
+    return _nonneg("Beta(alpha, alpha) parameter of MixUp (official flag `beta`)", default)
+
+
+# MixMatch's knobs (paper notation). Their defaults are the Config dataclass's (the paper's
+# CIFAR-10 setting; the dataset presets adjust lambda_u and alpha).
+MIXMATCH_KNOBS = {
+    "K": Knob(None, "augmentations per unlabeled image for label guessing", lambda v: v >= 1, ">= 1"),
+    "T": Knob(None, "sharpening temperature (T = 1: no sharpening)", lambda v: v > 0, "> 0"),
+    "alpha": _alpha(None),
+    "lambda_u": _nonneg("weight of the unlabeled L2 loss (after ramp-up)"),
+    "rampup_steps": _nonneg("steps over which lambda_u ramps linearly from 0 (code: 1024 kimg)"),
+    "mixup": Knob(None, "all | none | labeled | unlabeled | separate (Table 4 MixUp ablations)",
+                  choices=("all", "none", "labeled", "unlabeled", "separate")),
+    "ema_guess": Knob(None, "the EMA model guesses labels (Table 4 'with parameter EMA')"),
+    "bn_mode": Knob(None, "interleave (official: only the first pass updates BN stats) | fused",
+                    choices=("interleave", "fused")),
+}
+# The Table 4 ablations as one-line diffs, in the paper's row order (the table's order too).
+# `no_ema` (evaluate the live model) is not a row of the paper's Table 4.
+MIXMATCH_VARIANTS = {
+    "k1": dict(K=1), "k3": dict(K=3), "k4": dict(K=4), "no_sharpen": dict(T=1.0),
+    "ema_guess": dict(ema_guess=True), "no_ema": dict(ema=False), "no_mixup": dict(mixup="none"),
+    "mixup_labeled_only": dict(mixup="labeled"), "mixup_unlabeled_only": dict(mixup="unlabeled"),
+    "mixup_separate": dict(mixup="separate"),
+}
 
 # Order = table row order: the full method first, then the baselines in the paper's Table 5
 # order (Pi-Model, PseudoLabel, MixUp, VAT, Mean Teacher), ICT (Table 4), then supervised.
 METHODS: dict[str, Method] = {
-    "mixmatch": Method("MixMatch", "mixmatch.py", {k: None for k in MIXMATCH_FIELDS},
-                       forwards_per_step=11.0, legacy=True),   # K=2: 2 guesses + 3 x (fwd + bwd)
-    "pi_model": Method("Pi-Model", "pi_model.py", {"consistency_weight": 10.0, "warmup_pos": 0.4},
-                       {"wd": 0.02, "consistency_weight": 20.0}, forwards_per_step=7.0),
-    "pseudo_label": Method("PseudoLabel", "pseudo_label.py",
-                           {"consistency_weight": 1.0, "threshold": 0.95, "warmup_pos": 0.4},
-                           {"wd": 0.02, "consistency_weight": 1.0}, forwards_per_step=6.0),
-    "mixup": Method("MixUp", "mixup.py", {"alpha": 0.5}, {"wd": 0.02, "alpha": 0.75}, forwards_per_step=7.0),
-    "vat": Method("VAT", "vat.py", {"vat_weight": 0.3, "vat_eps": 6.0, "vat_xi": 1e-6, "entmin_weight": 0.06,
-                                    "warmup_pos": 0.4},
-                  {"wd": 0.02}, forwards_per_step=12.0),
-    "mean_teacher": Method("MeanTeacher", "mean_teacher.py", {"consistency_weight": 50.0, "warmup_pos": 0.4},
-                           {"wd": 0.2, "consistency_weight": 50.0}, forwards_per_step=7.0),
+    "mixmatch": Method("MixMatch", "mixmatch.py", MIXMATCH_KNOBS, variants=MIXMATCH_VARIANTS,
+                       # K guesses + (K + 1) mixed chunks forward and backward (11 at K = 2)
+                       forwards_per_step=lambda cfg: cfg.K + 3.0 * (cfg.K + 1), legacy=True),
+    "pi_model": Method("Pi-Model", "pi_model.py", {"consistency_weight": _consistency(10.0), "warmup_pos": _WARMUP},
+                       {"wd": 0.02, "consistency_weight": 20.0}, forwards_per_step=lambda cfg: 7.0),
+    "pseudo_label": Method(
+        "PseudoLabel", "pseudo_label.py",
+        {"consistency_weight": _consistency(1.0), "warmup_pos": _WARMUP,
+         "threshold": _fraction("pseudo_label: minimum max-probability for a pseudo-label to count", 0.95),
+         "pl_mask": Knob("official", "pseudo_label: official (the official code's [B] x [B, 1] broadcast: fraction "
+                         "of confident rows x mean cross-entropy over all rows) | per_row (only confident rows "
+                         "count, as its comment intends)", choices=("official", "per_row"))},
+        {"wd": 0.02, "consistency_weight": 1.0}, forwards_per_step=lambda cfg: 6.0),
+    "mixup": Method("MixUp", "mixup.py", {"alpha": _alpha(0.5)}, {"wd": 0.02, "alpha": 0.75},
+                    forwards_per_step=lambda cfg: 7.0),
+    "vat": Method(
+        "VAT", "vat.py",
+        {"vat_weight": _nonneg("vat: weight of the VAT loss after warm-up (official flag `vat`)", 0.3),
+         "vat_eps": Knob(6.0, "vat: L2 norm of the adversarial perturbation (pixels in [-1, 1])",
+                         lambda v: v > 0, "> 0"),
+         "vat_xi": Knob(1e-6, "vat: norm of the probe perturbation of the power iteration", lambda v: v > 0, "> 0"),
+         "entmin_weight": _nonneg("vat: weight of the entropy-minimisation loss (not warmed up)", 0.06),
+         "warmup_pos": _WARMUP},
+        {"wd": 0.02}, forwards_per_step=lambda cfg: 12.0),
+    "mean_teacher": Method("MeanTeacher", "mean_teacher.py",
+                           {"consistency_weight": _consistency(50.0), "warmup_pos": _WARMUP},
+                           {"wd": 0.2, "consistency_weight": 50.0}, forwards_per_step=lambda cfg: 7.0),
     "ict": Method("Interpolation Consistency Training", "ict.py",
-                  {"consistency_weight": 50.0, "warmup_pos": 0.4, "alpha": 0.5},
-                  {"wd": 0.02, "alpha": 0.75, "consistency_weight": 1000.0}, forwards_per_step=7.0),
-    "supervised": Method("Supervised", "(ours: cross-entropy on the labeled batch)", {},
-                         forwards_per_step=3.0, legacy=True),
-    "fs_mixup": Method("Fully supervised (MixUp)", "fully_supervised/fs_mixup.py", {"alpha": 0.5},
-                       {"wd": 0.002, "alpha": 0.5}, forwards_per_step=3.0),
+                  {"consistency_weight": _consistency(50.0), "warmup_pos": _WARMUP, "alpha": _alpha(0.5)},
+                  {"wd": 0.02, "alpha": 0.75, "consistency_weight": 1000.0}, forwards_per_step=lambda cfg: 7.0),
+    "supervised": Method("Supervised", "(ours: cross-entropy on the labeled batch)", {}, legacy=True),
+    # fully_supervised/fs_mixup.py with every label (the paper's "fully supervised" rows):
+    # MixUp Beta(0.5), wd 0.002 are fs_mixup's preset; set n_labeled to the training set size.
+    "fs_mixup": Method("Fully supervised (MixUp)", "fully_supervised/fs_mixup.py", {"alpha": _alpha(0.5)},
+                       {"wd": 0.002, "alpha": 0.5}, variants={"fully_supervised": {}}),
 }
 FULL_METHOD = "mixmatch"   # the row the Welch tests compare every other row against
+MIXMATCH_FIELDS = tuple(MIXMATCH_KNOBS)   # legacy methods' identity keeps these
 
 
 def owned_fields(method: str) -> set[str]:
@@ -80,6 +161,42 @@ def owned_fields(method: str) -> set[str]:
 def method_fields() -> set[str]:
     """Every field some method owns: a method's identity hashes only its own."""
     return {f for m in METHODS.values() for f in m.hparams}
+
+
+def knobs(name: str) -> list[tuple[str, Knob]]:
+    """(method, Knob) for every method that owns the config field `name`."""
+    return [(m, rec.hparams[name]) for m, rec in METHODS.items() if name in rec.hparams]
+
+
+def variants() -> dict[str, dict[str, Any]]:
+    """Every named variant: one per method (so a sweep's `variant` axis gives one table row per
+    method) followed by that method's own variants. A variant's diff includes its method."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, rec in METHODS.items():
+        out[name] = {} if name == FULL_METHOD else {"method": name}
+        for vname, diff in rec.variants.items():
+            out[vname] = diff if name == FULL_METHOD else {"method": name, **diff}
+    return out
+
+
+def variant_method(diff: dict[str, Any]) -> str:
+    """The method a variant's diff trains (the full method unless it names one)."""
+    return diff.get("method", FULL_METHOD)
+
+
+def row_order() -> list[str]:
+    """Table rows: each method followed by its variants, in registry order."""
+    return list(variants())
+
+
+def relative_step_cost(cfg) -> float:
+    """Cost of one step of `cfg`'s method relative to MixMatch's at K = 2 (dry-run estimates)."""
+    full = METHODS[FULL_METHOD]
+    return METHODS[cfg.method].forwards_per_step(cfg) / full.forwards_per_step(_K2)
+
+
+class _K2:
+    K = 2
 
 
 def load(name: str) -> ModuleType:

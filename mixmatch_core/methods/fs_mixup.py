@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import mixmatch as mm
-from .common import mixup_xent, reversed_index
+from .common import mix_rows, mixup_xent, reversed_index, sample_lambda
 
 
 def unlabeled_views(cfg) -> int:
@@ -23,6 +22,6 @@ def unlabeled_weight(cfg, step: int) -> float:
 
 def losses(cfg, model, ema_model, x, y, u_views, w: float):
     B = x.shape[0]
-    lam, rev = mm.sample_lambda(B, cfg.alpha, x.device), reversed_index(B, x.device)
-    lx = mixup_xent(model(mm.mix_rows(x, rev, lam)), y, rev, lam)
+    lam, rev = sample_lambda(B, cfg.alpha, x.device), reversed_index(B, x.device)
+    lx = mixup_xent(model(mix_rows(x, rev, lam)), y, rev, lam)
     return lx, lx, torch.zeros((), device=lx.device)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import mixmatch as mm
-from .common import consistency_warmup, reversed_index, xent
+from .common import (consistency_warmup, frozen_bn_stats, mixup_pairs, reversed_index,
+                     sample_lambda, squared_prob_error, xent)
 
 
 def unlabeled_views(cfg) -> int:
@@ -29,13 +29,13 @@ def unlabeled_weight(cfg, step: int) -> float:
 
 def losses(cfg, model, ema_model, x, y, u_views, w: float):
     u = u_views[0]
-    lam, rev = mm.sample_lambda(u.shape[0], cfg.alpha, u.device), reversed_index(u.shape[0], u.device)
+    lam, rev = sample_lambda(u.shape[0], cfg.alpha, u.device), reversed_index(u.shape[0], u.device)
     logits_x = model(x)                         # the one pass that updates BN statistics
-    with torch.no_grad(), mm.frozen_bn_stats(ema_model):
+    with torch.no_grad(), frozen_bn_stats(ema_model):
         teacher = torch.softmax(ema_model(u).float(), dim=-1)
-    u_mix, q_mix = mm.mixup_pairs(u, teacher, rev, lam)
-    with mm.frozen_bn_stats(model):
+    u_mix, q_mix = mixup_pairs(u, teacher, rev, lam)
+    with frozen_bn_stats(model):
         student = model(u_mix)
     lx = xent(logits_x, y)
-    lu = mm.loss_u(student.float(), q_mix)
+    lu = squared_prob_error(student.float(), q_mix)
     return lx + w * lu, lx, lu

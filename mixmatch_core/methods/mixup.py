@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import mixmatch as mm
-from .common import mixup_xent, reversed_index
+from .common import (frozen_bn_stats, mix_rows, mixup_pairs, mixup_xent,
+                     reversed_index, sample_lambda, soft_xent)
 
 
 def unlabeled_views(cfg) -> int:
@@ -29,12 +29,12 @@ def unlabeled_weight(cfg, step: int) -> float:
 def losses(cfg, model, ema_model, x, y, u_views, w: float):
     B, u = x.shape[0], u_views[0]
     rev = reversed_index(B, x.device)
-    lam_x = mm.sample_lambda(B, cfg.alpha, x.device)
-    lx = mixup_xent(model(mm.mix_rows(x, rev, lam_x)), y, rev, lam_x)   # updates BN statistics
-    with mm.frozen_bn_stats(model):
+    lam_x = sample_lambda(B, cfg.alpha, x.device)
+    lx = mixup_xent(model(mix_rows(x, rev, lam_x)), y, rev, lam_x)   # updates BN statistics
+    with frozen_bn_stats(model):
         with torch.no_grad():
             p_u = torch.softmax(model(u).float(), dim=-1)
-        lam_u = mm.sample_lambda(u.shape[0], cfg.alpha, u.device)
-        u_mix, q_mix = mm.mixup_pairs(u, p_u, reversed_index(u.shape[0], u.device), lam_u)
-        lu = mm.loss_x(model(u_mix).float(), q_mix)     # soft-target cross-entropy (Eq. 3's form)
+        lam_u = sample_lambda(u.shape[0], cfg.alpha, u.device)
+        u_mix, q_mix = mixup_pairs(u, p_u, reversed_index(u.shape[0], u.device), lam_u)
+        lu = soft_xent(model(u_mix).float(), q_mix)     # soft-target cross-entropy (Eq. 3's form)
     return lx + w * lu, lx, lu

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import mixmatch as mm
-from .common import consistency_warmup, xent
+from .common import consistency_warmup, frozen_bn_stats, squared_prob_error, xent
 
 
 def unlabeled_views(cfg) -> int:
@@ -29,10 +28,10 @@ def unlabeled_weight(cfg, step: int) -> float:
 
 def losses(cfg, model, ema_model, x, y, u_views, w: float):
     logits_x = model(x)                         # the one pass that updates BN statistics
-    with mm.frozen_bn_stats(model):
+    with frozen_bn_stats(model):
         with torch.no_grad():                   # official: tf.stop_gradient on the teacher
             teacher = torch.softmax(model(u_views[0]).float(), dim=-1)
         student = model(u_views[1])
     lx = xent(logits_x, y)
-    lu = mm.loss_u(student.float(), teacher)    # mean over rows and classes of squared error
+    lu = squared_prob_error(student.float(), teacher)    # mean over rows and classes of squared error
     return lx + w * lu, lx, lu

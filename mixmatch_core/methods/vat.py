@@ -14,15 +14,29 @@ paper's KL(p(u) || p(u + r)); the entropy term (VAT+EntMin) is not warmed up and
 flows through the clean unlabeled logits; the teacher p(u) carries no gradient in the VAT term.
 All unlabeled passes run in training mode (batch statistics); only the labeled pass updates
 the running statistics. `smoothing` is accepted but unused by vat.py.
+
+Precision of the probe (ours, not in the official code, which ran fp32 under TF1 without TF32):
+the probe d has L2 norm xi = 1e-6 after the max-abs then L2 normalisation, about 2e-8 per
+pixel of a 32x32x3 image. Under bf16 autocast (8 mantissa bits) or TF32 convolutions/matmuls
+(10 bits, PyTorch's default for cuDNN convolutions on Ampere/Hopper), the first layer reads
+u + d as u: the probe's forward equals the clean one, the KL's gradient is zero or rounding
+noise, and VAT silently becomes entropy minimisation plus a random eps-sized perturbation. So
+the clean pass that the probe is compared with and the probe's forward and backward run in
+strict fp32 (`strict_fp32`: autocast off, TF32 off for cuDNN and matmul), for that region
+only; the adversarial pass and the labeled pass keep the run's precision (r_adv has norm
+vat_eps = 6, far above any rounding). `power_iteration` is the raw math in the ambient
+precision (for benchmarks comparing the two).
 """
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import mixmatch as mm
-from .common import consistency_warmup, xent
+from .common import consistency_warmup, frozen_bn_stats, xent
 
 
 def unlabeled_views(cfg) -> int:
@@ -41,22 +55,63 @@ def normalize(d: Tensor) -> Tensor:
     return d / torch.sqrt(1e-6 + d.square().sum(dim=dims, keepdim=True))
 
 
+def at_least_fp32(t: Tensor) -> Tensor:
+    """`t` in fp32, or in its own dtype if wider (float64 in tests)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def kl_from_logits(a: Tensor, b: Tensor) -> Tensor:
     """KL(Cat(softmax a) || Cat(softmax b)) per row, in nats, in fp32 at least (bf16 logits
     under autocast are promoted)."""
-    dtype = torch.promote_types(a.dtype, torch.float32)
-    la, lb = F.log_softmax(a.to(dtype), dim=-1), F.log_softmax(b.to(dtype), dim=-1)
+    la, lb = F.log_softmax(at_least_fp32(a), dim=-1), F.log_softmax(at_least_fp32(b), dim=-1)
     return (la.exp() * (la - lb)).sum(dim=-1)
 
 
-def adversarial_perturbation(forward, u: Tensor, logits_u: Tensor, eps: float, xi: float) -> Tensor:
-    """vat_utils.generate_perturbation: one power iteration from a Gaussian probe of norm xi.
-    `logits_u` is the clean prediction (no gradient needed); the gradient is taken with respect
-    to the probe only, so the model's parameters receive nothing from this pass."""
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """Inside: plain fp32 arithmetic. Autocast is off (on every device type where it is on), and
+    TF32 is off for cuDNN convolutions/RNNs and for matmuls; everything is restored on exit.
+    cuDNN through the per-operator flags (what convolutions read); matmuls through
+    set_float32_matmul_precision, which keeps the legacy and the per-backend flags that cuBLAS
+    checks against each other consistent. Process-wide flags: not for concurrent threads."""
+    cudnn = (torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+    matmul = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    saved_cudnn = [k.fp32_precision for k in cudnn]
+    saved_matmul = [k.fp32_precision for k in matmul]
+    saved_precision = torch.get_float32_matmul_precision()
+    with contextlib.ExitStack() as stack:
+        for device_type in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        try:
+            torch.set_float32_matmul_precision("highest")
+            for knob in cudnn:
+                knob.fp32_precision = "ieee"
+            yield
+        finally:
+            torch.set_float32_matmul_precision(saved_precision)
+            for knob, value in (*zip(matmul, saved_matmul), *zip(cudnn, saved_cudnn)):
+                knob.fp32_precision = value
+
+
+def power_iteration(forward, u: Tensor, logits_u: Tensor, eps: float, xi: float) -> Tensor:
+    """vat_utils.generate_perturbation: one power iteration from a Gaussian probe of norm xi, in
+    whatever precision is ambient. `logits_u` is the clean prediction (no gradient needed); the
+    gradient is taken with respect to the probe only, so the model's parameters receive nothing
+    from this pass."""
     d = (xi * normalize(torch.randn_like(u))).requires_grad_(True)
     dist = kl_from_logits(logits_u.detach(), forward(u + d)).mean()
     (grad,) = torch.autograd.grad(dist, [d])
     return eps * normalize(grad.detach())
+
+
+def adversarial_perturbation(forward, u: Tensor, logits_u: Tensor, eps: float, xi: float) -> Tensor:
+    """`power_iteration` in strict fp32 (module docstring: the probe vanishes in bf16 or TF32).
+    `logits_u` must come from a strict-fp32 pass too: the KL's gradient at d is the difference of
+    the two predictions, and a clean prediction in another precision would differ from the
+    probe's by its rounding, which would then drive the direction instead of the probe."""
+    with strict_fp32():
+        return power_iteration(forward, at_least_fp32(u), at_least_fp32(logits_u), eps, xi)
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -68,8 +123,9 @@ def entropy(logits: Tensor) -> Tensor:
 def losses(cfg, model, ema_model, x, y, u_views, w: float):
     logits_x = model(x)                         # the one pass that updates BN statistics
     u = u_views[0]
-    with mm.frozen_bn_stats(model):
-        logits_u = model(u)
+    with frozen_bn_stats(model):
+        with strict_fp32():                     # the probe's reference: same precision as the probe
+            logits_u = model(at_least_fp32(u))
         r_adv = adversarial_perturbation(model, u, logits_u, cfg.vat_eps, cfg.vat_xi)
         logits_adv = model(u + r_adv)
     lx = xent(logits_x, y)

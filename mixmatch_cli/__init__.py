@@ -1,0 +1,52 @@
+"""The `mixmatch` console command: one table of subcommands, each owned by one module.
+
+Owns: the dispatch from `mixmatch COMMAND ...` to the module that runs the command, the
+top-level usage text, and `parsers()`, every command's argparse parser (the docs' CLI
+reference is generated from it, so it cannot drift from `--help`). Commands import their
+module lazily: a relaunch of a finished sweep must not pay for importing torch or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, main function, parser function, one-line summary)
+COMMANDS = {
+    "train": ("mixmatch_cli.train", "main", "build_parser", "train one run (resumable)"),
+    "sweep": ("sweeps.runner", "sweep_main", "sweep_parser", "run every cell of a sweep spec"),
+    "table": ("sweeps.table", "table_main", "table_parser", "paper-style error tables from MLflow"),
+    "plot": ("sweeps.plot", "plot_main", "plot_parser", "error-vs-labels, ablation and learning-curve plots"),
+    "report": ("sweeps.report", "report_main", "report_parser", "one self-contained HTML report of a sweep"),
+    "search": ("sweeps.search", "search_main", "search_parser", "Optuna hyperparameter search"),
+    "worker": ("sweeps.distributed", "worker_main", "worker_parser", "claim and train cells of a shared sweep"),
+    "status": ("sweeps.distributed", "status_main", "status_parser", "cells waiting / running / done / failed"),
+    "slurm": ("sweeps.slurm", "slurm_main", "slurm_parser",
+              "submit a sweep's workers as one Slurm job array (submitit)"),
+    "ui": ("mixmatch_cli.ui", "main", "build_parser", "start the MLflow UI (127.0.0.1)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: mixmatch COMMAND [args]  (mixmatch COMMAND --help for details)", "", "commands:"]
+    lines += [f"  {name:<8} {doc}" for name, (_, _, _, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser, in the order of `mixmatch --help` (imports every command module)."""
+    return {name: getattr(importlib.import_module(module), parser)()
+            for name, (module, _, parser, _) in COMMANDS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"mixmatch: error: unknown command '{argv[0]}'; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func, _, _ = COMMANDS[argv[0]]
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)

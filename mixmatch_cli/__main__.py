@@ -1,0 +1,5 @@
+"""`python -m mixmatch_cli ...` is the `mixmatch` command (how workers start each other)."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""The registry of datasets: one record per dataset, free of torch and numpy.
+
+Owns: every fact about a dataset that more than one module needs: its class count, image size,
+augmentation (REFERENCE.md "Data and protocol"; official libml/data.py augment_cifar10/svhn/
+stl10), the preset applied to config fields the user leaves unset (REFERENCE.md "lambda_u per
+dataset"), how its official labeled split is drawn, the paper's dataset it is compared with,
+its cost per step relative to a 32x32 image, where its images come from (the MLflow dataset
+input) and its loader. `dataset_info(name)` also answers for a user's `npz:PATH` file.
+
+Adding a dataset: one record here plus its loader (a function `(info, data_dir) -> Dataset`
+anywhere importable; the built-in ones are in mixmatch_core/data.py), and its tests. Loaders
+are named by "module:function" and imported only when a run opens its data, so resolving a
+config never imports torch or torchvision.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    loader: str                       # "module:function" building the host arrays (data.Dataset)
+    n_classes: int | None = 10        # None: read from the data (npz files)
+    image_px: int | None = 32         # side of the square images; None: read from the data
+    flip: bool | None = True          # random horizontal flip; None: chosen by image size (npz)
+    shift_px: int | None = 4          # reflect-pad + random crop, pixels; None: by image size
+    preset: dict[str, Any] = field(default_factory=dict)  # config fields the user left unset
+    # The official split (create_split.py) is balanced where the classes are: n_labeled must
+    # then be a multiple of the class count; SVHN's follows the class frequencies.
+    balanced_split: bool = True
+    fold_size: int | None = None      # predefined labeled folds of this size (STL-10: 1000)
+    labeled_pool_extra: bool = False  # an unlabeled split that config labeled_pool=train+unlabeled can add
+    paper_name: str | None = None     # the paper's dataset our numbers are compared with
+    cost_factor: float = 1.0          # step cost relative to a 32x32 image (dry-run estimates)
+    source: str = "torchvision"       # MLflow dataset input: torchvision | code | local
+    source_uri: str = ""              # for source "code": what produces the images
+
+
+_TORCHVISION = "mixmatch_core.data:load_torchvision"
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(
+        "digits", "mixmatch_core.data:load_digits", image_px=8, flip=False, shift_px=1,  # 8x8: 1 px shift, no flip
+        # The embedded CPU setting: 500 steps x 64 labeled images ~ 25 epochs of the 1297
+        # training images; the ramp-up is 40% of the run (the paper's 16k of 1M steps would
+        # never finish ramping). The 16-wide small CNN: 8x8 images need no more, and it runs
+        # ~25 steps/s on one core.
+        preset=dict(model="small_cnn16", n_labeled=50, steps=500, eval_every=50, median_of=5, log_every=50,
+                    lambda_u=75.0, alpha=0.75, rampup_steps=200, ema_decay=0.99),
+        cost_factor=0.1, source="code", source_uri="sklearn.datasets.load_digits"),   # measured
+    "cifar10": DatasetInfo("cifar10", _TORCHVISION, preset=dict(lambda_u=75.0, alpha=0.75), paper_name="cifar10"),
+    "cifar100": DatasetInfo("cifar100", _TORCHVISION, n_classes=100, preset=dict(lambda_u=150.0, alpha=0.75),
+                            paper_name="cifar100"),
+    # SVHN: shift only, digits are not mirror-symmetric; labels drawn by class frequency.
+    "svhn": DatasetInfo("svhn", _TORCHVISION, flip=False, preset=dict(lambda_u=250.0, alpha=0.75),
+                        balanced_split=False, paper_name="svhn"),
+    "svhn_extra": DatasetInfo("svhn_extra", _TORCHVISION, flip=False, preset=dict(lambda_u=250.0, alpha=0.25),
+                              balanced_split=False, paper_name="svhn_extra"),
+    # STL-10, 96x96: flip + shift up to 12 px; runs/table2.sh --scales=4 (auto would give 5 at
+    # 96 px); 9x the pixels of 32x32 (cost estimate).
+    "stl10": DatasetInfo("stl10", _TORCHVISION, image_px=96, shift_px=12,
+                         preset=dict(lambda_u=50.0, alpha=0.75, scales=4), fold_size=1000, labeled_pool_extra=True,
+                         paper_name="stl10", cost_factor=9.0),
+}
+# A user's numpy file `npz:PATH` (x_train, y_train, x_test, y_test): classes and augmentation
+# come from the data; compared with the paper when the file is named after a paper dataset.
+NPZ = DatasetInfo("npz", "mixmatch_core.data:load_npz", n_classes=None, image_px=None, flip=None, shift_px=None,
+                  preset=dict(lambda_u=75.0, alpha=0.75), balanced_split=False, source="local")
+
+
+def dataset_info(dataset: str) -> DatasetInfo | None:
+    """The record of a `Config.dataset` value (a name or `npz:PATH`); None when unknown."""
+    if dataset.startswith("npz:"):
+        stem = re.sub(r"\.npz$", "", dataset[4:].rsplit("/", 1)[-1])
+        paper = DATASETS[stem].paper_name if stem in DATASETS else None
+        return replace(NPZ, name=dataset, paper_name=paper)
+    return DATASETS.get(dataset)
+
+
+def allowed() -> str:
+    """The allowed `dataset` values, for one-line errors and --help."""
+    return ", ".join(DATASETS) + ", npz:PATH"
