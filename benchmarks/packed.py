@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixmatch_core.methods import common as ops
-from mixmatch_core.methods import mixmatch as mm
+from mixmatch_core.methods import common
+from mixmatch_core.methods import mixmatch as mixmatch_method
 from mixmatch_core.augment import AugmentSpec, augment_batch, pad_reflect
 from mixmatch_core.models import BatchNorm2d, Conv2dSame
 
@@ -197,7 +197,7 @@ class PackedData:
         unl = torch.randint(0, self.x_pad.shape[0], shape, device=self.device).flatten()
         rows = (K + 1) * batch
         return Draws(self._images(lab, shape), self.y[lab].view(shape), [self._images(unl, shape) for _ in range(K)],
-                     ops.sample_lambda(rows * n_models, alpha, self.device).view(rows, n_models),
+                     common.sample_lambda(rows * n_models, alpha, self.device).view(rows, n_models),
                      torch.rand(rows, n_models, device=self.device).argsort(dim=0))
 
 
@@ -215,30 +215,31 @@ def mixup_per_model(x: Tensor, targets: Tensor, perm: Tensor, lam: Tensor) -> tu
 
 
 def loss_x_per_model(logits: Tensor, targets: Tensor) -> Tensor:
-    """common.soft_xent (Eq. 3) of each model: [B, N, classes] -> [N]."""
+    """common.soft_xent (MixMatch Eq. 3, L_X) of each model: [B, N, classes] -> [N]."""
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(targets.float() * logp).sum(dim=-1).mean(dim=0)
 
 
 def loss_u_per_model(logits: Tensor, targets: Tensor) -> Tensor:
-    """common.squared_prob_error (Eq. 4) of each model, the mean over rows and classes: [B, N, classes] -> [N]."""
+    """common.squared_prob_error (MixMatch Eq. 4, L_U) of each model, the mean over rows and
+    classes: [B, N, classes] -> [N]."""
     return (targets.float() - torch.softmax(logits.float(), dim=-1)).square().mean(dim=(0, 2))
 
 
 PACKED_OPS = (mixup_per_model, loss_x_per_model, loss_u_per_model)
-ONE_MODEL_OPS = (ops.mixup_pairs, ops.soft_xent, ops.squared_prob_error)       # the trainer's own
+ONE_MODEL_OPS = (common.mixup_pairs, common.soft_xent, common.squared_prob_error)       # the trainer's own
 
 
 def mixmatch_losses(cfg, model, d: Draws, w: float, packed: bool):
-    """methods/mixmatch.py `losses` with the MixUp draws given (d.lam, d.perm) instead of drawn
+    """mixmatch_core.methods.mixmatch `losses` with the MixUp draws given (d.lam, d.perm) instead of drawn
     inside: guess (K passes, BN stats discarded), sharpen, MixUp, the interleaved forward and
     L = L_X + w L_U. Returns (summed loss, L_X, L_U); L_X and L_U are [N] when packed."""
     mix, loss_x, loss_u = PACKED_OPS if packed else ONE_MODEL_OPS
     B, K = d.x.shape[0], len(d.u)
-    q = mm.guess_labels(model, d.u, cfg.T)
+    q = mixmatch_method.guess_labels(model, d.u, cfg.T)
     targets = torch.cat([F.one_hot(d.y, q.shape[-1]).float()] + [q] * K)
     mixed, mixed_t = mix(torch.cat([d.x] + d.u), targets, d.perm, d.lam)
-    logits = mm.forward_interleaved(model, list(mixed.split(B)), B, cfg.bn_mode)
+    logits = mixmatch_method.forward_interleaved(model, list(mixed.split(B)), B, cfg.bn_mode)
     lx = loss_x(logits[0].float(), mixed_t[:B])
     lu = loss_u(torch.cat(logits[1:]).float(), mixed_t[B:])
     return (lx + w * lu).sum(), lx, lu
@@ -284,7 +285,9 @@ class Floor:
     mode, fixed random inputs; no optimiser, data or losses. `form` "grouped" is PackedModel;
     "vmap" is torch.func: stack_module_state + functional_call under vmap over the model axis
     (BN running statistics as stacked buffers, updated in place under vmap). `compile_mode`
-    compiles the grouped form's forward (the trainer's `compiled`); the vmap form stays eager."""
+    compiles the grouped form's forward (the trainer's `compiled`); the vmap form stays eager and
+    NCHW (stack_module_state stacks contiguous weights; vmap's convolution rule regroups them
+    into one grouped convolution itself)."""
 
     def __init__(self, models: list[nn.Module], form: str, batch: int, K: int, amp_ctx, channels_last: bool,
                  compile_mode: str | None = None):

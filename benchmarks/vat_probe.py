@@ -8,17 +8,17 @@ comparison per image (cosine similarity, norm ratio). Used by benchmarks/gpu_che
 Why it matters: VAT's probe has norm xi = 1e-6 over a whole image (about 2e-8 per pixel), far
 below the resolution of TF32 (10-bit mantissa) or bf16 (7-bit) inputs to a convolution; there
 u + d rounds to u, the KL's gradient at its minimum is zero or noise, and r_adv loses its direction
-(cosine near 0) or vanishes (norm ratio 0). mixmatch_core.methods.vat exposes (or will expose)
+(cosine near 0) or vanishes (norm ratio 0). mixmatch_core.methods.vat exposes (since the VAT fix)
 `power_iteration(forward, u, logits_u, eps, xi)` (the raw math in the ambient precision) and
 `adversarial_perturbation(...)` (the same inside a strict-fp32 guard). Before that change only
-`adversarial_perturbation` exists, unguarded; the probe then uses it as the raw math and says so.
+`adversarial_perturbation` existed, unguarded; the probe then uses it as the raw math and says so.
 
-Each setting computes the clean logits `logits_u` in its own precision, as methods/vat.py's losses
-does before calling the perturbation. So the guarded row also shows whether a guard recovers the
-direction when the caller's logits are bf16: the KL's gradient at d = 0 is J^T (p(u) - p_clean),
-and a bf16 error in p_clean is a first-order term that swamps the second-order one (|d| = 1e-6).
-A guard must recompute the clean logits in fp32 too (on CPU, a guard that reused the caller's bf16
-logits gave a cosine of -0.49 for one image; one that recomputed them gave 1.0).
+The raw rows compute the clean logits `logits_u` in their own setting (the power iteration as it
+ran before the fix); the guarded row computes them in strict fp32 and calls the guarded function
+in bf16 autocast over the TF32 defaults, exactly as methods/vat.py's losses does. The clean logits
+must come from the probe's precision: the KL's gradient at d = 0 is J^T (p(u) - p_clean), and a
+bf16 error in p_clean is a first-order term that swamps the second-order one (|d| = 1e-6) (on
+CPU, a guard fed bf16 clean logits gave a cosine of -0.49 for one image).
 """
 
 from __future__ import annotations
@@ -74,14 +74,17 @@ def ambient(device_type: str):
     return contextlib.nullcontext()
 
 
-def perturbation(fn, model, u: Tensor, eps: float, xi: float, seed: int, setting) -> Tensor:
+def perturbation(fn, model, u: Tensor, eps: float, xi: float, seed: int, setting, clean_setting=None) -> Tensor:
     """r_adv = fn(model, u, logits_u, eps, xi) in `setting`, as methods/vat.py's losses call it:
-    training mode with BN statistics left as they were, the clean logits from the same precision,
-    and the Gaussian probe from `seed` (the same d in every setting). Returns fp32 [B, C, H, W]."""
-    with setting(u.device.type), frozen_bn_stats(model):
-        logits_u = model(u)
-        torch.manual_seed(seed)
-        return fn(model, u, logits_u, eps, xi).detach().float()
+    training mode with BN statistics left as they were, the clean logits computed in
+    `clean_setting` (default: `setting`), and the Gaussian probe from `seed` (the same d in every
+    setting). Returns fp32 [B, C, H, W]."""
+    with frozen_bn_stats(model):
+        with (clean_setting or setting)(u.device.type):
+            logits_u = model(u)
+        with setting(u.device.type):
+            torch.manual_seed(seed)
+            return fn(model, u, logits_u, eps, xi).detach().float()
 
 
 def compare(r: Tensor, ref: Tensor) -> dict[str, float]:
@@ -102,11 +105,11 @@ def probe_rows(model, u: Tensor, eps: float, xi: float, seed: int = 0) -> tuple[
     note = None if raw else ("mixmatch_core.methods.vat has no power_iteration yet: the raw probe is "
                              "adversarial_perturbation (unguarded today); no guarded row")
     raw = raw or vat.adversarial_perturbation
-
     ref = perturbation(raw, model, u, eps, xi, seed, strict_fp32)
-    cases = [("raw", "TF32 defaults", raw, ambient), ("raw", "bf16 autocast", raw, bf16_autocast)]
-    if note is None:      # bf16 autocast on top of the ambient TF32 defaults: the trainer's amp=bf16
-        cases.append(("guarded", "TF32 defaults + bf16 autocast", vat.adversarial_perturbation, bf16_autocast))
-    rows = [{"function": f, "setting": s, "vs": "raw, strict fp32",
-             **compare(perturbation(fn, model, u, eps, xi, seed, ctx), ref)} for f, s, fn, ctx in cases]
+    cases = [("raw", "TF32 defaults", raw, ambient, None), ("raw", "bf16 autocast", raw, bf16_autocast, None)]
+    if note is None:      # as vat.losses calls it: clean logits in strict fp32, the rest in the run's precision
+        cases.append(("guarded", "TF32 defaults + bf16 autocast", vat.adversarial_perturbation, bf16_autocast,
+                      strict_fp32))
+    rows = [{"function": f, "setting": s, "clean_logits": "strict fp32" if clean else s, "vs": "raw, strict fp32",
+             **compare(perturbation(fn, model, u, eps, xi, seed, ctx, clean), ref)} for f, s, fn, ctx, clean in cases]
     return rows, note

@@ -16,6 +16,7 @@ from benchmarks import packed as pk
 from mixmatch_core import methods
 from mixmatch_core.augment import AugmentSpec
 from mixmatch_core.config import resolve
+from mixmatch_core.methods.common import sample_lambda
 from mixmatch_core.train import build_models
 
 TINY_WRN = "wrn10_1"        # WRN-10-1: one block per stage, 16-32-64 channels; seconds on CPU
@@ -75,8 +76,8 @@ def test_the_one_model_step_is_the_trainers_mixmatch_losses_given_its_draws():
     model = _models(TINY_WRN, 1)[0]
     twin = copy.deepcopy(model)
     x, y, u = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), [torch.randn(8, 3, 32, 32) for _ in range(2)]
-    torch.manual_seed(5)           # mm.mixup's own draws, in its order: the Beta weights, then the partners
-    lam, perm = pk.ops.sample_lambda(24, cfg.alpha), torch.randperm(24)
+    torch.manual_seed(5)           # mixup's own draws, in its order: the Beta weights, then the partners
+    lam, perm = sample_lambda(24, cfg.alpha), torch.randperm(24)
     ours = pk.mixmatch_losses(cfg, model, pk.Draws(x, y, u, lam, perm), 75.0, packed=False)
     torch.manual_seed(5)
     theirs = methods.load("mixmatch").losses(cfg, twin, None, x, y, u, 75.0)
