@@ -82,7 +82,8 @@ def means_state(sweep: str, cells) -> dict:
     """The means view: the cells view grouped by (n_labeled, variant), each group a row with the
     average of its runs' metrics (error: the mean over seeds), collapsed."""
     state = cells_state(sweep)
-    state["columnWidths"][_column(*COLUMNS[0])] = 230     # "90.14999999999999 (average)": MLflow prints every digit
+    state["columnWidths"] = {RUN_NAME_COLUMN: 390,      # "Group: n_labeled: 100, variant: supervised"
+                             _column(*COLUMNS[0]): 230}    # "90.14999999999999 (average)": MLflow prints every digit
     state["groupBy"] = {"aggregateFunction": "average",
                         "groupByKeys": [{"mode": "tag", "groupByData": k} for k in GROUP_KEYS]}
     # A group's id is its values, "tag.n_labeled.30,tag.variant.mixmatch"; unlisted groups open.
