@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--modes: unknown {', '.join(bad)}; allowed: {', '.join(MODES)}")
     args.workers_list = [int(x) for x in (args.workers_list or ("1,2" if tiny else "1,2,4,8")).split(",")]
     # bf16 + channels_last everywhere; a CPU --tiny run stays fp32 (bf16 is 10-25x slower on CPUs
-    # without native bf16, README Performance)
+    # without native bf16, docs/performance.md)
     args.amp = "none" if tiny and args.device == "cpu" else "bf16"
     args.window_s = 2.0 if tiny else 15.0
     args.eval_interval_s = 0.5 if tiny else 3.0

@@ -196,7 +196,7 @@ def test_dry_run_lists_the_cells_with_their_cost_in_gpu_hours(table, tmp_path, m
 
 # ---- the paper's numbers beside every cell -------------------------------------------------------
 REFERENCE = ROOT / "results" / "paper_reference.csv"
-# Cells whose paper number we could not source (README "Paper tables"): not invented.
+# Cells whose paper number we could not source (docs/paper-tables.md): not invented.
 UNSOURCED = {("svhn", "mixup_svhn")} | {("svhn_extra", v) for v in
                                        ("pi_model_svhn", "pseudo_label_svhn", "mixup_svhn", "vat",
                                         "mean_teacher_svhn_extra")}
