@@ -388,7 +388,7 @@ def apply_defaults(args: argparse.Namespace) -> None:
     args.equal_model, args.equal_n, args.equal_batch = ("wrn10_1", 2, 8) if tiny else ("wrn28_2", 4, 64)
     args.vat_steps, args.method_steps = (2, 2) if tiny else (50, 100)
     # bf16 + channels_last everywhere; a CPU --tiny run stays fp32 (bf16 is 10-25x slower on CPUs
-    # without native bf16, README Performance)
+    # without native bf16, docs/performance.md)
     args.amp = "none" if tiny and args.device == "cpu" else "bf16"
     args.window_s = 2.0 if tiny else 10.0
     args.eval_interval_s = 0.5 if tiny else 3.0

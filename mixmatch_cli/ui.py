@@ -1,16 +1,19 @@
 """`mixmatch ui`: the MLflow UI on the configured tracking store, opened on an experiment's runs table.
 
 Owns: starting `mlflow ui` bound to 127.0.0.1 unless asked otherwise (or, with a tracking
-server, only printing its URL), the URL of the experiment's runs table, and opening it in a
-browser where there is a display.
+server, only printing its URL), the URL of the experiment's runs table (opened on the sweep's
+saved view, sweeps/mlflow_view.py, where there is one), and opening it in a browser where
+there is a display.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from mixmatch_core.config import ConfigError, load_yaml
+from sweeps import mlflow_view
 
 from .errors import ArgumentParser, user_errors
 
@@ -39,9 +42,11 @@ def main(argv: list[str]) -> int:
     server = uri.startswith(("http://", "https://"))
     base = uri.rstrip("/") if server else f"http://{args.host}:{args.port}"
     with user_errors():
-        url = runs_table_url(base, args.experiment, uri)
+        url, more = runs_table_urls(base, args.experiment, uri)
     print(f"MLflow runs table: {url}" + ("" if server else f"  (store {uri}; Ctrl-C to stop)"),
           file=sys.stderr, flush=True)
+    for what, other in more:
+        print(f"  {what}: {other}", file=sys.stderr, flush=True)
     if not args.no_browser:
         open_when_up(url, f"{base}/health")
     if server:
@@ -55,28 +60,42 @@ def main(argv: list[str]) -> int:
     return 0  # not reached
 
 
-def runs_table_url(base: str, experiment: str | None, uri: str) -> str:
+def runs_table_urls(base: str, experiment: str | None, uri: str) -> tuple[str, list[tuple[str, str]]]:
     """The runs table of the experiment (named, a spec's, else the one with the newest run) in
     MLflow 3's model-training view: `#/experiments/ID/runs?workflowType=machine_learning`
-    (without workflowType MLflow 3.x opens its GenAI overview); the UI's home when the store
-    holds no such experiment yet."""
+    (without workflowType MLflow 3.x opens its GenAI overview), opened on its sweep's cells view
+    (the spec's sweep, else the newest run's) where `mixmatch sweep` saved one; and the other
+    views of that sweep, as (what, url). The UI's home when the store holds no such experiment."""
     from mixmatch_core.tracking import client   # lazy: MLflow takes seconds to import
+    sweep = None
     if experiment and experiment.endswith((".yaml", ".yml")):
+        sweep = spec_sweep(experiment)
         experiment = spec_experiment(experiment)
-    exp_id = None
-    if uri.startswith(("http://", "https://")) or not uri.startswith("sqlite:///") or \
-            os.path.exists(uri[len("sqlite:///"):]):
-        c = client()
-        if experiment:
-            exp = c.get_experiment_by_name(experiment)
-            if exp is None:
-                raise ConfigError(f"experiment: no MLflow experiment named '{experiment}' in {uri}")
-            exp_id = exp.experiment_id
-        else:
-            newest = c.search_runs([e.experiment_id for e in c.search_experiments()], max_results=1,
-                                   order_by=["attributes.start_time DESC"])
-            exp_id = newest[0].info.experiment_id if newest else None
-    return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning" if exp_id else f"{base}/"
+    if not (uri.startswith(("http://", "https://")) or not uri.startswith("sqlite:///") or
+            os.path.exists(uri[len("sqlite:///"):])):
+        return f"{base}/", []
+    c = client()
+    if experiment:
+        exp = c.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ConfigError(f"experiment: no MLflow experiment named '{experiment}' in {uri}")
+        exp_ids = [exp.experiment_id]
+    else:
+        exp_ids = [e.experiment_id for e in c.search_experiments()]
+    newest = c.search_runs(exp_ids, max_results=1, order_by=["attributes.start_time DESC"]) if exp_ids else []
+    if not newest and not experiment:
+        return f"{base}/", []
+    exp_id = exp_ids[0] if experiment else newest[0].info.experiment_id
+    url = f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    sweep = sweep or (newest[0].data.tags.get("sweep") if newest else None)
+    keys = mlflow_view.saved_keys(c.get_experiment(exp_id).tags, sweep) if sweep else {}
+    more = [(mlflow_view.TITLES[kind], mlflow_view.view_url(url, key)) for kind, key in keys.items() if kind != "cells"]
+    return (mlflow_view.view_url(url, keys["cells"]) if "cells" in keys else url), more
+
+
+def spec_sweep(path: str) -> str:
+    """The sweep of a sweep spec: its `name`, else the file's stem (a search spec names none)."""
+    return str(load_yaml(path).get("name") or Path(path).stem)
 
 
 OPEN_WHEN_UP = """

@@ -99,7 +99,7 @@ class Config:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", runtime=True)
     amp: str = _f("none", "none | bf16 (autocast; batch norm, losses and weights stay fp32)")
     channels_last: bool = _f(True, "channels_last (NHWC) memory format for images and model: same results within 1e-5, "
-                                   "1.15-1.35x faster on CPU (README Performance); false = NCHW", runtime=True)
+                                   "1.15-1.35x faster on CPU (docs/performance.md); false = NCHW", runtime=True)
     compile: bool = _f(False, "torch.compile the model's forward and backward (no graph break; see compile_mode)",
                        runtime=True)
     compile_mode: str = _f("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: one launch "

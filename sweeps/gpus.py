@@ -11,7 +11,7 @@ machines that have neither).
 Why several workers per GPU: a small model (WRN-28-2 at batch 64, let alone the CPU-scale
 small CNNs) leaves most of a modern GPU idle between its kernel launches, so two to eight
 cells side by side train more cells per hour than one. Without MPS their kernels are
-time-sliced; with MPS (README "Several cells per GPU") they run concurrently.
+time-sliced; with MPS (docs/scaling-out.md, "CUDA MPS") they run concurrently.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def positive_int(s: str) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers-per-gpu", type=positive_int, metavar="N",
                    help="N worker processes per visible GPU, each pinned to its GPU (CUDA_VISIBLE_DEVICES) "
-                        "with cores // workers torch threads; see README for CUDA MPS")
+                        "with cores // workers torch threads; see docs/scaling-out.md for CUDA MPS")
     p.add_argument("--gpus", type=positive_int, metavar="N",
                    help="use the first N visible GPUs (default: all); without --workers-per-gpu, one worker each")
 

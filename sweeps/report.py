@@ -10,9 +10,9 @@ the sweep (command, code version), where and when it ran, its wall time and the 
 spent, and the configs (the base config, and each variant's diff against it).
 
 The file opens offline: CSS inline, images as data: URIs, no script. Links go to the MLflow
-UI: each cell's run, and (for an http(s) tracking server, where all runs are one server away)
-MLflow's compare view of all the sweep's runs. With the default SQLite store the links point at
-`mixmatch ui`'s default address, http://127.0.0.1:5000.
+UI: the sweep's saved views (mlflow_view.py), each cell's run, and (for an http(s) tracking
+server, where all runs are one server away) MLflow's compare view of all the sweep's runs. With
+the default SQLite store the links point at `mixmatch ui`'s default address, http://127.0.0.1:5000.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import mlflow_view
 from .spec import file_stem
 from .table import FORMATS, TABLE_CSS, Source, Table, add_source_arguments, html_body, load_table, log_artifacts, \
     write_table
@@ -230,8 +231,10 @@ def _configs_html(spec) -> list[str]:
     return out + ["</tbody></table>"]
 
 
-def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict | None = None) -> str:
-    """The report page of a built table (and the PNG figures plot.py drew from it)."""
+def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict | None = None,
+           views: dict[str, dict[str, str]] | None = None) -> str:
+    """The report page of a built table (and the PNG figures plot.py drew from it); `views`:
+    experiment id -> the sweep's saved MLflow views there (mlflow_view.saved_views)."""
     e = html.escape
     spec, cells = src.spec, cell_states(table, queue)
     title = f"Sweep {src.sweep}"
@@ -239,7 +242,9 @@ def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     run_ids = [r for r in cells["run_id"] if isinstance(r, str)]
     exp_ids = sorted({x for x in cells["experiment_id"] if isinstance(x, str)})
-    links = [f'<a href="{e(experiment_url(uri, x))}">MLflow runs table (experiment {e(x)})</a>' for x in exp_ids]
+    links = [f'<a href="{e(mlflow_view.view_url(experiment_url(uri, x), key))}">MLflow: {mlflow_view.TITLES[kind]}</a>'
+             for x in exp_ids for kind, key in (views or {}).get(x, {}).items()]
+    links += [f'<a href="{e(experiment_url(uri, x))}">MLflow runs table (experiment {e(x)})</a>' for x in exp_ids]
     if uri.startswith(("http://", "https://")) and run_ids:
         links.append(f'<a href="{e(compare_url(uri, run_ids, exp_ids))}">compare all {len(run_ids)} runs</a>')
     elif run_ids:
@@ -263,7 +268,8 @@ def write_report(src: Source, table: Table, out_dir, figures: list[Path], states
     from mixmatch_core.tracking import tracking_uri
     path = Path(out_dir) / f"{file_stem(src.sweep)}_report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(src, table, [p for p in figures if p.suffix == ".png"], tracking_uri(), states),
+    views = mlflow_view.saved_views(src.sweep, sorted(table.runs["experiment_id"].dropna().unique()))
+    path.write_text(render(src, table, [p for p in figures if p.suffix == ".png"], tracking_uri(), states, views),
                     encoding="utf-8")
     return path
 

@@ -26,6 +26,7 @@ from mixmatch_core.config import ConfigError
 from mixmatch_core.methods import FULL_METHOD, METHODS
 
 from . import gpus as gpu_slots
+from . import mlflow_view
 from .spec import Spec, file_stem, load_spec, select
 
 # Expected seconds per MixMatch (K = 2) step, by (model family, device type), for --dry-run
@@ -212,6 +213,7 @@ def open_sweep_parent_run(spec: Spec, study) -> str:
     c = client()
     c.log_text(parent, Path(spec.path).read_text(), "sweep/spec.yaml")
     c.log_dict(parent, planned, "sweep/cells.json")
+    mlflow_view.write_views(spec, c)     # the MLflow UI's views of the sweep's table (mixmatch ui links them)
     return parent
 
 

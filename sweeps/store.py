@@ -32,6 +32,8 @@ from optuna.trial import TrialState
 
 from mixmatch_core.config import Config, ConfigError, validate
 
+from . import mlflow_view
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and fail_stale_trials are 'experimental' in Optuna's terms; we rely on them on purpose.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -331,7 +333,8 @@ def _cell_objective(storage: RDBStorage, sweep: str, parent: str | None, host: s
                 trial.set_user_attr("mlflow_run_id", run.info.run_id)
                 return run.data.metrics["error"]
         tracker = RunTracker(cfg, parent_run_id=parent, tags={"sweep": sweep, "mixmatch.role": "cell",
-                                                                 "optuna_trial": str(trial.number)})
+                                                                 "optuna_trial": str(trial.number),
+                                                                 **mlflow_view.row_tags(cfg)})
         result = train_trial(storage, trial, cfg, tracker, lease)
         trial.set_user_attr("mlflow_run_id", result.run_id)
         return result.metrics["error"]

@@ -1,6 +1,6 @@
 """Failure behaviour: kills, crashes, outages and bad input, each promise proven by one test.
 
-README.md ("Failure behaviour") lists every case with what happens and the test below that proves it.
+docs/failures.md lists every case with what happens and the test below that proves it.
 Each test runs in its own tmp_path (also the cwd, so checkpoints go to ./runs) with its own
 MLflow store. Runs are tiny (digits, 16-image batches, 20-40 steps, one CPU thread); a
 subprocess is used only where a real kill is needed.

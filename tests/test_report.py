@@ -13,6 +13,8 @@ from sweeps import table as tb
 from mixmatch_cli import main
 from sweeps.store import CellState
 
+from inprocess_sweep import run_sweep
+
 SPEC = ("name: tiny\nexperiment: tiny-exp\ndescription: two seeds and a cell that fails\n"
         "base: {dataset: digits, steps: 20, eval_every: 10, log_every: 10, batch_size: 16, median_of: 2, "
         "progress: false, device: cpu, num_threads: 1}\n"
@@ -23,18 +25,12 @@ SPEC = ("name: tiny\nexperiment: tiny-exp\ndescription: two seeds and a cell tha
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """The tiny sweep, run once by `mixmatch sweep` (its worker in this process: a worker
-    process costs many seconds of imports on a busy machine; test_sweep.py runs real ones)."""
-    from sweeps import runner
-    from sweeps import store as queue
+    """The tiny sweep, run once by `mixmatch sweep` (its worker in this process)."""
     root = tmp_path_factory.mktemp("report")
-    (root / "spec.yaml").write_text(SPEC)
+    code = run_sweep(root, SPEC)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setattr(runner, "run_local_workers", lambda spec, url, *rest: queue.run_worker(
-            queue.open_storage(url), spec.name, {"num_threads": 1}, log=lambda msg: None))
-        code = main(["sweep", "spec.yaml", "--workers", "1"])
         src = tb.load_source("spec.yaml")
         table = tb.build_table(src.runs, src.planned, src.layout, sweep=src.sweep)
         yield {"root": root, "code": code, "src": src, "table": table,
@@ -82,6 +78,13 @@ def test_links_go_to_the_local_ui_and_the_compare_view_only_for_a_server(sweep):
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(href.replace("&amp;", "&").replace("/#/", "/")).query)
     runs = sweep["table"].outcomes["run_id"].dropna()
     assert sorted(json.loads(query["runs"][0])) == sorted(runs)
+
+
+def test_the_report_links_the_sweeps_saved_mlflow_views(sweep):
+    exp = sweep["table"].runs["experiment_id"].dropna().iloc[0]
+    runs_table = f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning"
+    for key in ("sweep-tiny-cells", "sweep-tiny-means"):
+        assert f'href="{runs_table}&amp;viewStateShareKey={key}"' in sweep["page"]
 
 
 def test_a_cell_waiting_in_the_queue_is_shown_waiting_not_missing(sweep):

@@ -1,0 +1,166 @@
+"""The sweep's saved MLflow views: their format, and, in a real browser, that `mixmatch ui`'s URL
+opens on the sweep's table (every cell a row with its name and error, sorted by n_labeled then
+variant) and on the mean error per (n_labeled, variant).
+
+The browser test drives Debian's Chromium (/usr/bin/chromium) with Playwright for Python; it
+skips, saying why, where either is missing (.ci/run installs both).
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sweeps import mlflow_view
+
+from inprocess_sweep import run_sweep
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# The fewest cells that show it: two label counts that sort wrongly as text (100 < 30), two
+# variants at 30 labels, and one group of two seeds whose mean is not either seed's error.
+SPEC = ("name: view\nexperiment: view-exp\n"
+        "base: {dataset: digits, steps: 10, eval_every: 5, log_every: 5, batch_size: 16, median_of: 2, "
+        "progress: false, device: cpu, num_threads: 1}\n"
+        "grids:\n  - {n_labeled: [100, 30], variant: [mixmatch], seed: [1]}\n"
+        "  - {n_labeled: [30], variant: [supervised, mixmatch], seed: [2]}\nretries: 0\n")
+UI_START_SECONDS = 120
+
+
+# ---- the format ------------------------------------------------------------------------------
+def test_the_order_tag_sorts_as_text_like_n_labeled_as_a_number_then_variant_then_seed():
+    cells = [(4000, "mixmatch", 1), (250, "supervised", 1), (250, "mixmatch", 2), (1000, "k1", 1),
+             (250, "mixmatch", 1)]
+    assert sorted(cells, key=lambda c: mlflow_view.order_value(*c)) == sorted(cells)
+
+
+def test_a_view_is_the_uis_saved_view_envelope_around_the_state_json():
+    tag = json.loads(mlflow_view.envelope("q: cells", mlflow_view.cells_state("q"), 1234))
+    assert {k: tag[k] for k in ("name", "createdAt", "updatedAt")} == {"name": "q: cells", "createdAt": 1234,
+                                                                       "updatedAt": 1234}
+    state = json.loads(tag["state"])
+    assert state["searchFilter"] == "tags.sweep = 'q' and tags.`mixmatch.role` = 'cell'"
+    assert state["orderByKey"] == "tags.`table_order`" and state["orderByAsc"] is True
+    assert "runsExpanded" not in state      # the UI drops it from a shared view
+
+
+def test_the_means_view_names_its_groups_as_the_ui_does(tmp_path):
+    from sweeps.spec import load_spec
+    (tmp_path / "s.yaml").write_text(SPEC)
+    state = mlflow_view.means_state("view", load_spec(str(tmp_path / "s.yaml")).cells())
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "n_labeled"},
+                                               {"mode": "tag", "groupByData": "variant"}]
+    assert sorted(state["groupsExpanded"]) == ["tag.n_labeled.100,tag.variant.mixmatch",
+                                               "tag.n_labeled.30,tag.variant.mixmatch",
+                                               "tag.n_labeled.30,tag.variant.supervised"]
+
+
+def test_a_view_url_adds_the_share_key_to_the_runs_table_url():
+    url = "http://h:5000/#/experiments/3/runs?workflowType=machine_learning"
+    assert mlflow_view.view_url(url, "sweep-q-cells") == url + "&viewStateShareKey=sweep-q-cells"
+
+
+# ---- in the browser ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """The small sweep, run once by `mixmatch sweep` (its worker in this process), and its cell runs."""
+    from mixmatch_core.tracking import client
+    root = tmp_path_factory.mktemp("view")
+    assert run_sweep(root, SPEC, "--no-table") == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        c = client()
+        yield root, c.search_runs([c.get_experiment_by_name("view-exp").experiment_id], "tags.`mixmatch.role` = 'cell'")
+
+
+def js_number(x: float) -> str:
+    """A float as the UI's JavaScript prints it (94.0 is "94"; otherwise both print the shortest repr)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ui_urls(root: Path, log: Path) -> tuple[subprocess.Popen, list[str]]:
+    """`mixmatch ui` on the sweep's store, and the URLs it printed, once the UI answers."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONPATH": str(Path(__file__).parents[1])}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "mixmatch_cli", "ui", "--no-browser", "--port", str(port)],
+                                cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + UI_START_SECONDS
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return proc, re.findall(r"(http://127\.0\.0\.1:\d+/#/\S+)", log.read_text())
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    pytest.fail(f"mixmatch ui did not answer within {UI_START_SECONDS} s: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cell_lines(page, row_id: str, column: str) -> list[str]:
+    """The text lines of one cell of the runs table (the run name's cell also holds its colour's
+    hex code), asserting that the cell is on screen, inside the viewport."""
+    cell = page.locator(f'.ag-row[row-id="{row_id}"] [col-id="{column}"]').first
+    cell.wait_for(state="visible", timeout=30_000)
+    box, size = cell.bounding_box(), page.viewport_size
+    assert box and 0 <= box["x"] <= box["x"] + box["width"] <= size["width"]
+    assert 0 <= box["y"] <= box["y"] + box["height"] <= size["height"]
+    return cell.inner_text().strip().splitlines()
+
+
+def test_mixmatch_ui_opens_on_the_sweeps_cells_sorted_and_on_their_means(finished_sweep, tmp_path):
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
+                                          "(pip install playwright)").sync_playwright
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    root, runs = finished_sweep
+    proc, urls = ui_urls(root, tmp_path / "ui.log")
+    try:
+        cells_url, means_url = urls
+        assert "viewStateShareKey=sweep-view-cells" in cells_url and "viewStateShareKey=sweep-view-means" in means_url
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.goto(cells_url)
+            for run in runs:
+                assert run.info.run_name in cell_lines(page, run.info.run_id, mlflow_view.RUN_NAME_COLUMN)
+                assert cell_lines(page, run.info.run_id, "metrics.`error`") == [js_number(run.data.metrics["error"])]
+            shown = page.eval_on_selector_all(
+                ".ag-center-cols-container .ag-row", "rows => rows.map(r => [+r.getAttribute('row-index'), "
+                "r.getAttribute('row-id')])")
+            names = {r.info.run_id: r.info.run_name for r in runs}
+            assert [names[i] for _, i in sorted(shown)] == ["digits-30-s1-mixmatch", "digits-30-s2-mixmatch",
+                                                            "digits-30-s2-supervised", "digits-100-s1-mixmatch"]
+            page.goto(means_url)
+            errors = [r.data.metrics["error"] for r in runs if r.data.tags["n_labeled"] == "30"
+                      and r.data.tags["variant"] == "mixmatch"]
+            group = page.get_by_text("n_labeled: 30, variant: mixmatch").first
+            group.wait_for(state="visible", timeout=30_000)
+            assert page.get_by_text(f"{js_number(sum(errors) / len(errors))} (average)").first.is_visible()
+            browser.close()
+    finally:
+        stop(proc)
