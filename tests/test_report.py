@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import report
-from sweeps import table as tb
 from mixmatch_cli import main
+from sweeps import render, report
+from sweeps import table as tb
+from sweeps.runs import load_source
 from sweeps.store import CellState
 
 SPEC = ("name: tiny\nexperiment: tiny-exp\ndescription: two seeds and a cell that fails\n"
@@ -25,17 +26,17 @@ SPEC = ("name: tiny\nexperiment: tiny-exp\ndescription: two seeds and a cell tha
 def sweep(tmp_path_factory):
     """The tiny sweep, run once by `mixmatch sweep` (its worker in this process: a worker
     process costs many seconds of imports on a busy machine; test_sweep.py runs real ones)."""
-    from sweeps import runner
+    from sweeps import runner, worker
     from sweeps import store as queue
     root = tmp_path_factory.mktemp("report")
     (root / "spec.yaml").write_text(SPEC)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setattr(runner, "run_local_workers", lambda spec, url, *rest: queue.run_worker(
+        mp.setattr(runner, "run_local_workers", lambda spec, url, *rest: worker.run_worker(
             queue.open_storage(url), spec.name, {"num_threads": 1}, log=lambda msg: None))
         code = main(["sweep", "spec.yaml", "--workers", "1"])
-        src = tb.load_source("spec.yaml")
+        src = load_source("spec.yaml")
         table = tb.build_table(src.runs, src.planned, src.layout, sweep=src.sweep)
         yield {"root": root, "code": code, "src": src, "table": table,
                "page": (root / "runs/_tables/tiny/tiny_report.html").read_text()}
@@ -53,7 +54,7 @@ def test_the_sweep_writes_its_report_and_fails_for_the_failing_cell(sweep):
 
 def test_the_report_holds_the_tables_of_mixmatch_table(sweep):
     # The same code builds both: every line of `mixmatch table --format html`'s tables is in the page.
-    tables = tb.to_html(sweep["table"])
+    tables = render.to_html(sweep["table"])
     body = tables.split("<body>", 1)[1].split("</body>", 1)[0].strip().splitlines()
     assert all(line in sweep["page"] for line in body)
     assert "Welch" in sweep["page"] and "supervised" in sweep["page"]
@@ -85,7 +86,7 @@ def test_links_go_to_the_local_ui_and_the_compare_view_only_for_a_server(sweep):
 
 
 def test_a_cell_waiting_in_the_queue_is_shown_waiting_not_missing(sweep):
-    src = tb.load_source(str(sweep["root"] / "spec.yaml"))
+    src = load_source(str(sweep["root"] / "spec.yaml"))
     (missing,) = [c for c in src.planned if c.variant == "boom"]
     table = tb.build_table(src.runs[src.runs["variant"] != "boom"], src.planned, sweep="tiny")
     states = report.cell_states(table, {missing.cell_key: CellState(missing.cell_key, missing.run_name, "waiting", 0)})
