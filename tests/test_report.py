@@ -19,7 +19,8 @@ SPEC = ("name: tiny\nexperiment: tiny-exp\ndescription: two seeds and a cell tha
         "progress: false, device: cpu, num_threads: 1}\n"
         "variants: {boom: {lambda_u: 1.0e+40, rampup_steps: 0}}\n"
         "grids:\n  - {n_labeled: [50], variant: [mixmatch, supervised], seed: [1, 2]}\n"
-        "  - {n_labeled: [50], variant: [boom], seed: [1]}\nretries: 0\n")
+        "  - {n_labeled: [50], variant: [boom], seed: [1]}\nretries: 0\n"
+        "notes: [the boom variant diverges on purpose]\n")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def sweep(tmp_path_factory):
             queue.open_storage(url), spec.name, {"num_threads": 1}, log=lambda msg: None))
         code = main(["sweep", "spec.yaml", "--workers", "1"])
         src = load_source("spec.yaml")
-        table = tb.build_table(src.runs, src.planned, src.layout, sweep=src.sweep)
+        table = tb.table_of(src)
         yield {"root": root, "code": code, "src": src, "table": table,
                "page": (root / "runs/_tables/tiny/tiny_report.html").read_text()}
 
@@ -93,6 +94,24 @@ def test_a_cell_waiting_in_the_queue_is_shown_waiting_not_missing(sweep):
     assert states.set_index("cell_key").loc[missing.cell_key, "state"] == "waiting"
 
 
+def test_a_cell_mlflow_shows_running_is_shown_as_the_queue_has_it(sweep):
+    # A worker SIGKILLed mid-cell leaves its MLflow run RUNNING; the queue knows it was lost.
+    runs = sweep["src"].runs.copy()
+    boom = runs["variant"] == "boom"
+    runs.loc[boom, "status"] = "RUNNING"
+    table = tb.build_table(runs, sweep["src"].planned, sweep="tiny")
+    (key,) = runs.loc[boom, "cell_key"]
+    lost = CellState(key, "digits-50-s1-boom", "failed", 3, reason="worker lost (heartbeat stale)")
+    cell = report.cell_states(table, {key: lost}).set_index("cell_key").loc[key]
+    assert (cell["state"], cell["failure_reason"]) == ("failed", "worker lost (heartbeat stale)")
+    assert report.cell_states(table, None).set_index("cell_key").loc[key, "state"] == "running"
+
+
+def test_the_spec_notes_close_the_notes_of_the_page(sweep):
+    notes = sweep["page"].split('<ul class="notes">', 1)[1].split("</ul>", 1)[0]
+    assert notes.rstrip().endswith("<li>the boom variant diverges on purpose</li>")
+
+
 def test_the_page_opens_offline(sweep):
     page = sweep["page"]
     assert "<style>" in page and "<link" not in page and "<script" not in page
@@ -120,3 +139,4 @@ def test_a_report_by_sweep_name_takes_its_configs_from_the_spec_the_parent_run_l
     page = (tmp_path / "tiny_report.html").read_text()
     assert "mixmatch sweep spec.yaml" in page and "method: mixmatch → supervised" in page
     assert "cells known from MLflow only" in page        # the tables are those of `mixmatch table tiny`
+    assert "<li>the boom variant diverges on purpose</li>" in page     # and the logged spec's notes

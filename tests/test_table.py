@@ -221,6 +221,31 @@ def test_every_format_is_written_and_logged_to_the_parent_run(store, tmp_path):
     assert logged == sorted(f"tables/{p.name}" for p in paths)
 
 
+SPEC_NOTES = ["5000-label cells: labeled from train+unlabeled, as the official create_split.py does.",
+              "wd 0.04 for the large model (Table 1)."]
+
+
+@pytest.fixture
+def noted_spec(store, tmp_path):
+    """quick.yaml's sweep, with `notes:` in its spec."""
+    path = tmp_path / "quick_noted.yaml"
+    path.write_text(QUICK_SPEC + "notes:\n" + "".join(f"  - \"{n}\"\n" for n in SPEC_NOTES))
+    return str(path)
+
+
+def test_the_spec_notes_follow_the_tables_own_notes_in_markdown(noted_spec, capsys):
+    assert main(["table", noted_spec]) == 0
+    own = "- difference to the full method: Welch's t-test when both sides have >= 2 finished seeds, else n too small.\n"
+    assert capsys.readouterr().out == QUICK_MARKDOWN.replace(own, own + "".join(f"- {n}\n" for n in SPEC_NOTES))
+
+
+@pytest.mark.parametrize("fmt", ["latex", "html"])
+def test_the_spec_notes_follow_the_tables_own_notes_in_latex_and_html(noted_spec, capsys, fmt):
+    assert main(["table", noted_spec, "--format", fmt]) == 0
+    out = capsys.readouterr().out.replace(r"\_", "_")      # LaTeX escapes the _ of create_split.py
+    assert out.index("else n too small.") < out.index(SPEC_NOTES[0]) < out.index(SPEC_NOTES[1])
+
+
 def test_cli_prints_the_markdown_table_of_a_spec(store, capsys):
     assert main(["table", "quick.yaml"]) == 0
     assert capsys.readouterr().out == QUICK_MARKDOWN
@@ -318,6 +343,52 @@ def test_auto_layout_is_labels_for_three_label_counts_and_few_rows(labels, rows,
                                          ("digits", None)])
 def test_reference_dataset_matching(dataset, ref):
     assert paper.reference_dataset(dataset) == ref
+
+
+def pooled(runs: pd.DataFrame, pools: dict[int, str]) -> pd.DataFrame:
+    """The runs with a `labeled_pool` param at the given label counts (the others have none)."""
+    return runs.assign(labeled_pool=runs["n_labeled"].map(pools))
+
+
+def test_cells_that_drew_labels_from_another_set_than_train_are_named_in_a_note():
+    runs = pooled(frame(("mixmatch", 250, 1, 11.0), ("mixmatch", 5000, 1, 6.0), dataset="cifar10"),
+                  {5000: "train+unlabeled"})
+    table = tb.build_table(runs, None, reference="none")
+    assert "labeled set: 5000-label cells drew from train+unlabeled (official create_split.py)." in table.notes
+    assert texts(table.main)[0] == ["mixmatch", "11.00", "6.00"]       # one row: the note, not a row, says it
+
+
+def test_a_spec_with_notes_points_the_labeled_set_note_at_them():
+    runs = pooled(frame(("mixmatch", 5000, 1, 6.0), ("k1", 5000, 1, 7.0)), {5000: "labeled_only"})
+    table = tb.build_table(runs, None, notes=["how labeled_only was drawn"])
+    assert table.notes[-2:] == ["labeled set: 5000-label cells drew from labeled_only (see the spec's notes).",
+                                "how labeled_only was drawn"]
+
+
+@pytest.mark.parametrize("pools", [{}, {250: "train"}])
+def test_runs_without_a_labeled_pool_or_from_train_get_no_labeled_set_note(pools):
+    table = tb.build_table(pooled(frame(("mixmatch", 250, 1, 11.0)), pools), None)
+    assert not any(n.startswith("labeled set") for n in table.notes)
+
+
+def test_a_label_count_with_both_sets_says_some_cells():
+    runs = frame(("mixmatch", 250, 1, 11.0), ("mixmatch", 250, 2, 12.0)).assign(labeled_pool=[None, "train+unlabeled"])
+    assert "labeled set: some 250-label cells drew from train+unlabeled (official create_split.py)." \
+        in tb.build_table(runs, None).notes
+
+
+@pytest.mark.parametrize("n_labeled,pools,extra", [
+    ([50, 100], ["train", "train+unlabeled"], []),        # a function of the label count: the note says it
+    ([50, 50], ["train", "train"], []),
+    ([50, 50], ["train", "train+unlabeled"], ["labeled_pool"]),    # two sets at one label count: two rows
+])
+def test_a_labeled_pool_field_splits_rows_only_where_it_varies_at_one_label_count(monkeypatch, n_labeled, pools,
+                                                                                  extra):
+    # Once labeled_pool is an identity config field, the cells carry params.labeled_pool like any other.
+    monkeypatch.setattr(tb, "IDENTITY", ("steps", "labeled_pool"))
+    cells = pd.DataFrame({"dataset": "d", "method": "m", "variant": "v", "n_labeled": n_labeled,
+                          "params.steps": "1000", "params.labeled_pool": pools})
+    assert tb._extra_axes(cells) == extra
 
 
 def test_reference_none_leaves_the_paper_out():
