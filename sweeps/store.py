@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -35,8 +34,11 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState, create_trial
+from sqlalchemy import event
 
 from mixmatch_core.config import Config, ConfigError
+
+from .spec import file_stem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and fail_stale_trials are 'experimental' in Optuna's terms; we rely on them on purpose.
@@ -63,8 +65,7 @@ def default_sweep_storage(sweep: str) -> str:
 
 def default_storage(name: str) -> str:
     """The embedded default: one SQLite file per sweep or study under ./optuna/."""
-    safe = re.sub(r"[^\w.-]+", "_", name)
-    return f"sqlite:///optuna/{safe}.db"
+    return f"sqlite:///optuna/{file_stem(name)}.db"
 
 
 def check_storage_url(url: str) -> None:
@@ -113,8 +114,6 @@ def serialize_sqlite_transactions(engine) -> None:
     BEGIN IMMEDIATE serialises the read-then-write; SQLite allows one writer anyway, and the
     60 s busy timeout makes the others wait instead of failing. PostgreSQL honours FOR UPDATE.
     """
-    from sqlalchemy import event
-
     @event.listens_for(engine, "connect")
     def _no_driver_transactions(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None     # SQLAlchemy, not the driver, says BEGIN
