@@ -53,14 +53,13 @@ def check_launch(cells: list[Config], url: str, local_workers: bool) -> None:
 def publish_sweep(spec: Spec, cells: list[Config], storage, url: str) -> tuple[optuna.Study, str]:
     """Open the sweep's study and its MLflow parent run, adopt the results MLflow holds that the
     queue lacks (one query, none when the queue has every cell done), enqueue every other cell
-    not done, queued or running (failed ones within `retries`), and say so in one line.
-    Returns the study and the parent run's id."""
+    not done, queued or running (failed ones within `retries`; store.publish), and say so in
+    one line. Returns the study and the parent run's id."""
     study = store.open_sweep_study(storage, spec.name)
     parent = open_sweep_parent_run(spec, study)
-    if not store.all_done(study, cells):
-        store.adopt(study, cells, finished_results(experiment_id(spec.experiment), spec.name))
-    actions = store.publish(storage, spec.name, cells, {"parent_run_id": parent, "experiment": spec.experiment,
-                                                        "spec_path": str(spec.path)}, spec.retries)
+    attrs = {"parent_run_id": parent, "experiment": spec.experiment, "spec_path": str(spec.path)}
+    actions = store.publish(storage, spec.name, cells, attrs, spec.retries,
+                            results=lambda: finished_results(experiment_id(spec.experiment), spec.name))
     done = sum(a == "done" for a in actions.values())
     queued = sum(a in ("queued", "retry") for a in actions.values())
     failed = sum(a.startswith("failed") for a in actions.values())

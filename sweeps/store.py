@@ -30,6 +30,7 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -172,13 +173,18 @@ def cell_states(study: optuna.Study) -> dict[str, CellState]:
     return out
 
 
-def publish(storage: RDBStorage, sweep: str, cells: list[Config], attrs: dict, retries: int) -> dict[str, str]:
+def publish(storage: RDBStorage, sweep: str, cells: list[Config], attrs: dict, retries: int,
+            results: Callable[[], dict[str, tuple[str, float]]] | None = None) -> dict[str, str]:
     """Create or load the sweep's study and enqueue every cell that is not done, queued or
-    running, and whose failures are within `retries`. Returns cell_key -> action taken."""
+    running, and whose failures are within `retries`. `results` (runs.finished_results, asked
+    only when a cell is not done once stale trials are failed) gives the results MLflow holds:
+    they are adopted first. Returns cell_key -> action taken."""
     study = open_sweep_study(storage, sweep)
     for k, v in attrs.items():
         study.set_user_attr(k, v)
     fail_stale_trials(study)
+    if results is not None and not _all_done(study, cells):
+        adopt(study, cells, results())
     states = cell_states(study)
     actions = {}
     for cfg in cells:
@@ -214,7 +220,7 @@ def adopt(study: optuna.Study, cells: list[Config], finished: dict[str, tuple[st
     return adopted
 
 
-def all_done(study: optuna.Study, cells: list[Config]) -> bool:
+def _all_done(study: optuna.Study, cells: list[Config]) -> bool:
     states = cell_states(study)
     return all(c.cell_key in states and states[c.cell_key].state == "done" for c in cells)
 

@@ -195,6 +195,27 @@ def test_a_sweep_whose_storage_was_lost_takes_its_results_from_mlflow_and_trains
     assert "4 cells: 0 waiting, 0 running, 4 done, 0 failed" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")     # the test claims with ask(), as no worker does
+def test_a_cell_failed_in_the_queue_whose_run_finished_in_mlflow_is_adopted_not_retried(store):
+    # Its worker died between ending the MLflow run and telling the queue, on its last retry.
+    from optuna.trial import TrialState
+
+    from mixmatch_core.tracking import client, experiment_id, start_parent_run
+    from mlflow_store import log_cell
+    from sweeps import store as queue
+    from sweeps.runs import finished_results
+    (cell,) = load_spec(str(write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n"))).cells()
+    storage = queue.open_storage(f"sqlite:///{store}/queue.db")
+    queue.publish(storage, "tiny", [cell], {}, retries=0)
+    study = queue.load_sweep_study(storage, "tiny")
+    study.tell(study.ask(), state=TrialState.FAIL)
+    log_cell(client(), "tiny", start_parent_run("tiny-exp", "tiny", {}), cell, 12.5)
+    actions = queue.publish(storage, "tiny", [cell], {}, retries=0,
+                            results=lambda: finished_results(experiment_id("tiny-exp"), "tiny"))
+    state = queue.cell_states(study)[cell.cell_key]
+    assert actions == {cell.cell_key: "done"} and (state.state, state.error) == ("done", 12.5)
+
+
 def test_adding_a_seed_runs_only_the_new_cells(store, capsys):
     spec = write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n")
     assert main(["sweep", str(spec), "--workers", "1", "--no-table"]) == 0
