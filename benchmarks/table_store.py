@@ -144,17 +144,19 @@ def main(argv: list[str] | None = None) -> int:
             n = seed_client(cells, args.history) if args.via_client else seed_orm(uri, cells, args.history)
             print(f"seeded {n} runs ({len(cells)} cells) into {uri} in {time.perf_counter() - t:.1f} s")
 
+        from sweeps import render
         from sweeps import table as tb
+        from sweeps.runs import load_runs
         import scipy.stats  # noqa: F401 - imported once by any command; not part of the table's cost
         totals = []
         for i in range(args.repeat):
             t0 = time.perf_counter()
-            runs = tb.load_runs(SWEEP, EXPERIMENT)
+            runs = load_runs(SWEEP, EXPERIMENT)
             t1 = time.perf_counter()
             table = tb.build_table(runs, cells, sweep=SWEEP)
             t2 = time.perf_counter()
-            texts = [tb.to_markdown(table), tb.to_latex(table), tb.to_html(table), tb.runs_csv(table),
-                     tb.cells_csv(table)]
+            texts = [render.to_markdown(table), render.to_latex(table), render.to_html(table),
+                     render.runs_csv(table), render.cells_csv(table)]
             t3 = time.perf_counter()
             totals.append(t3 - t0)
             print(f"[{i + 1}] load_runs {t1 - t0:.2f} s ({len(runs)} runs), build_table {t2 - t1:.2f} s, "

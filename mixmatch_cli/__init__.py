@@ -15,14 +15,14 @@ import sys
 # name -> (module, main function, parser function, one-line summary)
 COMMANDS = {
     "train": ("mixmatch_cli.train", "main", "build_parser", "train one run (resumable)"),
-    "sweep": ("sweeps.runner", "sweep_main", "sweep_parser", "run every cell of a sweep spec"),
-    "table": ("sweeps.table", "table_main", "table_parser", "paper-style error tables from MLflow"),
-    "plot": ("sweeps.plot", "plot_main", "plot_parser", "error-vs-labels, ablation and learning-curve plots"),
-    "report": ("sweeps.report", "report_main", "report_parser", "one self-contained HTML report of a sweep"),
-    "search": ("sweeps.search", "search_main", "search_parser", "Optuna hyperparameter search"),
-    "worker": ("sweeps.distributed", "worker_main", "worker_parser", "claim and train cells of a shared sweep"),
-    "status": ("sweeps.distributed", "status_main", "status_parser", "cells waiting / running / done / failed"),
-    "slurm": ("sweeps.slurm", "slurm_main", "slurm_parser",
+    "sweep": ("mixmatch_cli.sweep", "main", "build_parser", "run every cell of a sweep spec"),
+    "table": ("mixmatch_cli.table", "main", "build_parser", "paper-style error tables from MLflow"),
+    "plot": ("mixmatch_cli.plot", "main", "build_parser", "error-vs-labels, ablation and learning-curve plots"),
+    "report": ("mixmatch_cli.report", "main", "build_parser", "one self-contained HTML report of a sweep"),
+    "search": ("mixmatch_cli.search", "main", "build_parser", "Optuna hyperparameter search"),
+    "worker": ("mixmatch_cli.worker", "main", "build_parser", "claim and train cells of a shared sweep"),
+    "status": ("mixmatch_cli.status", "main", "build_parser", "cells waiting / running / done / failed"),
+    "slurm": ("mixmatch_cli.slurm", "main", "build_parser",
               "submit a sweep's workers as one Slurm job array (submitit)"),
     "ui": ("mixmatch_cli.ui", "main", "build_parser", "start the MLflow UI (127.0.0.1)"),
 }

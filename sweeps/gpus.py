@@ -1,12 +1,12 @@
-"""Several workers per GPU: which GPUs this process may use, the worker slots on them, and the
-environment and process handling of each pinned worker.
+"""Worker slots: which GPUs this process may use, the worker processes placed on them (or on
+the CPU), and the environment and process handling of each.
 
-Owns: visible-GPU discovery (`visible_gpus`), the slot plan (`plan`: N workers per GPU, the
-host's CPU threads split among them), each worker's environment (`Slot.env`: its one GPU in
-CUDA_VISIBLE_DEVICES, its thread count), the `--workers-per-gpu` / `--gpus` options shared by
-`mixmatch sweep`, `worker`, `search` and `slurm`, and starting, waiting for and stopping the
-pinned worker processes. Imports neither Optuna nor MLflow (benchmarks/gpu_check.py uses it on
-machines that have neither).
+Owns: visible-GPU discovery (`visible_gpus`), the slot plans (`plan`: N workers per GPU for
+`--workers-per-gpu`; `local_slots`: the local workers of `mixmatch sweep`, one per GPU or a
+few on the CPU; both `spread` the host's CPU threads among the workers), each worker's
+environment (`Slot.env`: its one GPU in CUDA_VISIBLE_DEVICES, its thread count), and
+starting, waiting for and stopping the worker processes. Imports neither Optuna nor MLflow
+(benchmarks/gpu_check.py uses it on machines that have neither).
 
 Why several workers per GPU: a small model (WRN-28-2 at batch 64, let alone the CPU-scale
 small CNNs) leaves most of a modern GPU idle between its kernel launches, so two to eight
@@ -16,7 +16,6 @@ time-sliced; with MPS (docs/scaling-out.md, "CUDA MPS") they run concurrently.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import signal
@@ -46,7 +45,7 @@ def visible_gpus(environ: dict | None = None) -> list[str]:
             ids.append(entry)
         return ids
     try:
-        import torch
+        import torch    # lazy: importing torch takes seconds; only an unset CUDA_VISIBLE_DEVICES needs it
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - no CUDA runtime at all: no GPU
         return []
@@ -62,34 +61,59 @@ def cpu_cores() -> int:
 
 @dataclass(frozen=True)
 class Slot:
-    """One worker process: the GPU it is pinned to and its share of the CPU."""
-    gpu: str        # its CUDA_VISIBLE_DEVICES value: exactly one GPU, which it sees as cuda:0
-    rank: int       # its number among the workers on that GPU, 0..workers_per_gpu-1
-    threads: int    # torch CPU (intra-op) threads
+    """One worker process: the GPU it is pinned to (if any) and its share of the CPU."""
+    gpu: str | None  # its CUDA_VISIBLE_DEVICES value: exactly one GPU, which it sees as cuda:0; None: CPU
+    rank: int        # its number among the workers on that GPU (or on the CPU)
+    threads: int     # torch CPU (intra-op) threads
 
     @property
     def name(self) -> str:
-        return f"gpu{self.gpu}-w{self.rank}"
+        return f"cpu-w{self.rank}" if self.gpu is None else f"gpu{self.gpu}-w{self.rank}"
 
     def env(self, base: dict | None = None) -> dict[str, str]:
         """The worker's environment: `base` (default: this process's) with its GPU and threads.
-        OMP_NUM_THREADS sets torch's default thread count in processes that take no --threads."""
+        OMP_NUM_THREADS sets torch's default thread count in processes that take no --threads.
+        A CPU worker keeps the CUDA_VISIBLE_DEVICES it was given."""
         env = dict(os.environ if base is None else base)
-        env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
         env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
 
+def spread(workers: int, gpus: list[str], cores: int | None = None) -> list[Slot]:
+    """`workers` slots round-robin over `gpus` (the first len(gpus) slots use every GPU once, so
+    fewer cells than slots still spread over the GPUs), or on the CPU when `gpus` is empty. Each
+    slot gets cores // workers torch threads, at least 1."""
+    threads = max(1, (cores or cpu_cores()) // max(workers, 1))
+    if not gpus:
+        return [Slot(None, i, threads) for i in range(workers)]
+    return [Slot(gpus[i % len(gpus)], i // len(gpus), threads) for i in range(workers)]
+
+
 def plan(gpus: list[str], workers_per_gpu: int, cores: int | None = None) -> list[Slot]:
-    """`workers_per_gpu` slots on each GPU, ordered round-robin over the GPUs (the first
-    len(gpus) slots use every GPU once, so fewer cells than slots still spread over the GPUs).
-    Each slot gets cores // (number of slots) torch threads, at least 1."""
+    """`--workers-per-gpu`: `workers_per_gpu` slots on each GPU, round-robin over the GPUs."""
     if workers_per_gpu < 1:
         raise ConfigError(f"--workers-per-gpu: must be an integer >= 1, got {workers_per_gpu}")
     if not gpus:
         raise ConfigError("--workers-per-gpu: no GPU to plan workers on")
-    threads = max(1, (cores or cpu_cores()) // (len(gpus) * workers_per_gpu))
-    return [Slot(g, r, threads) for r in range(workers_per_gpu) for g in gpus]
+    return spread(len(gpus) * workers_per_gpu, gpus, cores)
+
+
+def local_slots(device: str, workers: int | None = None) -> list[Slot]:
+    """The local workers of `mixmatch sweep`: where the cells train on a GPU (device auto or
+    cuda, and torch finds CUDA), `workers` (default: one per visible GPU) round-robin over the
+    visible GPUs; on the CPU, `workers` (default: one per core, at most 4: small models scale
+    better across processes than across threads)."""
+    if device in ("auto", "cuda") and _cuda_available():
+        visible = visible_gpus()
+        return spread(len(visible) if workers is None else workers, visible)
+    return spread(max(1, min(cpu_cores(), 4)) if workers is None else workers, [])
+
+
+def _cuda_available() -> bool:
+    import torch    # lazy: importing torch takes seconds; only a sweep that starts workers asks
+    return torch.cuda.is_available()
 
 
 def choose_gpus(count: int | None, visible: list[str], option: str = "--gpus",
@@ -108,33 +132,13 @@ def choose_gpus(count: int | None, visible: list[str], option: str = "--gpus",
     return list(visible[:count])
 
 
-# ---- the command-line options -------------------------------------------------------------------
-def positive_int(s: str) -> int:
-    """argparse type: an integer >= 1 (the error names the option through argparse)."""
-    try:
-        v = int(s)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{s}'")
-    return v
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers-per-gpu", type=positive_int, metavar="N",
-                   help="N worker processes per visible GPU, each pinned to its GPU (CUDA_VISIBLE_DEVICES) "
-                        "with cores // workers torch threads; see docs/scaling-out.md for CUDA MPS")
-    p.add_argument("--gpus", type=positive_int, metavar="N",
-                   help="use the first N visible GPUs (default: all); without --workers-per-gpu, one worker each")
-
-
-def slots_from_args(args) -> list[Slot] | None:
+def pinned_slots(workers_per_gpu: int | None, n_gpus: int | None) -> list[Slot] | None:
     """The pinned worker slots asked for by --workers-per-gpu / --gpus, or None when neither was
     given. Checked against the visible GPUs before anything is started."""
-    if args.workers_per_gpu is None and args.gpus is None:
+    if workers_per_gpu is None and n_gpus is None:
         return None
-    option = "--gpus" if args.gpus is not None else "--workers-per-gpu"
-    return plan(choose_gpus(args.gpus, visible_gpus(), option), args.workers_per_gpu or 1)
+    option = "--gpus" if n_gpus is not None else "--workers-per-gpu"
+    return plan(choose_gpus(n_gpus, visible_gpus(), option), workers_per_gpu or 1)
 
 
 def strip_options(argv: list[str], options: dict[str, bool]) -> list[str]:
@@ -167,8 +171,14 @@ def start(slots: list[Slot], command: Callable[[Slot], list[str]], base_env: dic
           tied: bool = False, **popen) -> list[subprocess.Popen]:
     """One process per slot, `command(slot)` in the slot's environment (never through a shell);
     `tied`: each dies with this process (`tie_to_parent`)."""
+    return [start_one(s, command(s), base_env, tied, **popen) for s in slots]
+
+
+def start_one(slot: Slot, argv: list[str], base_env: dict | None = None, tied: bool = False,
+              **popen) -> subprocess.Popen:
+    """`argv` in the slot's environment; `tied`: it dies with this process."""
     pre = tie_to_parent if tied and sys.platform.startswith("linux") else None
-    return [subprocess.Popen(command(s), env=s.env(base_env), preexec_fn=pre, **popen) for s in slots]
+    return subprocess.Popen(argv, env=slot.env(base_env), preexec_fn=pre, **popen)
 
 
 def stop(procs: list[subprocess.Popen]) -> None:

@@ -15,26 +15,27 @@ call per run; beyond MAX_CURVES runs an evenly spaced subset is drawn and the ti
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
-from sweeps.table import Table, add_source_arguments, file_stem, load_reference, load_table, log_artifacts, \
-    reference_dataset
+from .paper import load_reference, reference_dataset
+from .parent_run import log_artifacts
+from .runs import load_source, metric_histories
+from .spec import file_stem
+from .table import Table, table_of
+
+matplotlib.use("Agg")       # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+
+# Stable SVG element ids: re-plotting the same data gives the same file.
+plt.rcParams["svg.hashsalt"] = "mixmatch"
 
 MAX_CURVES = 200          # learning curves drawn at most (one get_metric_history call each)
 MAX_PANELS = 6            # label counts shown as separate learning-curve panels
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    # Stable SVG element ids: re-plotting the same data gives the same file.
-    plt.rcParams["svg.hashsalt"] = "mixmatch"
-    return plt
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -42,7 +43,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     png, svg = out / f"{name}.png", out / f"{name}.svg"
     fig.savefig(png, dpi=110, bbox_inches="tight")
     fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})
-    _pyplot().close(fig)
+    plt.close(fig)
     return [png, svg]
 
 
@@ -55,7 +56,6 @@ def _any_finished(table: Table) -> bool:
 
 
 def _colors(rows: list[str]) -> dict[str, tuple]:
-    import matplotlib
     cmap = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"]
     return {r: cmap(i % cmap.N) for i, r in enumerate(rows)}
 
@@ -64,8 +64,7 @@ def plot_error_vs_labels(table: Table, out: Path) -> list[Path]:
     """Error (%) vs labeled examples, log x, mean with std error bars, one line per row."""
     if not _any_finished(table):
         return []
-    cells, plt = table.cells, _pyplot()
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    cells = table.cells
     rows = _rows(table)
     colors = _colors(rows)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -98,7 +97,7 @@ def plot_ablation(table: Table, out: Path) -> list[Path]:
     """Grouped bars (rows x label counts): seed mean, std error bar, every finished seed a dot."""
     if not _any_finished(table):
         return []
-    cells, plt = table.cells, _pyplot()
+    cells = table.cells
     rows = _rows(table)
     ns = sorted(cells["n_labeled"].unique())
     counted = table.runs[table.runs["counted"].fillna(False).astype(bool)]
@@ -136,17 +135,6 @@ def plot_ablation(table: Table, out: Path) -> list[Path]:
     return _save(fig, out, f"{file_stem(table.sweep)}_ablation")
 
 
-def _histories(run_ids: list[str], key: str = "test_error") -> dict[str, list[tuple[int, float]]]:
-    from mixmatch_core.tracking import client
-    c = client()
-    out = {}
-    for rid in run_ids:
-        hist = c.get_metric_history(rid, key)
-        if hist:
-            out[rid] = sorted((m.step, m.value) for m in hist)
-    return out
-
-
 def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) -> list[Path]:
     """Test error vs step, one line per cell's run (dashed: not finished), colored by row."""
     runs = table.runs[table.runs["run_id"].notna()]
@@ -159,10 +147,9 @@ def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) 
     total = len(reps)
     if total > max_curves:
         reps = reps.iloc[np.linspace(0, total - 1, max_curves).round().astype(int)]
-    hist = _histories(list(reps["run_id"]))
+    hist = metric_histories(list(reps["run_id"]))
     if not hist:
         return []
-    plt = _pyplot()
     rows = _rows(table) or list(dict.fromkeys(reps["row"]))
     colors = _colors(rows)
     ns = sorted(reps["n_labeled"].dropna().unique())
@@ -208,30 +195,4 @@ def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
     """Every plot of the sweep into out_dir (PNG and SVG); with `parent_run_id`, also logged as
     artifacts (folder `plots`) of the sweep's parent run. Returns the files written (none when
     no cell has finished yet)."""
-    return log_artifacts(plot_table(load_table(sweep_or_spec, experiment)[1], out_dir), parent_run_id, "plots")
-
-
-def plot_parser():
-    from mixmatch_cli.errors import ArgumentParser, user_errors
-
-    p = ArgumentParser(prog="mixmatch plot", description="Error-vs-labels, ablation and learning-curve plots of a "
-                "sweep (PNG and SVG), from MLflow.")
-    add_source_arguments(p)
-    p.add_argument("--out", metavar="DIR", default="plots", help="output directory (default plots)")
-    return p
-
-
-def plot_main(argv: list[str]) -> int:
-    from mixmatch_cli.errors import ArgumentParser, user_errors
-
-    args = plot_parser().parse_args(argv)
-    with user_errors(out=args.out):
-        paths = plot_all(args.sweep, args.out, experiment=args.experiment)
-    if not paths:
-        print("mixmatch plot: no finished cell yet; nothing to plot", file=sys.stderr)
-    for path in paths:
-        print(path)
-    return 0
-
-
-__all__ = ["plot_all", "plot_table", "plot_main", "plot_error_vs_labels", "plot_ablation", "plot_learning_curves"]
+    return log_artifacts(plot_table(table_of(load_source(sweep_or_spec, experiment)), out_dir), parent_run_id, "plots")

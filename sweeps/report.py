@@ -3,9 +3,10 @@ every `mixmatch sweep` and logged to the sweep's parent run.
 
 Owns the page, not the numbers: the error tables and the Welch comparisons are
 `sweeps.table.build_table`'s (the same Table `mixmatch table` renders), the figures are
-`sweeps.plot`'s (embedded as base64 PNG), and every cell's state comes from the same table's
-per-cell outcomes, refined by the sweep's Optuna storage where it knows more (a cell MLflow has
-not seen yet is `waiting` in the queue, not just missing). The page also says how to reproduce
+`sweeps.plot`'s (embedded as base64 PNG). A cell's state follows store.py's rule: a cell with
+a result (the run the table counts) is finished; any other cell is where the sweep's queue has
+it (waiting, running, failed with its reason), and, without a queue to read (a sweep run
+elsewhere), what its newest MLflow run says. The page also says how to reproduce
 the sweep (command, code version), where and when it ran, its wall time and the compute it
 spent, and the configs (the base config, and each variant's diff against it).
 
@@ -18,7 +19,6 @@ the default SQLite store the links point at `mixmatch ui`'s default address, htt
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 import tempfile
@@ -27,11 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
+
+from mixmatch_core.config import Config, resolve
+from mixmatch_core.methods import FULL_METHOD
+from mixmatch_core.tracking import tracking_uri
 
 from . import mlflow_view
-from .spec import file_stem
-from .table import FORMATS, TABLE_CSS, Source, Table, add_source_arguments, html_body, load_table, log_artifacts, \
-    write_table
+from .parent_run import log_artifacts
+from .plot import plot_table
+from .render import FORMATS, TABLE_CSS, html_body, write_table
+from .runs import Source, load_source, source_of_spec, spec_from_parent_run
+from .spec import Spec, file_stem
+from .store import default_sweep_storage, known_states
+from .table import Table, table_of
 
 LOCAL_UI = "http://127.0.0.1:5000"      # where `mixmatch ui` serves a local store
 ML_VIEW = "workflowType=machine_learning"  # MLflow 3's model-training view (its default is GenAI)
@@ -77,9 +86,10 @@ def compare_url(uri: str, run_ids: list[str], experiment_ids: list[str]) -> str:
 # ---- what the page says --------------------------------------------------------------------------
 def cell_states(table: Table, queue: dict | None) -> pd.DataFrame:
     """One row per cell: run name, state (finished, failed, killed, running, waiting, missing),
-    error, steps/s, its run's id and experiment, the failure reason. `queue` (cell_key ->
-    store.CellState) refines what MLflow cannot know: a cell without a run may be waiting in
-    the queue, or have failed before its run was created."""
+    error, steps/s, its run's id and experiment, the failure reason. A cell with a result is
+    finished; any other cell the queue (`queue`: cell_key -> store.CellState) knows is where
+    the queue has it (a cell may wait for a retry, or its worker be lost while MLflow still
+    shows its run running); the others keep what MLflow says."""
     cells = table.outcomes.copy()
     runs = table.runs[table.runs["run_id"].notna()].drop_duplicates("run_id")
     cells = cells.merge(runs[["run_id", "run_name", "experiment_id", "steps_per_s"]], on="run_id", how="left")
@@ -88,11 +98,11 @@ def cell_states(table: Table, queue: dict | None) -> pd.DataFrame:
                                                                                planned["run_name"]))))
     for i, key in cells["cell_key"].items():
         q = (queue or {}).get(key)
-        if q is None or cells.at[i, "state"] != "missing":
+        if q is None or q.state == "done" or cells.at[i, "state"] == "finished":
             continue
-        cells.at[i, "state"] = {"waiting": "waiting", "running": "running"}.get(q.state, cells.at[i, "state"])
+        cells.at[i, "state"] = q.state
         if q.state == "failed":
-            cells.at[i, "state"], cells.at[i, "failure_reason"] = "failed", q.reason
+            cells.at[i, "failure_reason"] = q.reason
     return cells
 
 
@@ -152,11 +162,9 @@ def _duration(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
-def config_diffs(spec) -> tuple[dict, dict[str, dict]]:
+def config_diffs(spec: Spec) -> tuple[dict, dict[str, dict]]:
     """The spec's base config resolved (every field), and for each variant in the sweep the
     fields its cells change against the full method's cell with the same labels and seed."""
-    from mixmatch_core.config import resolve
-    from mixmatch_core.methods import FULL_METHOD
     # The base as the full method's cell sees it (a method field in the base reaches only the
     # cells whose method owns it); a baseline's diff then shows its own fields, MixMatch's unset.
     base = resolve({"experiment": spec.experiment}, spec.variants, base=spec.base).to_dict()
@@ -215,8 +223,7 @@ def _cells_html(cells: pd.DataFrame, uri: str) -> list[str]:
     return out + ["</tbody>", "</table>"]
 
 
-def _configs_html(spec) -> list[str]:
-    import yaml
+def _configs_html(spec: Spec | None) -> list[str]:
     e = html.escape
     if spec is None:
         return ["<p>No spec given (a sweep name only): pass the spec file to see the configs.</p>"]
@@ -263,9 +270,8 @@ def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict
     return "\n".join(out + ["</body>", "</html>"]) + "\n"
 
 
-# ---- files and the command -----------------------------------------------------------------------
+# ---- files ---------------------------------------------------------------------------------------
 def write_report(src: Source, table: Table, out_dir, figures: list[Path], states: dict | None) -> Path:
-    from mixmatch_core.tracking import tracking_uri
     path = Path(out_dir) / f"{file_stem(src.sweep)}_report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     views = mlflow_view.saved_views(src.sweep, sorted(table.runs["experiment_id"].dropna().unique()))
@@ -274,13 +280,13 @@ def write_report(src: Source, table: Table, out_dir, figures: list[Path], states
     return path
 
 
-def export_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None, experiment: str | None = None,
+def export_all(spec: Spec, cells: list[Config], out_dir, parent_run_id: str | None = None,
                states: dict | None = None) -> list[Path]:
-    """Tables (every format), plots and the report of one built table into out_dir; with
-    `parent_run_id`, also logged to the sweep's parent run (folders tables, plots, report).
-    `states`: the sweep storage's cell states, if known."""
-    from .plot import plot_table
-    src, table = load_table(sweep_or_spec, experiment)
+    """Tables (every format), plots and the report of the spec's sweep with `cells` planned, into
+    out_dir; with `parent_run_id`, also logged to the sweep's parent run (folders tables, plots,
+    report). `states`: the sweep storage's cell states, if known."""
+    src = source_of_spec(spec, cells, spec.experiment)
+    table = table_of(src)
     tables, plots = write_table(table, out_dir, FORMATS), plot_table(table, out_dir)
     report = write_report(src, table, out_dir, plots, states)
     for paths, folder in ((tables, "tables"), (plots, "plots"), ([report], "report")):
@@ -290,53 +296,16 @@ def export_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None, ex
 
 def storage_states(src: Source, storage: str | None) -> dict | None:
     """The sweep storage's cell states (read-only), when there is one to read."""
-    from .runner import known_states
-    from .store import default_sweep_storage
     if src.spec is None and storage is None:
         return None
     return known_states(storage or default_sweep_storage(src.sweep), src.sweep) or None
 
 
-def spec_from_parent_run(src: Source):
-    """For a sweep given by name: its spec as its parent run logged it (sweep/spec.yaml, with the
-    path it was launched with), for the page's configs and command; None when there is none.
-    The tables stay those of `mixmatch table NAME` (cells known from MLflow only)."""
-    from mixmatch_core.tracking import client
-
-    from .spec import load_spec
-    parents = src.runs["parent_run_id"].dropna().unique()
-    if len(parents) != 1:
-        return None
-    try:
-        c = client()
-        with tempfile.TemporaryDirectory() as d:
-            spec = load_spec(c.download_artifacts(parents[0], "sweep/spec.yaml", d))
-        return dataclasses.replace(spec, path=c.get_run(parents[0]).data.tags.get("spec_path", spec.path))
-    except Exception:  # noqa: BLE001 - an older sweep, another store: the page says no spec was given
-        return None
-
-
-def report_parser():
-    from mixmatch_cli.errors import ArgumentParser, user_errors
-
-    p = ArgumentParser(prog="mixmatch report", description="One self-contained HTML page of a sweep (tables, "
-                       "plots, cells, configs, provenance) that opens offline, from MLflow and the sweep's storage.")
-    add_source_arguments(p)
-    p.add_argument("--out", metavar="DIR", default="reports", help="output directory (default reports)")
-    p.add_argument("--storage", metavar="URL",
-                   help="the sweep's Optuna storage, for waiting cells (default: the spec's local default)")
-    return p
-
-
-def report_main(argv: list[str]) -> int:
-    from mixmatch_cli.errors import ArgumentParser, user_errors
-
-    args = report_parser().parse_args(argv)
-    with user_errors(out=args.out), tempfile.TemporaryDirectory() as figures:
-        from .plot import plot_table
-        src, table = load_table(args.sweep, args.experiment)
-        src.spec = src.spec or spec_from_parent_run(src)
-        # The figures are embedded: drawn into a temporary folder, one file comes out.
-        path = write_report(src, table, args.out, plot_table(table, figures), storage_states(src, args.storage))
-    print(path)
-    return 0
+def report_of(sweep_or_spec: str, out_dir, experiment: str | None = None, storage: str | None = None) -> Path:
+    """`mixmatch report`: the page of a sweep given by its spec or its name (then with the spec
+    its parent run logged, for the configs, the command and the notes), figures embedded."""
+    src = load_source(sweep_or_spec, experiment)
+    src.spec = src.spec or spec_from_parent_run(src)
+    table = table_of(src)
+    with tempfile.TemporaryDirectory() as figures:      # embedded: drawn here, one file comes out
+        return write_report(src, table, out_dir, plot_table(table, figures), storage_states(src, storage))

@@ -13,6 +13,7 @@ expansion into resolved Configs (cells), and cell selection (`--only`). A spec l
       seed: [1, 2]
     retries: 2                       # failed cells re-run on relaunch up to this many times
     layout: labels                   # table layout: labels (Table 5) | ablation (Table 4)
+    notes: [...]                     # optional lines printed under the spec's tables and report
 
 Any config field can be an axis. Identical cells (same cell_key) are kept once.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixmatch_core.config import FIELDS, VARIANTS, Config, ConfigError, load_yaml, resolve
+from mixmatch_core.config import FIELDS, Config, ConfigError, load_yaml, resolve
 
 SPEC_KEYS = {"name", "experiment", "base", "variants", "grid", "grids", "retries", "layout", "description", "notes"}
 LAYOUTS = ("auto", "labels", "ablation")
@@ -43,9 +44,18 @@ class Spec:
     retries: int = 2
     layout: str = "auto"
     description: str = ""
+    notes: list[str] = field(default_factory=list)
+    # The resolved cells, computed once: a launch resolves the grid once however many parts
+    # (selection, parent run, tables, report) ask for it.
+    _cells: list[Config] | None = field(default=None, init=False, repr=False, compare=False)
 
     def cells(self) -> list[Config]:
         """Every cell's resolved Config, in spec order, duplicates (same cell_key) removed."""
+        if self._cells is None:
+            self._cells = self._resolve()
+        return list(self._cells)
+
+    def _resolve(self) -> list[Config]:
         seen, out = set(), []
         for grid in self.grids:
             keys = list(grid)
@@ -61,9 +71,6 @@ class Spec:
                     seen.add(cfg.cell_key)
                     out.append(cfg)
         return out
-
-    def variant_diffs(self) -> dict[str, dict[str, Any]]:
-        return {**VARIANTS, **self.variants}
 
 
 def load_spec(path: str) -> Spec:
@@ -100,10 +107,13 @@ def load_spec(path: str) -> Spec:
     retries = raw.get("retries", 2)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ConfigError(f"spec '{path}': retries must be an integer >= 0, got {retries!r}")
+    notes = raw.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ConfigError(f"spec '{path}': notes must be a list of strings")
     name = str(raw.get("name") or Path(path).stem)
     spec = Spec(name=name, path=str(path), base=dict(base), grids=grids, variants=variants,
                 experiment=str(raw.get("experiment") or base.get("experiment") or "mixmatch"),
-                retries=retries, layout=layout, description=str(raw.get("description", "")))
+                retries=retries, layout=layout, description=str(raw.get("description", "")), notes=notes)
     if not spec.cells():
         raise ConfigError(f"spec '{path}': the grid has no cells")
     return spec

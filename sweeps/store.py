@@ -2,10 +2,18 @@
 machines): no home-made queue.
 
 Owns: opening a storage (scheme check, reachability, heartbeats), publishing a sweep's cells
-as enqueued (WAITING) trials, the per-cell summary (waiting / running on which host / done /
-failed, attempts), the worker that claims cells and trains them, and what sweep workers and
-`mixmatch search` share: training a claimed trial for as long as its lease holds
-(`train_trial`, `optimize_one`) and the MLflow parent run kept in the study (`open_parent_run`).
+as enqueued (WAITING) trials, adopting results MLflow holds that the queue lacks, and every
+read of the queue: the per-cell summary (waiting / running on which host / done / failed,
+attempts), the counts, and the read-only look at an existing storage (`existing_study`,
+`known_states`) that dry runs, relaunches and reports take. The worker that claims cells is
+worker.py.
+
+Where a cell's state lives: MLflow holds results (a cell is done when its sweep has a
+FINISHED cell run with an `error`: the run the tables count), the queue holds everything else
+(waiting, running under a lease, failed attempts). The queue's COMPLETE trial is derived from
+the MLflow result: the worker writes it right after the run finished, and `adopt` writes it
+where the two writes were cut apart (a worker killed in between, a lost storage file). Every
+command then reads a cell's state from the queue alone, which needs neither MLflow nor torch.
 
 Why Optuna: `study.ask()` pops a WAITING trial with an atomic state update, so two workers
 never claim the same cell; a worker that dies stops heartbeating, `fail_stale_trials` marks
@@ -19,20 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import socket
-import time
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
+from sqlalchemy import event
 
-from mixmatch_core.config import Config, ConfigError, validate
+from mixmatch_core.config import Config, ConfigError
 
-from . import mlflow_view
+from .spec import file_stem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and fail_stale_trials are 'experimental' in Optuna's terms; we rely on them on purpose.
@@ -59,8 +66,7 @@ def default_sweep_storage(sweep: str) -> str:
 
 def default_storage(name: str) -> str:
     """The embedded default: one SQLite file per sweep or study under ./optuna/."""
-    safe = re.sub(r"[^\w.-]+", "_", name)
-    return f"sqlite:///optuna/{safe}.db"
+    return f"sqlite:///optuna/{file_stem(name)}.db"
 
 
 def check_storage_url(url: str) -> None:
@@ -109,8 +115,6 @@ def serialize_sqlite_transactions(engine) -> None:
     BEGIN IMMEDIATE serialises the read-then-write; SQLite allows one writer anyway, and the
     60 s busy timeout makes the others wait instead of failing. PostgreSQL honours FOR UPDATE.
     """
-    from sqlalchemy import event
-
     @event.listens_for(engine, "connect")
     def _no_driver_transactions(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None     # SQLAlchemy, not the driver, says BEGIN
@@ -120,6 +124,12 @@ def serialize_sqlite_transactions(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()    # pooled connections were opened before the hooks: replace them
+
+
+def open_sweep_study(storage: RDBStorage, sweep: str) -> optuna.Study:
+    """The sweep's study, created on its first launch."""
+    return optuna.create_study(study_name=sweep_study_name(sweep), storage=storage, load_if_exists=True,
+                               direction="minimize")
 
 
 def load_sweep_study(storage: RDBStorage, sweep: str) -> optuna.Study:
@@ -163,14 +173,18 @@ def cell_states(study: optuna.Study) -> dict[str, CellState]:
     return out
 
 
-def publish(storage: RDBStorage, sweep: str, cells: list[Config], attrs: dict, retries: int) -> dict[str, str]:
+def publish(storage: RDBStorage, sweep: str, cells: list[Config], attrs: dict, retries: int,
+            results: Callable[[], dict[str, tuple[str, float]]] | None = None) -> dict[str, str]:
     """Create or load the sweep's study and enqueue every cell that is not done, queued or
-    running, and whose failures are within `retries`. Returns cell_key -> action taken."""
-    study = optuna.create_study(study_name=sweep_study_name(sweep), storage=storage, load_if_exists=True,
-                                direction="minimize")
+    running, and whose failures are within `retries`. `results` (runs.finished_results, asked
+    only when a cell is not done once stale trials are failed) gives the results MLflow holds:
+    they are adopted first. Returns cell_key -> action taken."""
+    study = open_sweep_study(storage, sweep)
     for k, v in attrs.items():
         study.set_user_attr(k, v)
     fail_stale_trials(study)
+    if results is not None and not _all_done(study, cells):
+        adopt(study, cells, results())
     states = cell_states(study)
     actions = {}
     for cfg in cells:
@@ -187,155 +201,46 @@ def publish(storage: RDBStorage, sweep: str, cells: list[Config], attrs: dict, r
     return actions
 
 
+def adopt(study: optuna.Study, cells: list[Config], finished: dict[str, tuple[str, float]]) -> list[str]:
+    """Record as COMPLETE trials the cells whose result MLflow holds (`finished`: cell_key ->
+    (run_id, error), from runs.finished_results) but the queue has neither done, waiting nor
+    running: the queue's copy of a result that was lost (a deleted storage file, a worker killed
+    after its run finished, on its last retry). Returns the adopted cell keys."""
+    states = cell_states(study)
+    adopted = []
+    for cfg in cells:
+        s = states.get(cfg.cell_key)
+        if cfg.cell_key not in finished or (s is not None and s.state != "failed"):
+            continue
+        run_id, error = finished[cfg.cell_key]
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=error, user_attrs={
+            "cell_key": cfg.cell_key, "run_name": cfg.run_name, "config": cfg.to_dict(), "mlflow_run_id": run_id,
+            "adopted": True}))
+        adopted.append(cfg.cell_key)
+    return adopted
+
+
+def _all_done(study: optuna.Study, cells: list[Config]) -> bool:
+    states = cell_states(study)
+    return all(c.cell_key in states and states[c.cell_key].state == "done" for c in cells)
+
+
 def counts(study: optuna.Study) -> Counter:
     return Counter(s.state for s in cell_states(study).values())
 
 
-def holds(storage: RDBStorage, trial_id: int) -> bool:
-    """The lease a worker checks at every evaluation: is its trial still RUNNING? If its
-    heartbeat went stale (a stalled machine, a network partition), another worker failed it and
-    re-queued the cell; training on would train it twice. An unreadable storage (a blip) is not
-    a lost lease: keep training, Optuna's tell settles it."""
+def existing_study(url: str, sweep: str) -> optuna.Study | None:
+    """The sweep's study in an existing SQLite storage, opened read-only; None when the sweep
+    has not been started here (a dry run must not create files or tables)."""
+    if not url.startswith("sqlite:///"):     # a server database: opening it may create tables
+        return None
     try:
-        return storage.get_trial(trial_id).state == TrialState.RUNNING
-    except Exception:  # noqa: BLE001
-        return True
+        return load_sweep_study(open_storage(url, must_exist=True, read_only=True), sweep)
+    except (ConfigError, StorageError):
+        return None
 
 
-class Lease(dict):
-    """What the loop around `study.optimize` must know of the trial its objective claimed: the
-    trial (`trial_id`, `number`) and whether it was handed to another worker (`handed_off`)."""
-
-
-def train_trial(storage: RDBStorage, trial: optuna.Trial, cfg: Config, tracker, lease: Lease, on_eval=None):
-    """The training inside an Optuna objective, for sweep cells and search trials alike: train()
-    for as long as this worker holds the trial (`holds`, asked at every evaluation and once more
-    after the last one). A lost lease raises RunTakenOver and is noted in `lease` (see
-    `optimize_one`); a failure is recorded as the trial's `failure_reason`; pruning is neither."""
-    from mixmatch_core.train import RunTakenOver, train
-    lease.update(trial_id=trial._trial_id, number=trial.number)
-    try:
-        result = train(cfg, tracker=tracker, on_eval=on_eval, still_owner=lambda: holds(storage, trial._trial_id))
-        if not holds(storage, trial._trial_id):
-            raise RunTakenOver("handed to another worker after the last evaluation; it reuses this run")
-        return result
-    except optuna.TrialPruned:
-        raise
-    except RunTakenOver:
-        lease["handed_off"] = True
-        raise
-    except KeyboardInterrupt:
-        trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
-        raise
-    except BaseException as e:
-        trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:1000])
-        raise
-
-
-def optimize_one(study: optuna.Study, objective, lease: Lease, handed_off_line, **optimize_kw) -> bool:
-    """study.optimize(objective, ...) that survives a handoff: once our trial was failed as stale
-    and re-queued, Optuna refuses our tell (it raises); that is no error of this worker, so log
-    `handed_off_line(lease)` and return True. Any other error is raised."""
-    lease.clear()
-    try:
-        study.optimize(objective, catch=(Exception,), **optimize_kw)
-        return False
-    except Exception:
-        if not lease.get("handed_off"):
-            raise
-        handed_off_line(lease)
-        return True
-
-
-def open_parent_run(study: optuna.Study, experiment: str, name: str, role: str, tags: dict[str, str]) -> str:
-    """The MLflow parent run of a sweep (role "sweep") or a search study (role "study"), tagged
-    `{role}: name`: reopened when the study holds its id and MLflow still has it, else created
-    and its id kept in the study. Processes starting together (a Slurm array of `mixmatch search`)
-    may each create one: all converge on the oldest and delete their own, so there is one."""
-    from mixmatch_core.tracking import client, experiment_id, start_parent_run
-    c = client()
-    run_id = study.user_attrs.get("parent_run_id")
-    try:
-        if run_id is None or c.get_run(run_id).info.lifecycle_stage != "active":
-            raise LookupError(run_id)
-        return start_parent_run(experiment, name, {}, run_id=run_id)
-    except Exception:  # noqa: BLE001 - missing, deleted or in another MLflow store: make a new one
-        pass
-    run_id = start_parent_run(experiment, name, {**tags, role: name, "mixmatch.role": role})
-    parents = c.search_runs([experiment_id(experiment, c)],
-                            f"tags.{role} = '{name}' and tags.`mixmatch.role` = '{role}'",
-                            order_by=["attributes.start_time ASC"], max_results=100)
-    oldest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if parents else run_id
-    if oldest != run_id:
-        c.delete_run(run_id)
-        run_id = start_parent_run(experiment, name, {}, run_id=oldest)
-    study.set_user_attr("parent_run_id", run_id)
-    return run_id
-
-
-def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
-               poll_seconds: float = 2.0, log=print) -> Counter:
-    """Claim cells until none are waiting or running; train each as a tracked MLflow run.
-    `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell
-    (num_threads only of cells whose spec left it at 0)."""
-    study = load_sweep_study(storage, sweep)
-    host = f"{socket.gethostname()}:{os.getpid()}"
-    done, lease = Counter(), Lease()
-    objective = _cell_objective(storage, sweep, study.user_attrs.get("parent_run_id"), host, overrides, lease)
-
-    def report(_study, t) -> None:
-        if t.user_attrs.get("spurious"):
-            return
-        done[t.state.name] += 1
-        log(f"[{host}] {t.user_attrs.get('run_name', '?')}: {t.state.name}"
-            + (f" error {t.value:.2f}%" if t.value is not None else "")
-            + (f" ({t.user_attrs['failure_reason']})" if "failure_reason" in t.user_attrs else ""))
-
-    def handed_off(lease) -> None:
-        name = storage.get_trial(lease["trial_id"]).user_attrs.get("run_name", "?")
-        log(f"[{host}] {name}: handed to another worker (this worker's heartbeat went stale)")
-        done["HANDED_OFF"] += 1
-
-    while True:
-        fail_stale_trials(study)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-        if any(t.state == TrialState.WAITING for t in trials):
-            optimize_one(study, objective, lease, handed_off, n_trials=1, callbacks=[report])
-        elif any(t.state == TrialState.RUNNING for t in trials):
-            time.sleep(poll_seconds)     # another worker may die; its cell would come back to us
-        else:
-            return done
-
-
-def _cell_objective(storage: RDBStorage, sweep: str, parent: str | None, host: str, overrides: dict | None,
-                    lease: Lease):
-    """The Optuna objective of a sweep worker: the claimed trial's cell, trained and tracked."""
-    from mixmatch_core.tracking import RunTracker, experiment_id, find_cell_runs
-
-    def objective(trial: optuna.Trial) -> float:
-        cfg_dict = trial.user_attrs.get("config")
-        if cfg_dict is None:
-            # ask() found no WAITING trial because another worker claimed the last one between
-            # our check and our claim: Optuna created a fresh trial. It is not a cell; drop it.
-            trial.set_user_attr("spurious", True)
-            raise optuna.TrialPruned("no cell to claim")
-        cfg = Config(**cfg_dict)
-        # A worker's thread share (--threads) fills in only where the spec left num_threads at
-        # 0: a spec that asks for one thread per cell keeps it however many workers run.
-        mine = {k: v for k, v in (overrides or {}).items() if not (k == "num_threads" and cfg.num_threads)}
-        cfg = dataclasses.replace(cfg, **mine)
-        validate(cfg)
-        trial.set_user_attr("host", host)
-        # Exactly-once: a cell whose MLflow run already FINISHED (e.g. its worker died after
-        # training but before telling Optuna) is not trained again.
-        for run in find_cell_runs(experiment_id(cfg.experiment), cfg.cell_key):
-            if run.info.status == "FINISHED" and run.data.tags.get("sweep") == sweep and "error" in run.data.metrics:
-                trial.set_user_attr("mlflow_run_id", run.info.run_id)
-                return run.data.metrics["error"]
-        tracker = RunTracker(cfg, parent_run_id=parent, tags={"sweep": sweep, "mixmatch.role": "cell",
-                                                                 "optuna_trial": str(trial.number),
-                                                                 **mlflow_view.row_tags(cfg)})
-        result = train_trial(storage, trial, cfg, tracker, lease)
-        trial.set_user_attr("mlflow_run_id", result.run_id)
-        return result.metrics["error"]
-    return objective
+def known_states(url: str, sweep: str) -> dict[str, CellState]:
+    """Cell states from an existing SQLite storage, read-only; {} when there is none."""
+    study = existing_study(url, sweep)
+    return {} if study is None else cell_states(study)

@@ -1,10 +1,10 @@
-"""Paper-style error tables of a sweep, built from what MLflow holds: `mixmatch table`.
+"""The paper-style error table of a sweep: which run stands for each cell, the aggregation over
+seeds, the paper's numbers beside ours and each variant against the full method (Welch).
 
-Owns: reading a sweep's cell runs from MLflow into a tidy per-run DataFrame (`load_runs`),
-deciding which run stands for each cell, aggregating over seeds (`build_table`), the paper's
-numbers (results/paper_reference.csv) beside ours, the difference of every variant to the full
-method with Welch's t-test, and the renderers (Markdown, LaTeX/booktabs, CSV, standalone
-HTML), plus `export`, which the sweep runner calls at the end of a sweep.
+Owns `build_table` (runs as runs.py reads them -> a `Table`: the grids every renderer prints,
+their notes, and tidy per-run and per-cell frames for the CSVs, plots and report) and
+`table_of` (a Source's table, with its spec's layout and notes). Reading is runs.py, the
+paper's numbers paper.py, the formats render.py.
 
 The rules, in one place:
 - A cell (one cell_key) counts once: its newest FINISHED run that has an `error` metric. A cell
@@ -23,196 +23,48 @@ The rules, in one place:
   "paper" and "Δ" columns next to each label count, preferring Table 4's single-split
   numbers). `auto` takes the spec's `layout:` if it names one, else `labels` when the sweep
   has >= 3 label counts and <= 4 rows, else `ablation`.
-- Reference matching: same dataset, model, method, variant and n_labeled. `digits` never
-  matches. An `npz:PATH` dataset matches only when the file's stem is exactly a paper dataset
-  name (npz:/data/cifar10.npz -> cifar10): any other npz may be a subset or another split.
+- Reference matching: same dataset, model, method, variant and n_labeled (paper.py).
+- Notes: the table's own (what the numbers are, markers, the paper, which labeled set cells
+  drew from when not `train`), then the spec's `notes:`.
 """
 
 from __future__ import annotations
 
-import html
 import math
-import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ttest_ind
 
-from mixmatch_core.config import FIELDS, Config, ConfigError
-from mixmatch_core.methods import FULL_METHOD, METHODS
+from mixmatch_core.config import Config, ConfigError
+from mixmatch_core.methods import FULL_METHOD, row_order
 
-from .spec import LAYOUTS, file_stem
+from .paper import REFERENCE_CSV, Paper, paper_numbers
+from .runs import IDENTITY, PARAM_COLUMNS, RUN_COLUMNS, Source
+from .spec import LAYOUTS
 
-FORMATS = ("markdown", "latex", "csv", "html")
 REFERENCES = ("paper", "none")
 FULL = FULL_METHOD          # the row every other row is compared against (Welch's t-test)
-REFERENCE_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_reference.csv"
-# The full method, its Table 4 ablations in the paper's order, then every other method in the
-# registry's order (Table 5's), the fully supervised recipe last; other rows follow by name.
-ROW_ORDER = (FULL, "k1", "k3", "k4", "no_sharpen", "ema_guess", "no_ema", "no_mixup", "mixup_labeled_only",
-             "mixup_unlabeled_only", "mixup_separate", *(m for m in METHODS if m != FULL), "fully_supervised")
-# Which of the paper's tables each layout prefers when several have the same cell.
-PREFERRED_TABLES = {"labels": (5, 6, 7, 1, 2, 4), "ablation": (4, 5, 6, 7, 1, 2)}
-PAPER_DATASETS = ("cifar10", "cifar100", "svhn", "svhn_extra", "stl10")
-IDENTITY = tuple(n for n, f in FIELDS.items() if not f.metadata.get("runtime"))
-PARAM_COLUMNS = [f"params.{f}" for f in IDENTITY]
+# The registry's order: each method followed by its variants (the full method and its Table 4
+# ablations in the paper's order, then Table 5's methods, the fully supervised recipe last);
+# other rows follow by name.
+ROW_ORDER = tuple(row_order())
 # Fields that place a cell in the table; any other identity field that varies becomes part of the row.
 PLACED = ("dataset", "n_labeled", "seed", "method", "variant")
+# Fields the notes describe instead: they split rows only where they vary at one label count.
+NOTED = ("labeled_pool",)
 PLACE = ["dataset", "model", "n_labeled", "seed", "method", "variant"]     # what a cell shows of its config
-RUN_COLUMNS = ["sweep", "run_id", "run_name", "cell_key", "dataset", "model", "n_labeled", "seed", "method",
-               "variant", "status", "error", "error_last", "error_best", "error_raw", "failure_reason",
-               "start_time", "end_time", "experiment_id", "parent_run_id",
-               "steps_per_s", "host", "device_name", "num_threads", "code_version"]   # the last five: the report
 CELL_COLUMNS = ["cell_key"] + PLACE + ["planned", "state", "error", "run_id", "n_runs", "failure_reason"] \
     + PARAM_COLUMNS
 STATES = ("failed", "killed", "running", "missing")    # a cell without a finished run
 DASH = "—"                                             # no number (the paper has none, or no cell)
-SEARCH_MAX_RUNS = 1_000_000                            # runs one search may return (MLflow pages them)
-
-
-# ---- reading MLflow ----------------------------------------------------------------------------
-def _check_name(sweep: str) -> None:
-    # MLflow's filter grammar has no escape for quotes inside a string literal.
-    if not sweep or "'" in sweep or '"' in sweep:
-        raise ConfigError(f"sweep: name {sweep!r} must be non-empty and contain no quotes")
-
-
-def _experiment_ids(experiment: str | None) -> list[str]:
-    from mixmatch_core.tracking import client, tracking_uri
-
-    if experiment is None:
-        return [e.experiment_id for e in _fluent().search_experiments()]
-    exp = client().get_experiment_by_name(experiment)
-    if exp is None:
-        raise ConfigError(f"experiment: no MLflow experiment named '{experiment}' in {tracking_uri()}")
-    return [exp.experiment_id]
-
-
-def _fluent():
-    """mlflow's fluent API (it pages through results itself) pointed at our tracking store."""
-    import mlflow
-
-    from mixmatch_core.tracking import tracking_uri
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow
-
-
-def search_runs(exp_ids: list[str], filter_string: str) -> list:
-    """Every active run matching the filter, newest first (MLflow pages them: one query per
-    10,000 runs, never one per run)."""
-    if not exp_ids:
-        return []
-    return _fluent().search_runs(exp_ids, filter_string, order_by=["attributes.start_time DESC"],
-                                 max_results=SEARCH_MAX_RUNS, output_format="list")
-
-
-def _run_record(r) -> dict:
-    t, m, p = r.data.tags, r.data.metrics, r.data.params
-    return {"sweep": t.get("sweep"), "run_id": r.info.run_id, "run_name": r.info.run_name,
-            "cell_key": t.get("cell_key"), "dataset": t.get("dataset"), "model": p.get("model"),
-            "n_labeled": t.get("n_labeled"), "seed": t.get("seed"), "method": t.get("method"),
-            "variant": t.get("variant"), "status": r.info.status, "error": m.get("error"),
-            "error_last": m.get("error_last"), "error_best": m.get("error_best"), "error_raw": m.get("error_raw"),
-            "failure_reason": t.get("failure_reason"), "start_time": r.info.start_time,
-            "end_time": r.info.end_time, "experiment_id": r.info.experiment_id,
-            "parent_run_id": t.get("mlflow.parentRunId"), "steps_per_s": m.get("steps_per_s"),
-            "host": t.get("host"), "device_name": t.get("device_name"), "num_threads": p.get("num_threads"),
-            "code_version": t.get("code_version"), **{f"params.{k}": p.get(k) for k in IDENTITY}}
-
-
-def load_runs(sweep: str, experiment: str | None = None) -> pd.DataFrame:
-    """The sweep's cell runs (tags sweep=SWEEP, mixmatch.role=cell), one row per run, newest
-    first: the RUN_COLUMNS plus `params.<field>` for every identity config field. `experiment`
-    None searches every experiment of the tracking store."""
-    _check_name(sweep)
-    runs = search_runs(_experiment_ids(experiment), f"tags.sweep = '{sweep}' and tags.`mixmatch.role` = 'cell'")
-    return _typed(pd.DataFrame([_run_record(r) for r in runs], columns=RUN_COLUMNS + PARAM_COLUMNS))
-
-
-def empty_runs() -> pd.DataFrame:
-    """`load_runs`'s frame with no rows."""
-    return _typed(pd.DataFrame(columns=RUN_COLUMNS + PARAM_COLUMNS))
-
-
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    for col in ("n_labeled", "seed"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("error", "error_last", "error_best", "error_raw", "steps_per_s"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    return df
-
-
-def known_sweeps(experiment: str | None = None) -> list[str]:
-    """Names of the sweeps whose parent run the store holds (for the 'no such sweep' message)."""
-    runs = search_runs(_experiment_ids(experiment), "tags.`mixmatch.role` = 'sweep'")
-    return sorted({r.data.tags["sweep"] for r in runs if "sweep" in r.data.tags})
-
-
-@dataclass
-class Source:
-    """What a table or plot is made from: the sweep's runs and, from a spec, its planned cells."""
-    sweep: str
-    runs: pd.DataFrame
-    planned: list[Config] | None
-    layout: str = "auto"            # the spec's `layout:`; auto without a spec
-    experiment: str | None = None
-    spec: Any = None                # the Spec, when given one
-
-
-def add_source_arguments(p) -> None:
-    """SWEEP_OR_SPEC and --experiment, as every command reading a sweep from MLflow takes them."""
-    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
-    p.add_argument("--experiment", metavar="NAME",
-                   help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
-
-
-def is_spec_path(arg: str) -> bool:
-    return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
-
-
-def load_source(sweep_or_spec: str, experiment: str | None = None) -> Source:
-    """A spec path gives the sweep name, experiment and planned cells; a bare sweep name gives
-    only what MLflow holds and must match at least one run."""
-    from mixmatch_core.tracking import client
-
-    if is_spec_path(sweep_or_spec):
-        from sweeps.spec import load_spec
-        spec = load_spec(sweep_or_spec)
-        exp = experiment or spec.experiment
-        if experiment is None and client().get_experiment_by_name(exp) is None:
-            runs = empty_runs()         # nothing has run yet: every planned cell is missing
-        else:
-            runs = load_runs(spec.name, exp)
-        return Source(spec.name, runs, spec.cells(), spec.layout, exp, spec)
-    runs = load_runs(sweep_or_spec, experiment)
-    if runs.empty:
-        names = known_sweeps(experiment)
-        where = f"experiment '{experiment}'" if experiment else "any experiment"
-        raise ConfigError(f"sweep: no cell runs tagged sweep='{sweep_or_spec}' in {where}; known sweeps: "
-                          + (", ".join(names[:20]) if names else "none") + " (or pass the spec file)")
-    return Source(sweep_or_spec, runs, None, "auto", experiment)
-
-
-# ---- the paper's numbers ---------------------------------------------------------------------
-def load_reference(path: str | Path = REFERENCE_CSV) -> pd.DataFrame:
-    """results/paper_reference.csv: dataset, model, table, paper_label, method, variant,
-    n_labeled, error_mean, error_std, n_splits, note (error in %)."""
-    try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        raise ConfigError(f"reference: '{path}' does not exist; use --reference none") from None
-
-
-def reference_dataset(dataset: str) -> str | None:
-    """The paper dataset our dataset is compared with, or None (see the module docstring)."""
-    if dataset in PAPER_DATASETS:
-        return dataset
-    if dataset.startswith("npz:"):
-        stem = Path(dataset[4:]).name.removesuffix(".npz")
-        return stem if stem in PAPER_DATASETS else None
-    return None
+DEFAULT_POOL = "train"      # the labeled set of a run without a `labeled_pool` param
+# What each labeled set other than train is, for the note that names it.
+POOL_ORIGINS = {"train+unlabeled": "official create_split.py"}
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -303,21 +155,25 @@ def _state(status: str) -> str:
 
 def _extra_axes(cells: pd.DataFrame) -> list[str]:
     """Identity fields (other than the placed ones) that take several values within one
-    (dataset, method, variant): they must split rows, not be averaged as seeds."""
+    (dataset, method, variant): they must split rows, not be averaged as seeds. A NOTED field
+    (the notes say which cells used which value) splits rows only where it varies within one
+    label count of a row."""
     cols = [f"params.{f}" for f in IDENTITY if f not in PLACED]
     if cells.empty:
         return []
-    counts = cells.groupby(["dataset", "method", "variant"], dropna=False)[cols].nunique()
-    return [c.removeprefix("params.") for c in cols if (counts[c] > 1).any()]
+    varies = (cells.groupby(["dataset", "method", "variant"], dropna=False)[cols].nunique() > 1).any()
+    noted = [c for c in cols if c.removeprefix("params.") in NOTED]
+    if noted:
+        at_one_count = ["dataset", "method", "variant", "n_labeled"]
+        varies[noted] = (cells.groupby(at_one_count, dropna=False)[noted].nunique() > 1).any()
+    return [c.removeprefix("params.") for c in cols if varies[c]]
 
 
 # Step 2: aggregate over seeds --------------------------------------------------------------------
-def _aggregate(cells: pd.DataFrame, row_cols: list[str]) -> pd.DataFrame:
+def _aggregate(cells: pd.DataFrame) -> pd.DataFrame:
     """One record per (row, n_labeled): counts by state, the finished errors, mean ± std
-    (ddof=1), and the models seen; `row` is the tuple of row_cols."""
-    g = cells.assign(row=list(cells[row_cols].itertuples(index=False, name=None)),
-                     finished=cells["state"].eq("finished"),
-                     **{f"n_{s}": cells["state"].eq(s) for s in STATES})
+    (ddof=1), and the models seen."""
+    g = cells.assign(finished=cells["state"].eq("finished"), **{f"n_{s}": cells["state"].eq(s) for s in STATES})
     agg = g.groupby(["row", "n_labeled"], sort=False).agg(
         n_planned=("cell_key", "size"), n_finished=("finished", "sum"),
         **{f"n_{s}": (f"n_{s}", "sum") for s in STATES},
@@ -356,38 +212,6 @@ def _row_label(row: tuple, extras: list[str], multi_dataset: bool) -> str:
     return f"{dataset}: {label}" if multi_dataset else label
 
 
-# Step 3: the paper's numbers ---------------------------------------------------------------------
-@dataclass
-class Paper:
-    """The paper's number for each (row, n_labeled) that has one, and why rows have none."""
-    numbers: dict[tuple, dict]       # (row, n) -> the reference record (table, error_mean, error_std)
-    datasets: set[str]               # paper datasets our rows were compared with
-    models: list[str]                # when no number matched: the models the paper used there
-
-
-def _paper_numbers(rows: list[tuple], label_counts: list[int], models: dict, layout: str,
-                   path: str | Path) -> Paper:
-    """Same dataset, method, variant and n_labeled, and the row's model when it has one; where
-    several of the paper's tables have the cell, the layout's preferred table wins."""
-    ref = load_reference(path)
-    rank = {t: i for i, t in enumerate(PREFERRED_TABLES[layout])}
-    ref = ref.assign(_rank=ref["table"].map(rank).fillna(99)).sort_values(["_rank", "table"], kind="stable")
-    ref = ref.assign(_order=range(len(ref)))
-    wanted = [(r, reference_dataset(str(r[0])), n) for r in rows for n in label_counts]
-    wanted = pd.DataFrame([(r, ds, r[1], r[2], n, models.get(r)) for r, ds, n in wanted
-                           if ds is not None and ds in set(ref["dataset"])],
-                          columns=["row", "dataset", "method", "variant", "n_labeled", "row_model"])
-    m = wanted.merge(ref, on=["dataset", "method", "variant", "n_labeled"])
-    m = m[m["row_model"].isna() | m["row_model"].eq(m["model"])]
-    m = m.sort_values("_order", kind="stable").drop_duplicates(["row", "n_labeled"])
-    numbers = {(r, n): rec for r, n, rec in zip(m["row"], m["n_labeled"], m.to_dict("records"))}
-    datasets = set(wanted["dataset"])
-    # The paper's numbers are per model: a small CNN on CIFAR-10 gets none (a WRN-28-2 number
-    # beside it would read as a reproduction gap); the note says why the column is absent.
-    models_used = sorted({str(x) for x in ref.loc[ref["dataset"].isin(datasets), "model"]}) if not numbers else []
-    return Paper(numbers, datasets, models_used)
-
-
 # Step 4: each variant against the full method ----------------------------------------------------
 def _vs_full(agg: pd.DataFrame, rows: list[tuple], label_counts: list[int]) -> dict[tuple, dict]:
     """(row, n) -> the difference to the full method's row (same dataset and extra axes) at the
@@ -416,8 +240,6 @@ def _vs_full(agg: pd.DataFrame, rows: list[tuple], label_counts: list[int]) -> d
 
 
 def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    import warnings
-    from scipy.stats import ttest_ind
     with warnings.catch_warnings():   # zero variance on both sides: p is nan, shown as p=n/a
         warnings.simplefilter("ignore", RuntimeWarning)
         res = ttest_ind(a, b, equal_var=False)
@@ -562,6 +384,21 @@ def _notes(p: _Parts, models: dict, reference: str, datasets: list[str], planned
     return notes
 
 
+def _pool_notes(runs: pd.DataFrame, spec_has_notes: bool) -> list[str]:
+    """Which labeled set the counted runs drew from, where it is not train (their
+    `labeled_pool` param; a run without one used train)."""
+    counted = runs[runs["counted"].eq(True)]
+    pools = counted["labeled_pool"].where(counted["labeled_pool"].notna(), DEFAULT_POOL)
+    notes = []
+    for pool in sorted(set(pools) - {DEFAULT_POOL}):
+        counts = [str(n) if pools[counted["n_labeled"].eq(n)].eq(pool).all() else f"some {n}"
+                  for n in sorted(set(counted.loc[pools.eq(pool), "n_labeled"]))]
+        why = [w for w in (POOL_ORIGINS.get(pool), "see the spec's notes" if spec_has_notes else None) if w]
+        notes.append(f"labeled set: {'/'.join(counts)}-label cells drew from {pool}"
+                     + (f" ({'; '.join(why)})" if why else "") + ".")
+    return notes
+
+
 # Step 8: the tidy outputs ------------------------------------------------------------------------
 def _cells_frame(p: _Parts, agg: pd.DataFrame, models: dict, extras: list[str], sweep: str) -> pd.DataFrame:
     """Aggregated, one row per (table row, n_labeled), in table order, with the paper's number
@@ -597,10 +434,11 @@ def _labeled_runs(runs: pd.DataFrame, cells: pd.DataFrame, p: _Parts) -> pd.Data
 
 def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str = "auto",
                 reference: str = "paper", *, sweep: str | None = None,
-                reference_path: str | Path = REFERENCE_CSV) -> Table:
+                reference_path: str | Path = REFERENCE_CSV, notes: list[str] | tuple = ()) -> Table:
     """Aggregate the runs of one sweep (from `load_runs`) into the paper-style table. `planned`
     (a spec's cells) lets cells without any run show as missing; without it only the cells
-    MLflow holds are known. See the module docstring for every rule."""
+    MLflow holds are known. `notes` (a spec's) close the table's notes. See the module
+    docstring for every rule."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: '{layout}' is not one of {', '.join(LAYOUTS)}")
     if reference not in REFERENCES:
@@ -608,23 +446,14 @@ def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str 
     if sweep is None:
         names = runs_df["sweep"].dropna().unique() if "sweep" in runs_df else []
         sweep = str(names[0]) if len(names) else "sweep"
-    runs_df = runs_df.reindex(columns=list(dict.fromkeys(list(runs_df.columns) + RUN_COLUMNS + PARAM_COLUMNS)))
-    cells, runs = _cell_outcomes(runs_df, planned)
-    extras = _extra_axes(cells)
-    row_cols = ["dataset", "method", "variant"] + [f"params.{f}" for f in extras]
-    # NaN never equals itself, so it cannot be part of a row key: a run without tags or params
-    # (not written by our trainer) gets empty values instead of vanishing.
-    cells[row_cols] = cells[row_cols].astype(object).where(cells[row_cols].notna(), "")
-    cells["n_labeled"] = cells["n_labeled"].fillna(0).astype(int)
-    cells["row"] = list(cells[row_cols].itertuples(index=False, name=None))
-
-    agg = _aggregate(cells, row_cols)
+    cells, runs, extras = _cells_in_rows(runs_df, planned)
+    agg = _aggregate(cells)
     models = _row_models(agg)
     rows = sorted(set(agg["row"]), key=_row_sort_key)
     label_counts = sorted(set(agg["n_labeled"]))
     layout = choose_layout(len(label_counts), len(rows)) if layout == "auto" else layout
     datasets = sorted({str(r[0]) for r in rows})
-    paper = _paper_numbers(rows, label_counts, models, layout, reference_path) if reference == "paper" and rows \
+    paper = paper_numbers(rows, label_counts, models, layout, reference_path) if reference == "paper" and rows \
         else Paper({}, set(), [])
     parts = _Parts({(a["row"], a["n_labeled"]): a for a in agg.to_dict("records")}, rows, label_counts,
                    {r: _row_label(r, extras, len(datasets) > 1) for r in rows}, paper,
@@ -634,213 +463,30 @@ def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str 
         "ablations (layout of the paper's Table 4)"
     main = _main_grid(parts, f"Sweep {sweep}: test error (%) on {', '.join(datasets) or 'no data'}, {what}", layout)
     vs_full = _vs_full_grid(parts)
-    notes = _notes(parts, models, reference, datasets, planned, cells, vs_full is not None)
+    all_notes = _notes(parts, models, reference, datasets, planned, cells, vs_full is not None) \
+        + _pool_notes(runs, bool(notes)) + list(notes)
     outcomes = cells.assign(row=[parts.labels[r] for r in cells["row"]])
-    return Table(sweep, layout, main, vs_full, notes, _labeled_runs(runs, cells, parts),
+    return Table(sweep, layout, main, vs_full, all_notes, _labeled_runs(runs, cells, parts),
                  _cells_frame(parts, agg, models, extras, sweep), bool(paper.numbers), extras, outcomes)
 
 
-# ---- renderers ---------------------------------------------------------------------------------
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
+def _cells_in_rows(runs_df: pd.DataFrame, planned: list | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The cells (with their `row`: a tuple of dataset, method, variant and the extra axes'
+    values), the runs with `counted`, and the extra axes."""
+    runs_df = runs_df.reindex(columns=list(dict.fromkeys(list(runs_df.columns) + RUN_COLUMNS + PARAM_COLUMNS)))
+    cells, runs = _cell_outcomes(runs_df, planned)
+    extras = _extra_axes(cells)
+    row_cols = ["dataset", "method", "variant"] + [f"params.{f}" for f in extras]
+    # NaN never equals itself, so it cannot be part of a row key: a run without tags or params
+    # (not written by our trainer) gets empty values instead of vanishing.
+    cells[row_cols] = cells[row_cols].astype(object).where(cells[row_cols].notna(), "")
+    cells["n_labeled"] = cells["n_labeled"].fillna(0).astype(int)
+    cells["row"] = list(cells[row_cols].itertuples(index=False, name=None))
+    return cells, runs, extras
 
 
-def _md_grid(g: Grid, level: str) -> list[str]:
-    out = [f"{level} {_md(g.title)}", "", "| " + " | ".join(_md(h) for h in g.header) + " |",
-           "|" + "|".join([":---"] + ["---:"] * (len(g.header) - 1)) + "|"]
-    for row, kind in zip(g.rows, g.kinds):
-        cells = [f"**{_md(c.text)}**" if c.bold else _md(c.text) for c in row]
-        if kind != "ours":
-            cells[0] = f"*{cells[0]}*"
-        out.append("| " + " | ".join(cells) + " |")
-    return out
-
-
-def to_markdown(table: Table) -> str:
-    """GitHub Markdown: the main table, its notes, then the difference to the full method."""
-    out = _md_grid(table.main, "###") + [""] + [f"- {_md(n)}" for n in table.notes]
-    if table.vs_full is not None:
-        out += [""] + _md_grid(table.vs_full, "####")
-    return "\n".join(out) + "\n"
-
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_LATEX_UNICODE = {"±": r"$\pm$", "Δ": r"$\Delta$", DASH: "---", "≥": r"$\geq$"}
-
-
-def _tex(text: str) -> str:
-    text = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-    for u, t in _LATEX_UNICODE.items():
-        text = text.replace(u, t)
-    return text
-
-
-def _tex_grid(g: Grid, notes: list[str]) -> list[str]:
-    out = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(g.title)}}}",
-           r"\begin{tabular}{l" + "r" * (len(g.header) - 1) + "}", r"\toprule",
-           " & ".join(_tex(h) for h in g.header) + r" \\", r"\midrule"]
-    for row, kind in zip(g.rows, g.kinds):
-        cells = [rf"\textbf{{{_tex(c.text)}}}" if c.bold else _tex(c.text) for c in row]
-        if kind != "ours":
-            cells[0] = rf"\quad\textit{{{cells[0]}}}"
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    if notes:
-        out += [r"\par\smallskip", r"{\footnotesize " + " ".join(_tex(n) for n in notes) + "}"]
-    return out + [r"\end{table}"]
-
-
-def to_latex(table: Table) -> str:
-    """LaTeX with booktabs (\\usepackage{booktabs}): one table environment per grid."""
-    out = [f"% mixmatch table: sweep {table.sweep}; needs \\usepackage{{booktabs}}"]
-    out += _tex_grid(table.main, table.notes)
-    if table.vs_full is not None:
-        out += [""] + _tex_grid(table.vs_full, [])
-    return "\n".join(out) + "\n"
-
-
-TABLE_CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em;color:#222}
-h2,h3{font-weight:600}
-table{border-collapse:collapse;border-top:2px solid #222;border-bottom:2px solid #222;margin:1em 0}
-th,td{padding:.3em .8em;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}
-thead th{border-bottom:1px solid #222}
-tr.paper td,tr.delta td{color:#666;font-style:italic;font-size:.92em}
-ul.notes{color:#444;font-size:.9em}"""
-
-
-def _html_grid(g: Grid, level: str) -> list[str]:
-    e = html.escape
-    out = [f"<{level}>{e(g.title)}</{level}>", "<table>", "<thead><tr>"
-           + "".join(f"<th>{e(h)}</th>" for h in g.header) + "</tr></thead>", "<tbody>"]
-    for row, kind in zip(g.rows, g.kinds):
-        out.append(f'<tr class="{kind}">' + "".join(
-            f"<td><strong>{e(c.text)}</strong></td>" if c.bold else f"<td>{e(c.text)}</td>" for c in row) + "</tr>")
-    return out + ["</tbody>", "</table>"]
-
-
-def html_body(table: Table, level: int = 2) -> list[str]:
-    """The tables and their notes as HTML elements (headings from <h{level}>), for to_html and
-    the sweep report."""
-    e = html.escape
-    out = _html_grid(table.main, f"h{level}")
-    out += ['<ul class="notes">'] + [f"<li>{e(n)}</li>" for n in table.notes] + ["</ul>"]
-    if table.vs_full is not None:
-        out += _html_grid(table.vs_full, f"h{level + 1}")
-    return out
-
-
-def to_html(table: Table) -> str:
-    """One standalone HTML file with inline CSS."""
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           f"<title>{html.escape(table.main.title)}</title>", f"<style>\n{TABLE_CSS}\n</style>", "</head>", "<body>"]
-    return "\n".join(out + html_body(table) + ["</body>", "</html>"]) + "\n"
-
-
-RUNS_CSV_COLUMNS = ["sweep", "run_id", "run_name", "cell_key", "dataset", "model", "n_labeled", "seed", "method",
-                    "variant", "status", "counted", "error", "error_last", "error_best", "error_raw",
-                    "failure_reason", "start_time", "end_time", "experiment_id", "parent_run_id"]
-
-
-def runs_csv(table: Table) -> str:
-    """Tidy CSV, one row per run (planned cells without a run: status MISSING); `counted` marks
-    the run that stands for its cell; times in UTC ISO 8601."""
-    df = table.runs.copy()
-    for f in table.extra_axes:
-        df[f] = df.get(f"params.{f}")
-    for col in ("start_time", "end_time"):
-        t = pd.to_numeric(df[col], errors="coerce")
-        df[col] = pd.to_datetime(t, unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    cols = RUNS_CSV_COLUMNS[:10] + ["row"] + table.extra_axes + RUNS_CSV_COLUMNS[10:]
-    df["sweep"] = table.sweep
-    return df.reindex(columns=cols).to_csv(index=False, float_format="%.6g", lineterminator="\n")
-
-
-def cells_csv(table: Table) -> str:
-    """Aggregated CSV, one row per (table row, n_labeled), with the paper's number and the
-    difference to the full method."""
-    return table.cells.drop(columns=["errors"], errors="ignore").to_csv(index=False, float_format="%.6g",
-                                                                           lineterminator="\n")
-
-
-# ---- files and the command ---------------------------------------------------------------------
-def log_artifacts(paths: list[Path], parent_run_id: str | None, artifact_path: str) -> list[Path]:
-    """Log the files to the run (none without a run id); returns them."""
-    if parent_run_id and paths:
-        from mixmatch_core.tracking import client
-        c = client()
-        for p in paths:
-            c.log_artifact(parent_run_id, str(p), artifact_path)
-    return paths
-
-
-def write_table(table: Table, out_dir: str | Path, formats=FORMATS) -> list[Path]:
-    """Write the chosen formats into out_dir; csv gives two files (per run, aggregated)."""
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise ConfigError(f"format: '{bad[0]}' is not one of {', '.join(FORMATS)}, all")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem, paths = file_stem(table.sweep), []
-    texts = {"markdown": [(f"{stem}_table.md", to_markdown)], "latex": [(f"{stem}_table.tex", to_latex)],
-             "csv": [(f"{stem}_runs.csv", runs_csv), (f"{stem}_cells.csv", cells_csv)],
-             "html": [(f"{stem}_table.html", to_html)]}
-    for fmt in formats:
-        for name, render in texts[fmt]:
-            p = out / name
-            p.write_text(render(table), encoding="utf-8")
-            paths.append(p)
-    return paths
-
-
-def load_table(sweep_or_spec: str, experiment: str | None = None, layout: str = "auto",
-               reference: str = "paper") -> tuple[Source, Table]:
-    """The sweep's source and its table; layout auto takes the spec's `layout:` if it names one."""
-    src = load_source(sweep_or_spec, experiment)
-    return src, build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
-                            sweep=src.sweep)
-
-
-def export(sweep_or_spec: str, out_dir, formats=("markdown", "latex", "csv", "html"), reference: str = "paper",
-           layout: str = "auto", parent_run_id: str | None = None, experiment: str | None = None) -> list[Path]:
-    """Build the sweep's table and write it in every format; with `parent_run_id`, also log
-    the files as artifacts (folder `tables`) of the sweep's parent run. `layout` auto uses
-    the spec's `layout:` when it names one."""
-    _, table = load_table(sweep_or_spec, experiment, layout, reference)
-    return log_artifacts(write_table(table, out_dir, formats), parent_run_id, "tables")
-
-
-def table_parser():
-    from mixmatch_cli.errors import ArgumentParser, die, user_errors
-
-    p = ArgumentParser(prog="mixmatch table", description="Paper-style error tables of a sweep, from MLflow. "
-                "Give the spec file (planned cells are known: missing ones are marked) or the sweep's name.")
-    add_source_arguments(p)
-    p.add_argument("--format", default="markdown", choices=FORMATS + ("all",),
-                   help="output format (default markdown); csv = per-run and aggregated CSV; all needs --out")
-    p.add_argument("--out", metavar="DIR", help="write files into DIR (default: print to stdout)")
-    p.add_argument("--reference", default="paper", choices=REFERENCES,
-                   help="show the paper's numbers beside ours (default paper)")
-    p.add_argument("--layout", default="auto", choices=LAYOUTS,
-                   help="labels = Table 5, ablation = Table 4; auto = the spec's layout, else labels for "
-                        ">= 3 label counts and <= 4 rows (default auto)")
-    return p
-
-
-def table_main(argv: list[str]) -> int:
-    from mixmatch_cli.errors import ArgumentParser, die, user_errors
-
-    args = table_parser().parse_args(argv)
-    if args.format == "all" and not args.out:
-        die("--format all writes several files; give --out DIR")
-    with user_errors(out=args.out):
-        _, table = load_table(args.sweep, args.experiment, args.layout, args.reference)
-        if args.out:
-            formats = FORMATS if args.format == "all" else (args.format,)
-            for path in write_table(table, args.out, formats):
-                print(path)
-        else:
-            render = {"markdown": to_markdown, "latex": to_latex, "csv": cells_csv, "html": to_html}[args.format]
-            sys.stdout.write(render(table))
-    return 0
+def table_of(src: Source, layout: str = "auto", reference: str = "paper") -> Table:
+    """The table of a sweep as runs.py read it: layout auto takes the spec's `layout:` if it
+    names one, and the spec's `notes:` close the notes."""
+    return build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
+                       sweep=src.sweep, notes=src.spec.notes if src.spec is not None else ())

@@ -151,10 +151,11 @@ def test_three_workers_one_killed_every_cell_finishes_exactly_once(pg_db, mlflow
                             capture_output=True, text=True, timeout=60)
     assert "8 done" in status.stdout and "0 failed" in status.stdout
     from sweeps import table
+    from sweeps.runs import load_runs
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
     try:
-        tab = table.build_table(table.load_runs("dist", "dist-exp"), None, layout="labels", sweep="dist")
+        tab = table.build_table(load_runs("dist", "dist-exp"), None, layout="labels", sweep="dist")
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI")

@@ -275,6 +275,7 @@ def test_a_non_finite_loss_fails_the_run_with_its_reason_in_mlflow(store, capsys
 
 def test_an_exception_inside_one_cell_fails_only_that_cell_and_the_worker_goes_on(store, tmp_path, monkeypatch):
     from sweeps import store as queue
+    from sweeps.worker import run_worker
     cells = [resolve({**dict(a.split("=") for a in TINY), "variant": "supervised", "seed": seed,
                       "experiment": "crash-exp"}) for seed in (1, 2)]
     real_step = train_module.train_step
@@ -287,7 +288,7 @@ def test_an_exception_inside_one_cell_fails_only_that_cell_and_the_worker_goes_o
     monkeypatch.setattr(train_module, "train_step", crash_in_seed_2)
     storage = queue.open_storage(f"sqlite:///{tmp_path / 'queue.db'}")
     queue.publish(storage, "crash", cells, {}, retries=0)
-    done = queue.run_worker(storage, "crash", {"num_threads": 1}, log=lambda msg: None)
+    done = run_worker(storage, "crash", {"num_threads": 1}, log=lambda msg: None)
     assert done == Counter(COMPLETE=1, FAIL=1)
     states = queue.cell_states(queue.load_sweep_study(storage, "crash"))
     assert states[cells[0].cell_key].state == "done"
@@ -309,6 +310,7 @@ def test_a_worker_whose_heartbeat_went_stale_hands_its_cell_over_and_it_is_train
     from optuna.trial import TrialState
 
     from sweeps import store as queue
+    from sweeps.worker import run_worker
     cell = resolve({**dict(a.split("=") for a in TINY), "variant": "supervised", "experiment": "stale-exp"})
     storage = queue.open_storage(f"sqlite:///{tmp_path / 'queue.db'}")
     queue.publish(storage, "stale", [cell], {}, retries=2)
@@ -329,7 +331,7 @@ def test_a_worker_whose_heartbeat_went_stale_hands_its_cell_over_and_it_is_train
 
     monkeypatch.setattr(train_module, "train", train_and_go_stale_once)
     lines = []
-    done = queue.run_worker(storage, "stale", {"num_threads": 1}, log=lines.append)
+    done = run_worker(storage, "stale", {"num_threads": 1}, log=lines.append)
     assert done == Counter(HANDED_OFF=1, COMPLETE=1) and any("handed to another worker" in m for m in lines)
     assert len(calls) == (2 if stale_at_step == 10 else 1)
     assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "FAIL"]
@@ -347,8 +349,9 @@ def test_a_failing_cell_fails_the_sweep_not_its_other_cells_and_is_retried_at_mo
         store, tmp_path, capsys, monkeypatch):
     import optuna
 
-    from sweeps import runner, table
+    from sweeps import render, runner, table, worker
     from sweeps import store as queue
+    from sweeps.runs import load_runs
     from sweeps.spec import load_spec
     (tmp_path / "spec.yaml").write_text(FAILING_SPEC)
     spec = load_spec("spec.yaml")
@@ -356,7 +359,7 @@ def test_a_failing_cell_fails_the_sweep_not_its_other_cells_and_is_retried_at_mo
     # `mixmatch sweep` in this process, its worker too: the same `run_worker` loop a `mixmatch
     # worker` process runs (a new process costs ~30 s of imports on a busy machine; the worker
     # processes themselves are exercised by test_sweep.py).
-    monkeypatch.setattr(runner, "run_local_workers", lambda spec, url, *rest: queue.run_worker(
+    monkeypatch.setattr(runner, "run_local_workers", lambda spec, url, *rest: worker.run_worker(
         queue.open_storage(url), spec.name, {"num_threads": 1}, log=lambda msg: None))
     code, out, _ = cli(["sweep", "spec.yaml", "--workers", "1", "--no-table"], capsys)
     assert code == 1 and "1 done, 1 failed" in out and "non-finite loss" in out
@@ -370,9 +373,9 @@ def test_a_failing_cell_fails_the_sweep_not_its_other_cells_and_is_retried_at_mo
     assert runs[boom].info.status == "FAILED" and "non-finite loss" in runs[boom].data.tags["failure_reason"]
     (parent,) = [r for r in all_runs(store, "failing-exp") if r.data.tags.get("mixmatch.role") == "sweep"]
     assert parent.info.status == "FAILED"
-    tab = table.build_table(table.load_runs("failing", "failing-exp"), spec.cells(), layout=spec.layout,
+    tab = table.build_table(load_runs("failing", "failing-exp"), spec.cells(), layout=spec.layout,
                             sweep="failing")
-    assert "failed" in table.to_markdown(tab)
+    assert "failed" in render.to_markdown(tab)
 
     study = optuna.load_study(study_name="sweep:failing", storage="sqlite:///optuna/sweep-failing.db")
 

@@ -126,8 +126,7 @@ def test_sweep_workers_per_gpu_pins_each_worker_to_its_gpu_and_trains_every_cell
             started.append((env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"], cmd[cmd.index("--threads") + 1]))
         return real_popen(cmd, env=env, **kw)
 
-    import sweeps.runner
-    monkeypatch.setattr(sweeps.runner.subprocess, "Popen", popen)
+    monkeypatch.setattr(gpus.subprocess, "Popen", popen)
     spec = write_spec(tmp_path, "grid: {n_labeled: [50], variant: [supervised], seed: [1, 2]}\n")
     assert main(["sweep", str(spec), "--workers-per-gpu", "1", "--heartbeat-seconds", "1", "--no-table"]) == 0
     assert started == [("3", "2", "2"), ("5", "2", "2")]   # 4 cores / 2 workers

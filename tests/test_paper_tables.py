@@ -242,7 +242,7 @@ def test_every_mixmatch_cell_of_a_paper_spec_has_the_papers_number(table):
 
 
 def runs_of(cells, error=10.0):
-    """Finished runs as sweeps.table.load_runs returns them, one per cell."""
+    """Finished runs as sweeps.runs.load_runs returns them, one per cell."""
     import pandas as pd
     return pd.DataFrame([{"sweep": "t", "run_id": f"r{i}", "cell_key": c.cell_key, "dataset": c.dataset,
                           "model": c.model, "n_labeled": c.n_labeled, "seed": c.seed, "method": c.method,
@@ -258,9 +258,10 @@ def runs_of(cells, error=10.0):
     (7, lambda: grid_cells(7, 0, variant=["mixmatch"]), ["2.22 ± 0.08", "2.07 ± 0.05"]),
 ])
 def test_mixmatch_table_shows_the_papers_number_beside_the_cells(table, cells, numbers):
+    from sweeps import render
     from sweeps import table as tb
     cells = cells()
     layout = raw_spec(table)["layout"]
-    text = tb.to_markdown(tb.build_table(runs_of(cells), cells, layout=layout, sweep=f"paper_table{table}"))
+    text = render.to_markdown(tb.build_table(runs_of(cells), cells, layout=layout, sweep=f"paper_table{table}"))
     for n in numbers:
         assert n in text, (n, text)

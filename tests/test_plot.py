@@ -4,9 +4,10 @@ with the paper's curve for CIFAR-10 and a sampled subset of learning curves for 
 import pandas as pd
 import pytest
 
+from mixmatch_cli import main
 from sweeps import plot as pl
 from sweeps import table as tb
-from mixmatch_cli import main
+from sweeps.runs import load_source
 
 from mlflow_store import log_cell, sqlite_store
 
@@ -66,7 +67,7 @@ def captured(monkeypatch) -> list:
         legend = ax.get_legend() or (fig.legends[0] if fig.legends else None)
         seen.append({"name": name, "title": ax.get_title(), "suptitle": fig._suptitle.get_text() if fig._suptitle
                      else "", "legend": [t.get_text() for t in legend.get_texts()] if legend else []})
-        pl._pyplot().close(fig)
+        pl.plt.close(fig)
         return []
     monkeypatch.setattr(pl, "_save", save)
     return seen
@@ -87,7 +88,7 @@ def test_error_vs_labels_shows_the_papers_cifar10_curve_only_for_cifar10(monkeyp
 
 def test_learning_curves_beyond_the_limit_are_sampled_and_say_so(store, monkeypatch, tmp_path):
     seen = captured(monkeypatch)
-    src = tb.load_source("tiny.yaml")
+    src = load_source("tiny.yaml")
     pl.plot_learning_curves(tb.build_table(src.runs, src.planned), tmp_path, max_curves=3)
     assert seen[0]["suptitle"] == "tiny: learning curves (3 of 8 runs shown); dashed: not finished"
     assert seen[0]["legend"] == ["mixmatch", "k1"]

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import report
-from sweeps import table as tb
 from mixmatch_cli import main
+from sweeps import render, report
+from sweeps import table as tb
+from sweeps.runs import load_source
 from sweeps.store import CellState
 
 from inprocess_sweep import run_sweep
@@ -20,7 +21,8 @@ SPEC = ("name: tiny\nexperiment: tiny-exp\ndescription: two seeds and a cell tha
         "progress: false, device: cpu, num_threads: 1}\n"
         "variants: {boom: {lambda_u: 1.0e+40, rampup_steps: 0}}\n"
         "grids:\n  - {n_labeled: [50], variant: [mixmatch, supervised], seed: [1, 2]}\n"
-        "  - {n_labeled: [50], variant: [boom], seed: [1]}\nretries: 0\n")
+        "  - {n_labeled: [50], variant: [boom], seed: [1]}\nretries: 0\n"
+        "notes: [the boom variant diverges on purpose]\n")
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,8 @@ def sweep(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        src = tb.load_source("spec.yaml")
-        table = tb.build_table(src.runs, src.planned, src.layout, sweep=src.sweep)
+        src = load_source("spec.yaml")
+        table = tb.table_of(src)
         yield {"root": root, "code": code, "src": src, "table": table,
                "page": (root / "runs/_tables/tiny/tiny_report.html").read_text()}
 
@@ -49,7 +51,7 @@ def test_the_sweep_writes_its_report_and_fails_for_the_failing_cell(sweep):
 
 def test_the_report_holds_the_tables_of_mixmatch_table(sweep):
     # The same code builds both: every line of `mixmatch table --format html`'s tables is in the page.
-    tables = tb.to_html(sweep["table"])
+    tables = render.to_html(sweep["table"])
     body = tables.split("<body>", 1)[1].split("</body>", 1)[0].strip().splitlines()
     assert all(line in sweep["page"] for line in body)
     assert "Welch" in sweep["page"] and "supervised" in sweep["page"]
@@ -88,11 +90,29 @@ def test_the_report_links_the_sweeps_saved_mlflow_views(sweep):
 
 
 def test_a_cell_waiting_in_the_queue_is_shown_waiting_not_missing(sweep):
-    src = tb.load_source(str(sweep["root"] / "spec.yaml"))
+    src = load_source(str(sweep["root"] / "spec.yaml"))
     (missing,) = [c for c in src.planned if c.variant == "boom"]
     table = tb.build_table(src.runs[src.runs["variant"] != "boom"], src.planned, sweep="tiny")
     states = report.cell_states(table, {missing.cell_key: CellState(missing.cell_key, missing.run_name, "waiting", 0)})
     assert states.set_index("cell_key").loc[missing.cell_key, "state"] == "waiting"
+
+
+def test_a_cell_mlflow_shows_running_is_shown_as_the_queue_has_it(sweep):
+    # A worker SIGKILLed mid-cell leaves its MLflow run RUNNING; the queue knows it was lost.
+    runs = sweep["src"].runs.copy()
+    boom = runs["variant"] == "boom"
+    runs.loc[boom, "status"] = "RUNNING"
+    table = tb.build_table(runs, sweep["src"].planned, sweep="tiny")
+    (key,) = runs.loc[boom, "cell_key"]
+    lost = CellState(key, "digits-50-s1-boom", "failed", 3, reason="worker lost (heartbeat stale)")
+    cell = report.cell_states(table, {key: lost}).set_index("cell_key").loc[key]
+    assert (cell["state"], cell["failure_reason"]) == ("failed", "worker lost (heartbeat stale)")
+    assert report.cell_states(table, None).set_index("cell_key").loc[key, "state"] == "running"
+
+
+def test_the_spec_notes_close_the_notes_of_the_page(sweep):
+    notes = sweep["page"].split('<ul class="notes">', 1)[1].split("</ul>", 1)[0]
+    assert notes.rstrip().endswith("<li>the boom variant diverges on purpose</li>")
 
 
 def test_the_page_opens_offline(sweep):
@@ -122,3 +142,4 @@ def test_a_report_by_sweep_name_takes_its_configs_from_the_spec_the_parent_run_l
     page = (tmp_path / "tiny_report.html").read_text()
     assert "mixmatch sweep spec.yaml" in page and "method: mixmatch → supervised" in page
     assert "cells known from MLflow only" in page        # the tables are those of `mixmatch table tiny`
+    assert "<li>the boom variant diverges on purpose</li>" in page     # and the logged spec's notes

@@ -10,7 +10,8 @@ import yaml
 import mixmatch_core.train
 from mixmatch_core.config import load_config, resolve
 from mixmatch_core.tracking import client
-from sweeps.search import TEST_OBJECTIVE_WARNING, load_search_spec, search_main
+from mixmatch_cli.search import main as search_main
+from sweeps.search_spec import TEST_OBJECTIVE_WARNING, load_search_spec
 
 TINY = dict(dataset="digits", val_size=100, steps=40, eval_every=10, median_of=2, batch_size=16,
             log_every=10, num_threads=1, ema=False)

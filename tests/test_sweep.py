@@ -63,6 +63,7 @@ def test_spec_variants_are_named_diffs(tmp_path):
     ("colour: red\n", "unknown key"), ("grid: {n_labeled: []}\n", "non-empty list"),
     ("grid: {flavour: [1]}\n", "unknown axis"), ("grid: {variant: [nope]}\n", "variant"),
     ("grid: {n_labeled: [55]}\n", "n_labeled"), ("layout: wide\n", "layout"), ("retries: -1\n", "retries"),
+    ("notes: a line\n", "notes"), ("notes: [1, 2]\n", "notes"),
 ])
 def test_bad_specs_fail_in_one_line(tmp_path, text, match):
     p = tmp_path / "bad.yaml"
@@ -70,6 +71,18 @@ def test_bad_specs_fail_in_one_line(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as e:
         load_spec(str(p))
     assert "\n" not in str(e.value)
+
+
+def test_spec_notes_are_a_list_of_lines(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path, extra="notes:\n  - first line\n  - second line\n")))
+    assert spec.notes == ["first line", "second line"]
+
+
+def test_a_spec_resolves_its_cells_once(tmp_path, monkeypatch):
+    import sweeps.spec
+    spec = load_spec(str(write_spec(tmp_path)))
+    monkeypatch.setattr(sweeps.spec, "resolve", lambda *a, **k: pytest.fail("resolved again"))
+    assert spec.cells() == spec.cells() and len(spec.cells()) == 4
 
 
 def test_only_selects_by_run_name_glob(tmp_path):
@@ -163,6 +176,44 @@ def test_sweep_trains_every_cell_once_and_relaunch_adds_nothing(store, capsys):
     assert "4 cells: 0 waiting, 0 running, 4 done, 0 failed" in capsys.readouterr().out
     assert main(["sweep", str(spec), "--dry-run"]) == 0    # done cells cost nothing in the plan
     assert "4 cells (4 done), ~0s of CPU time to go" in capsys.readouterr().out
+
+
+def test_a_sweep_whose_storage_was_lost_takes_its_results_from_mlflow_and_trains_nothing(store, capsys):
+    # MLflow holds the results; the queue's copy of them is derived. A lost storage file (or a
+    # worker killed between finishing its run and telling the queue) is refilled from MLflow:
+    # the relaunch trains nothing, adds no run, and the sweep closes done, not failed.
+    from mixmatch_core.tracking import client, start_parent_run
+    from mlflow_store import log_cell
+    spec = load_spec(str(write_spec(store)))
+    parent = start_parent_run("tiny-exp", "tiny", {"sweep": "tiny", "mixmatch.role": "sweep"})
+    for i, cell in enumerate(spec.cells()):
+        log_cell(client(), "tiny", parent, cell, 10.0 + i)
+    assert main(["sweep", "spec.yaml", "--workers", "1", "--no-table"]) == 0
+    assert "4 cells (4 already done, 0 queued" in capsys.readouterr().err
+    assert len(cell_runs(store)) == 4
+    assert main(["status", "spec.yaml"]) == 0
+    assert "4 cells: 0 waiting, 0 running, 4 done, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")     # the test claims with ask(), as no worker does
+def test_a_cell_failed_in_the_queue_whose_run_finished_in_mlflow_is_adopted_not_retried(store):
+    # Its worker died between ending the MLflow run and telling the queue, on its last retry.
+    from optuna.trial import TrialState
+
+    from mixmatch_core.tracking import client, experiment_id, start_parent_run
+    from mlflow_store import log_cell
+    from sweeps import store as queue
+    from sweeps.runs import finished_results
+    (cell,) = load_spec(str(write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n"))).cells()
+    storage = queue.open_storage(f"sqlite:///{store}/queue.db")
+    queue.publish(storage, "tiny", [cell], {}, retries=0)
+    study = queue.load_sweep_study(storage, "tiny")
+    study.tell(study.ask(), state=TrialState.FAIL)
+    log_cell(client(), "tiny", start_parent_run("tiny-exp", "tiny", {}), cell, 12.5)
+    actions = queue.publish(storage, "tiny", [cell], {}, retries=0,
+                            results=lambda: finished_results(experiment_id("tiny-exp"), "tiny"))
+    state = queue.cell_states(study)[cell.cell_key]
+    assert actions == {cell.cell_key: "done"} and (state.state, state.error) == ("done", 12.5)
 
 
 def test_adding_a_seed_runs_only_the_new_cells(store, capsys):

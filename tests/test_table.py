@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from mixmatch_core.config import ConfigError, resolve
-from sweeps import table as tb
 from mixmatch_cli import main
+from sweeps import paper, render
+from sweeps import table as tb
+from sweeps.runs import load_runs, load_source
 
 from mlflow_store import log_cell, sqlite_store
 
@@ -58,7 +60,7 @@ def store(tmp_path_factory):
 
 
 def quick_table(**kw) -> tb.Table:
-    src = tb.load_source("quick.yaml")
+    src = load_source("quick.yaml")
     return tb.build_table(src.runs, src.planned, sweep=src.sweep, **kw)
 
 
@@ -86,7 +88,7 @@ QUICK_MARKDOWN = """\
 
 
 def test_markdown_marks_failed_and_missing_seeds_and_counts_a_rerun_once(store):
-    assert tb.to_markdown(quick_table()) == QUICK_MARKDOWN
+    assert render.to_markdown(quick_table()) == QUICK_MARKDOWN
 
 
 QUICK_LATEX = r"""% mixmatch table: sweep quick; needs \usepackage{booktabs}
@@ -120,7 +122,7 @@ no\_sharpen & +9.00 (n too small) & +2.00 (n too small) \\
 
 
 def test_latex_is_booktabs_with_escaped_names_and_bold_best(store):
-    assert tb.to_latex(quick_table()) == QUICK_LATEX
+    assert render.to_latex(quick_table()) == QUICK_LATEX
 
 
 QUICK_CELLS_CSV = """\
@@ -136,7 +138,7 @@ n too small
 
 
 def test_aggregated_csv_has_one_row_per_table_cell_with_counts(store):
-    assert tb.cells_csv(quick_table()) == QUICK_CELLS_CSV
+    assert render.cells_csv(quick_table()) == QUICK_CELLS_CSV
 
 
 QUICK_RUNS_CSV = """\
@@ -155,7 +157,7 @@ digits-100-s2-no_sharpen,2,MISSING,False,,
 
 def test_runs_csv_has_every_run_and_marks_the_newest_finished_one_per_cell(store):
     from io import StringIO
-    df = pd.read_csv(StringIO(tb.runs_csv(quick_table())))
+    df = pd.read_csv(StringIO(render.runs_csv(quick_table())))
     cols = ["run_name", "seed", "status", "counted", "error", "failure_reason"]
     assert df[cols].to_csv(index=False, lineterminator="\n") == QUICK_RUNS_CSV
     assert df["run_id"].notna().sum() == len(QUICK_RUNS)
@@ -186,13 +188,13 @@ C10_MARKDOWN = """\
 
 
 def test_cifar10_sweep_by_name_gets_the_papers_table5_rows_and_welch_tests(store):
-    table = tb.build_table(tb.load_runs("c10"), None)
+    table = tb.build_table(load_runs("c10"), None)
     assert table.layout == "labels"
-    assert tb.to_markdown(table) == C10_MARKDOWN
+    assert render.to_markdown(table) == C10_MARKDOWN
 
 
 def test_ablation_layout_puts_the_paper_beside_ours_preferring_table4(store):
-    table = tb.build_table(tb.load_runs("c10", experiment="mixmatch-c10"), None, layout="ablation")
+    table = tb.build_table(load_runs("c10", experiment="mixmatch-c10"), None, layout="ablation")
     assert table.main.header == ["variant", "250", "paper", "Δ", "500", "paper", "Δ", "4000", "paper", "Δ"]
     assert [c.text for c in table.main.rows[0]] == [
         "mixmatch", "11.20 ± 0.28", "11.80", "-0.60", "9.50 ± 0.71", "9.65 ± 0.94", "-0.15", "6.10 ± 0.14", "6.00",
@@ -203,19 +205,45 @@ def test_ablation_layout_puts_the_paper_beside_ours_preferring_table4(store):
 def test_a_spec_with_no_runs_yet_shows_every_cell_missing(store, tmp_path):
     spec = tmp_path / "later.yaml"
     spec.write_text("experiment: not-yet\nbase: {dataset: digits}\ngrid: {seed: [1, 2]}\n")
-    src = tb.load_source(str(spec))
+    src = load_source(str(spec))
     assert [c.text for c in tb.build_table(src.runs, src.planned).main.rows[0]] == ["mixmatch", "missing"]
 
 
-def test_export_writes_every_format_and_logs_them_to_the_parent_run(store, tmp_path):
+def test_every_format_is_written_and_logged_to_the_parent_run(store, tmp_path):
     from mixmatch_core.tracking import client
+    from sweeps.parent_run import log_artifacts
     parent = store["parents"]["quick"]
-    paths = tb.export("quick.yaml", tmp_path / "out", parent_run_id=parent)
+    paths = log_artifacts(render.write_table(quick_table(), tmp_path / "out", render.FORMATS), parent, "tables")
     assert [p.name for p in paths] == ["quick_table.md", "quick_table.tex", "quick_runs.csv", "quick_cells.csv",
                                        "quick_table.html"]
     assert paths[0].read_text() == QUICK_MARKDOWN
     logged = sorted(f.path for f in client().list_artifacts(parent, "tables"))
     assert logged == sorted(f"tables/{p.name}" for p in paths)
+
+
+SPEC_NOTES = ["5000-label cells: labeled from train+unlabeled, as the official create_split.py does.",
+              "wd 0.04 for the large model (Table 1)."]
+
+
+@pytest.fixture
+def noted_spec(store, tmp_path):
+    """quick.yaml's sweep, with `notes:` in its spec."""
+    path = tmp_path / "quick_noted.yaml"
+    path.write_text(QUICK_SPEC + "notes:\n" + "".join(f"  - \"{n}\"\n" for n in SPEC_NOTES))
+    return str(path)
+
+
+def test_the_spec_notes_follow_the_tables_own_notes_in_markdown(noted_spec, capsys):
+    assert main(["table", noted_spec]) == 0
+    own = "- difference to the full method: Welch's t-test when both sides have >= 2 finished seeds, else n too small.\n"
+    assert capsys.readouterr().out == QUICK_MARKDOWN.replace(own, own + "".join(f"- {n}\n" for n in SPEC_NOTES))
+
+
+@pytest.mark.parametrize("fmt", ["latex", "html"])
+def test_the_spec_notes_follow_the_tables_own_notes_in_latex_and_html(noted_spec, capsys, fmt):
+    assert main(["table", noted_spec, "--format", fmt]) == 0
+    out = capsys.readouterr().out.replace(r"\_", "_")      # LaTeX escapes the _ of create_split.py
+    assert out.index("else n too small.") < out.index(SPEC_NOTES[0]) < out.index(SPEC_NOTES[1])
 
 
 def test_cli_prints_the_markdown_table_of_a_spec(store, capsys):
@@ -271,9 +299,9 @@ def test_welch_test_needs_two_finished_seeds_on_each_side():
 def test_best_value_of_each_column_is_bold_in_markdown_and_latex():
     table = tb.build_table(frame(("mixmatch", 50, 1, 10.0), ("k1", 50, 1, 9.0), ("mixmatch", 100, 1, 5.0),
                                  ("k1", 100, 1, 6.0)), None)
-    md = tb.to_markdown(table)
+    md = render.to_markdown(table)
     assert "| mixmatch | 10.00 | **5.00** |" in md and "| k1 | **9.00** | 6.00 |" in md
-    assert r"k1 & \textbf{9.00} & 6.00 \\" in tb.to_latex(table)
+    assert r"k1 & \textbf{9.00} & 6.00 \\" in render.to_latex(table)
 
 
 def test_a_lone_row_is_not_bold():
@@ -314,7 +342,53 @@ def test_auto_layout_is_labels_for_three_label_counts_and_few_rows(labels, rows,
                                          ("npz:/data/cifar10.npz", "cifar10"), ("npz:/data/cifar10_4k.npz", None),
                                          ("digits", None)])
 def test_reference_dataset_matching(dataset, ref):
-    assert tb.reference_dataset(dataset) == ref
+    assert paper.reference_dataset(dataset) == ref
+
+
+def pooled(runs: pd.DataFrame, pools: dict[int, str]) -> pd.DataFrame:
+    """The runs with a `labeled_pool` param at the given label counts (the others have none)."""
+    return runs.assign(labeled_pool=runs["n_labeled"].map(pools))
+
+
+def test_cells_that_drew_labels_from_another_set_than_train_are_named_in_a_note():
+    runs = pooled(frame(("mixmatch", 250, 1, 11.0), ("mixmatch", 5000, 1, 6.0), dataset="cifar10"),
+                  {5000: "train+unlabeled"})
+    table = tb.build_table(runs, None, reference="none")
+    assert "labeled set: 5000-label cells drew from train+unlabeled (official create_split.py)." in table.notes
+    assert texts(table.main)[0] == ["mixmatch", "11.00", "6.00"]       # one row: the note, not a row, says it
+
+
+def test_a_spec_with_notes_points_the_labeled_set_note_at_them():
+    runs = pooled(frame(("mixmatch", 5000, 1, 6.0), ("k1", 5000, 1, 7.0)), {5000: "labeled_only"})
+    table = tb.build_table(runs, None, notes=["how labeled_only was drawn"])
+    assert table.notes[-2:] == ["labeled set: 5000-label cells drew from labeled_only (see the spec's notes).",
+                                "how labeled_only was drawn"]
+
+
+@pytest.mark.parametrize("pools", [{}, {250: "train"}])
+def test_runs_without_a_labeled_pool_or_from_train_get_no_labeled_set_note(pools):
+    table = tb.build_table(pooled(frame(("mixmatch", 250, 1, 11.0)), pools), None)
+    assert not any(n.startswith("labeled set") for n in table.notes)
+
+
+def test_a_label_count_with_both_sets_says_some_cells():
+    runs = frame(("mixmatch", 250, 1, 11.0), ("mixmatch", 250, 2, 12.0)).assign(labeled_pool=[None, "train+unlabeled"])
+    assert "labeled set: some 250-label cells drew from train+unlabeled (official create_split.py)." \
+        in tb.build_table(runs, None).notes
+
+
+@pytest.mark.parametrize("n_labeled,pools,extra", [
+    ([50, 100], ["train", "train+unlabeled"], []),        # a function of the label count: the note says it
+    ([50, 50], ["train", "train"], []),
+    ([50, 50], ["train", "train+unlabeled"], ["labeled_pool"]),    # two sets at one label count: two rows
+])
+def test_a_labeled_pool_field_splits_rows_only_where_it_varies_at_one_label_count(monkeypatch, n_labeled, pools,
+                                                                                  extra):
+    # Once labeled_pool is an identity config field, the cells carry params.labeled_pool like any other.
+    monkeypatch.setattr(tb, "IDENTITY", ("steps", "labeled_pool"))
+    cells = pd.DataFrame({"dataset": "d", "method": "m", "variant": "v", "n_labeled": n_labeled,
+                          "params.steps": "1000", "params.labeled_pool": pools})
+    assert tb._extra_axes(cells) == extra
 
 
 def test_reference_none_leaves_the_paper_out():
@@ -332,7 +406,7 @@ def test_a_model_the_paper_did_not_use_gets_no_paper_column_and_a_note_saying_wh
 
 
 def test_html_is_one_standalone_file():
-    page = tb.to_html(tb.build_table(frame(("mixmatch", 50, 1, 10.0), ("k1", 50, 1, 12.0)), None))
+    page = render.to_html(tb.build_table(frame(("mixmatch", 50, 1, 10.0), ("k1", 50, 1, 12.0)), None))
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page and "<strong>10.00</strong>" in page
     assert "<link" not in page and "src=" not in page
 
@@ -344,7 +418,7 @@ def test_bad_layout_or_reference_is_a_config_error(layout, reference):
 
 
 def test_paper_reference_csv_holds_the_papers_numbers():
-    ref = tb.load_reference().set_index(["table", "dataset", "model", "variant", "n_labeled"])
+    ref = paper.load_reference().set_index(["table", "dataset", "model", "variant", "n_labeled"])
     assert ref.groupby(level="table").size().to_dict() == {1: 2, 2: 2, 4: 22, 5: 31, 6: 31, 7: 31}
     assert tuple(ref.loc[(5, "cifar10", "wrn28_2", "mixmatch", 250), ["error_mean", "error_std"]]) == (11.08, 0.87)
     assert ref.loc[(5, "cifar10", "wrn28_2", "fully_supervised", 50000), "error_mean"] == 4.13

@@ -114,8 +114,9 @@ MIXMATCH_VARIANTS = {
 # order (Pi-Model, PseudoLabel, MixUp, VAT, Mean Teacher), ICT (Table 4), then supervised.
 METHODS: dict[str, Method] = {
     "mixmatch": Method("MixMatch", "mixmatch.py", MIXMATCH_KNOBS, variants=MIXMATCH_VARIANTS,
-                       # K guesses + (K + 1) mixed chunks forward and backward (11 at K = 2)
-                       forwards_per_step=lambda cfg: cfg.K + 3.0 * (cfg.K + 1), legacy=True),
+                       # 2 guesses + 3 x (forward + backward) = 11 at K = 2, scaling with the K + 1
+                       # mixed chunks (the dry-run estimates since release 0.1)
+                       forwards_per_step=lambda cfg: 11.0 * (1 + cfg.K) / 3, legacy=True),
     "pi_model": Method("Pi-Model", "pi_model.py", {"consistency_weight": _consistency(10.0), "warmup_pos": _WARMUP},
                        {"wd": 0.02, "consistency_weight": 20.0}, forwards_per_step=lambda cfg: 7.0),
     "pseudo_label": Method(
