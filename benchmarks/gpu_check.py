@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from benchmarks import gpu_sections as sections
+from benchmarks.digits32 import digits32, write_digits32
 from benchmarks.gpu_protocol import REPO, env, log, run_side_by_side, serve_timings
 
 MODES = ("eager", "default", "reduce-overhead", "max-autotune")
@@ -55,34 +56,6 @@ BUDGET_S = {"step_compile": 150, "step_time": 30, "packed_time": 45, "timings_en
 TOTAL_S = 470
 TINY_BUDGET_S = {"step_compile": 300, "step_time": 60, "packed_time": 60, "timings_end": 500, "workers_round": 60,
                  "methods": 120, "train": 6}
-
-
-# ---- data ---------------------------------------------------------------------------------------
-def digits32(n_train: int | None = None):
-    """scikit-learn's embedded digits (8x8, 1297 train / 500 test) upscaled to 32x32 RGB uint8
-    (bilinear), as the trainer's Dataset with shift-only augmentation (digits are not
-    mirror-symmetric)."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from mixmatch_core.augment import AugmentSpec
-    from mixmatch_core.data import Dataset, load_dataset
-    ds = load_dataset("digits", "data")
-
-    def up(x):
-        t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
-        t = F.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False).round().clamp(0, 255)
-        return np.ascontiguousarray(t.to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy())
-    x_train, y_train = ds.x_train[:n_train], ds.y_train[:n_train]
-    return Dataset("digits32", up(x_train), y_train, up(ds.x_test), ds.y_test, 10, AugmentSpec(flip=False, pad=4))
-
-
-def write_digits32(path: Path) -> Path:
-    import numpy as np
-    ds = digits32()
-    np.savez(path, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
-    return path
 
 
 # ---- section 1: step timings (child process per mode) ----------------------------------------------

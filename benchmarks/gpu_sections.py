@@ -159,7 +159,7 @@ def child_vat(args) -> int:
     digits-32, then probe r_adv on one unlabeled batch in each precision setting."""
     from benchmarks import step_time as st
     from benchmarks import vat_probe as vp
-    from benchmarks.gpu_check import digits32
+    from benchmarks.digits32 import digits32
     from mixmatch_core.config import resolve
     from mixmatch_core.data import DeviceData
     from mixmatch_core.train import resolve_device, seed_everything
