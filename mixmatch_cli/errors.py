@@ -53,7 +53,7 @@ def _user_error_line(e: Exception, more: tuple, out: str | None) -> str | None:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error contract: usage errors are one `mixmatch: error:` line
-    and exit code 2. Shared by every `mixmatch` subcommand (sweeps/ uses it too)."""
+    and exit code 2. Shared by every `mixmatch` subcommand."""
 
     def error(self, message: str) -> None:  # argparse's own errors: one line too
         die(f"{self.prog}: {message}")
