@@ -216,7 +216,13 @@ def test_a_cell_failed_in_the_queue_whose_run_finished_in_mlflow_is_adopted_not_
     assert actions == {cell.cell_key: "done"} and (state.state, state.error) == ("done", 12.5)
 
 
-def test_adding_a_seed_runs_only_the_new_cells(store, capsys):
+def test_adding_a_seed_runs_only_the_new_cells(store, capsys, monkeypatch):
+    # The worker runs in this process (a worker process costs seconds of imports; the tests
+    # above and below run real ones): what is checked is which cells a relaunch queues.
+    from sweeps import runner, worker
+    from sweeps import store as queue
+    monkeypatch.setattr(runner, "run_local_workers", lambda spec, url, *rest: worker.run_worker(
+        queue.open_storage(url), spec.name, {"num_threads": 1}, log=lambda msg: None))
     spec = write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n")
     assert main(["sweep", str(spec), "--workers", "1", "--no-table"]) == 0
     first = cell_runs(store)["run_id"].tolist()
