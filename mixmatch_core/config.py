@@ -162,7 +162,7 @@ VARIANTS: dict[str, dict[str, Any]] = methods.variants()
 
 CHOICES = {
     "method": tuple(METHODS),
-    "labeled_pool": ("train", "train+unlabeled"),   # data.LABELED_POOLS
+    "labeled_pool": datasets.LABELED_POOLS,
     "amp": ("none", "bf16"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
@@ -288,7 +288,7 @@ def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, An
 def _without_unset(values: dict[str, Any] | None) -> dict[str, Any]:
     """Drop method hyperparameters given as null: a run's own config.yaml lists the other
     methods' fields as null, and must load back as the same config."""
-    optional = method_fields() | set(MIXMATCH_FIELDS)
+    optional = method_fields()           # MixMatch's fields included: they are its knobs
     return {k: v for k, v in (values or {}).items() if not (v is None and k in optional)}
 
 

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .augment import AugmentSpec, augment_batch, pad_reflect, to_float
 from .config import ConfigError
-from .datasets import DatasetInfo, allowed, dataset_info
+from .datasets import LABELED_POOLS, DatasetInfo, allowed, dataset_info
 
 DIGITS_N_TEST = 500   # images; the other 1297 of the 1797 are the training set
 DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split is the same for every run
@@ -66,13 +66,6 @@ class Dataset:
     equal_class_draw: bool = False
 
 
-# Where the labeled set is drawn from (config `labeled_pool`). "train+unlabeled" is what the
-# official create_split.py does for STL-10 (stl10-train.tfrecord then stl10-unlabeled.tfrecord):
-# the 100,000 unlabeled images join the pool with label 0 ("airplane"), and every class gets
-# n_labeled / 10 labels. At 5000 labels, seed 1 (runs/table2.sh's stl10.1@5000) that is the 4500
-# training images of classes 1..9 plus 500 class-0 images drawn from 100,500 candidates: 3 true
-# airplanes and 497 unlabeled images trained as airplane. The paper's 5.59% was measured so.
-LABELED_POOLS = ("train", "train+unlabeled")
 
 
 # ---- loaders ------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_every_dataset_record_names_a_loader_and_its_preset_is_config_fields(nam
     module, func = info.loader.split(":")
     assert callable(getattr(importlib.import_module(module), func))
     assert set(info.preset) <= set(FIELDS)
-    assert resolve({"dataset": name, "n_labeled": 1000 if name != "stl10" else 1000, "seed": 1}).dataset == name
+    assert resolve({"dataset": name, "n_labeled": 1000, "seed": 1}).dataset == name
 
 
 def test_an_npz_file_named_after_a_paper_dataset_is_compared_with_it():

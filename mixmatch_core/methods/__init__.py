@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, Callable
 
 
@@ -192,12 +192,7 @@ def row_order() -> list[str]:
 
 def relative_step_cost(cfg) -> float:
     """Cost of one step of `cfg`'s method relative to MixMatch's at K = 2 (dry-run estimates)."""
-    full = METHODS[FULL_METHOD]
-    return METHODS[cfg.method].forwards_per_step(cfg) / full.forwards_per_step(_K2)
-
-
-class _K2:
-    K = 2
+    return METHODS[cfg.method].forwards_per_step(cfg) / METHODS[FULL_METHOD].forwards_per_step(SimpleNamespace(K=2))
 
 
 def load(name: str) -> ModuleType:

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import METHODS
 from .common import consistency_warmup, frozen_bn_stats, xent
 
-PL_MASKS = ("official", "per_row")   # the pl_mask knob's choices (methods/__init__.py)
+PL_MASKS = METHODS["pseudo_label"].hparams["pl_mask"].choices   # official, per_row: declared in the registry
 
 
 def unlabeled_views(cfg) -> int:
