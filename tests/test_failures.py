@@ -146,6 +146,8 @@ def test_sigkill_mid_training_then_relaunch_ends_with_the_numbers_of_an_uninterr
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     assert 20 <= killed_at < 200, (killed_at, (tmp_path / "killed.log").read_text()[-2000:])
+    (run,) = all_runs(store)
+    assert run.info.status == "RUNNING"        # a crash: nobody ended the run; the relaunch continues it
 
     assert main(["train", *argv]) == 0                                     # the same command resumes
     reference = train(load_config(None, [*argv, "out_dir=reference"]))   # same cell_key, no kill

@@ -112,11 +112,6 @@ def test_fast_paths_train_on_cpu(tmp_path, opts):
     assert r.status == "FINISHED" and r.metrics["error"] < 100
 
 
-def test_compiled_model_trains_on_cpu(tmp_path):
-    r = train(tiny(tmp_path, steps=6, eval_every=3, compile=True))
-    assert r.status == "FINISHED"
-
-
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_the_compiled_region_has_no_graph_break(amp):
     """What compile=true compiles (the model's forward, in training mode, channels_last, under
@@ -132,9 +127,10 @@ def test_the_compiled_region_has_no_graph_break(amp):
 
 
 def test_a_compiled_run_matches_eager_and_resumes_exactly(tmp_path):
-    """Same losses as eager within float tolerance over a few steps, and a compiled run killed
-    after a checkpoint resumes to exactly the numbers of an uninterrupted compiled run. (The
-    first compile of this architecture in the process is paid by the test above it.)"""
+    """A compiled run trains to the end on the CPU (inductor: the one cold compile of the suite,
+    ~10-30 s), with the same losses as eager within float tolerance over a few steps, and a
+    compiled run killed after a checkpoint resumes to exactly the numbers of an uninterrupted
+    compiled run."""
     from benchmarks.step_time import ProjectStep
     from mixmatch_core.train import seed_everything
     ds = load_dataset("digits", "data")
@@ -148,6 +144,7 @@ def test_a_compiled_run_matches_eager_and_resumes_exactly(tmp_path):
         sums[flag] = step.acc.tolist()
     assert sums[True] == pytest.approx(sums[False], rel=1e-4, abs=1e-5)
     full = train(tiny(tmp_path / "full", steps=6, eval_every=3, compile=True))
+    assert full.status == "FINISHED"
     cfg = tiny(tmp_path / "resumed", steps=6, eval_every=3, compile=True)
     with pytest.raises(Stop):
         train(cfg, on_eval=_stop_at(3))
