@@ -106,7 +106,7 @@ def show_progress(spec: Spec, study: optuna.Study, cells: list[Config], procs: l
     t0, done0, last = time.time(), None, None
     tty = sys.stderr.isatty()
     while any(p.poll() is None for p in procs):
-        _wait_for_exit(procs, seconds=1.0)     # one storage query a second, none after the last exit
+        _wait_for_exit(procs, seconds=1.0)     # a storage query a second, the last one right after the exits
         st = store.cell_states(study)
         n = {k: sum(s.state == k for c, s in st.items() if c in keys) for k in STATES}
         done0 = n["done"] if done0 is None else done0
