@@ -4,11 +4,14 @@ Owns: the dispatch from `mixmatch COMMAND ...` to the module that runs the comma
 top-level usage text, and `parsers()`, every command's argparse parser (the docs' CLI
 reference is generated from it, so it cannot drift from `--help`). Commands import their
 module lazily: a relaunch of a finished sweep must not pay for importing torch or MLflow.
+`run` is the process's entry point (the `mixmatch` script, `python -m mixmatch_cli`): `main`,
+then a fast exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -50,3 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func, _, _ = COMMANDS[argv[0]]
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+def run() -> None:
+    """`main` as a whole process: its exit code, then an exit without the interpreter's final
+    garbage collections over every object torch, dynamo and MLflow made (1.6 s of a worker's
+    exit on 2 cores, 0.2 s without: frozen objects are skipped). atexit handlers, the joins of
+    threads and the flush of stdout/stderr still run; files are closed by the code that opened
+    them (with-blocks), not left to the exit. Not in `main`: tests call it in their own process."""
+    try:
+        raise SystemExit(main())
+    finally:
+        gc.freeze()

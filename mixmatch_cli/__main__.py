@@ -1,5 +1,5 @@
 """`python -m mixmatch_cli ...` is the `mixmatch` command (how workers start each other)."""
 
-from . import main
+from . import run
 
-raise SystemExit(main())
+run()

@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         previous = store.existing_study(run.url, run.spec.name)
         if previous is not None and summary.unchanged_since_last_report(run.spec, previous, run.cells, args.no_table):
             return summary.replay(run.spec, previous, run.cells, run.url, args.no_table)
-        # Lazy: MLflow, torch and the report's pandas and matplotlib, off the fast relaunch path above.
+        # Lazy: the launch (pandas now, MLflow once it publishes), off the fast relaunch path above.
         from sweeps import runner
         runner.check_launch(run.cells, run.url, local_workers=args.workers != 0)
         storage = store.open_storage(run.url, args.heartbeat_seconds, max_retry=run.spec.retries)

@@ -2,9 +2,10 @@
 
 Owns:
 - `load_dataset` and the built-in loaders: the raw uint8 NHWC arrays of a dataset on the host
-  (scikit-learn digits, torchvision CIFAR-10/100, SVHN, SVHN+extra, STL-10, or a user
-  `npz:PATH` file) with its augmentation spec, from the dataset's record in datasets.py (which
-  names the loader; facts about a dataset live there, not here);
+  (scikit-learn's bundled digits, read without importing scikit-learn; torchvision CIFAR-10/100,
+  SVHN, SVHN+extra, STL-10, or a user `npz:PATH` file) with its augmentation spec, from the
+  dataset's record in datasets.py (which names the loader; facts about a dataset live there,
+  not here);
 - `split_labeled`: the official labeled split of scripts/create_split.py (a seeded per-class
   shuffle, then a greedy draw that follows the class frequencies: exactly n_labeled / n_classes
   per class on balanced data such as CIFAR, proportional on SVHN; STL-10's predefined folds at
@@ -22,7 +23,9 @@ followed by the uint8 -> [-1, 1] float conversion on the device.
 
 from __future__ import annotations
 
+import gzip
 import importlib
+import importlib.util
 import os
 import tarfile
 from dataclasses import dataclass
@@ -103,15 +106,31 @@ def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
     return out
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images float64 [1797, 8, 8] with values 0..16, labels [1797]): scikit-learn's bundled
+    digits, exactly as sklearn.datasets.load_digits returns them. Read straight from its
+    digits.csv.gz, as load_digits does (np.loadtxt), located without importing scikit-learn:
+    that import (scipy included) costs more than a small run's training. Falls back to
+    load_digits where the file is not where scikit-learn keeps it."""
+    spec = importlib.util.find_spec("sklearn")          # finds the package; imports nothing
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            with gzip.open(path, mode="rt", encoding="utf-8") as fh:
+                data = np.loadtxt(fh, delimiter=",")     # [1797, 65]: 64 pixels, then the label
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    from sklearn.datasets import load_digits   # lazy: scikit-learn only where its file was not found
+    d = load_digits()
+    return d.images, d.target
+
+
 def load_digits(info: DatasetInfo, data_dir: str) -> Dataset:
     """scikit-learn's bundled 8x8 digits (no download): 1797 images, values 0..16 mapped to
     0..255, split once into 1297 train / 500 test, stratified, with a fixed seed. The legacy
     RandomState stream is frozen by numpy, so the split is identical on every machine."""
-    from sklearn.datasets import load_digits   # lazy: only this dataset needs scikit-learn
-
-    d = load_digits()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
-    y = d.target.astype(np.int64)
+    images, target = digits_arrays()
+    x = np.round(images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
+    y = target.astype(np.int64)
     classes = np.arange(10)
     n_test = _largest_remainder(np.bincount(y, minlength=10), DIGITS_N_TEST)
     rs = np.random.RandomState(DIGITS_SPLIT_SEED)

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import optuna
 
+from mixmatch_core.checkpoint import check_out_dir
 from mixmatch_core.config import Config
 from mixmatch_core.tracking import check_reachable, end_parent_run, experiment_id
 
 from . import gpus, store
 from .cost import fmt_seconds
 from .parent_run import open_sweep_parent_run
-from .report import export_all
 from .runs import finished_results
 from .spec import Spec
 from .summary import record_close, summarize, tables_dir
@@ -43,7 +43,6 @@ def check_launch(cells: list[Config], url: str, local_workers: bool) -> None:
     workers will write checkpoints, the cells' out_dirs (one line now, not one failure per
     cell)."""
     if local_workers:
-        from mixmatch_core.checkpoint import check_out_dir  # lazy: torch; publishing alone needs none
         for out_dir in sorted({x.out_dir for x in cells}):
             check_out_dir(out_dir)
     store.check_storage_url(url)
@@ -107,7 +106,7 @@ def show_progress(spec: Spec, study: optuna.Study, cells: list[Config], procs: l
     t0, done0, last = time.time(), None, None
     tty = sys.stderr.isatty()
     while any(p.poll() is None for p in procs):
-        time.sleep(1)
+        _wait_for_exit(procs, seconds=1.0)     # a storage query a second, the last one right after the exits
         st = store.cell_states(study)
         n = {k: sum(s.state == k for c, s in st.items() if c in keys) for k in STATES}
         done0 = n["done"] if done0 is None else done0
@@ -124,6 +123,17 @@ def show_progress(spec: Spec, study: optuna.Study, cells: list[Config], procs: l
         print(file=sys.stderr)
 
 
+def _wait_for_exit(procs: list[subprocess.Popen], seconds: float) -> None:
+    """Sleep up to `seconds`, but return as soon as every process has exited: the sweep closes
+    as soon as its last worker is done, not up to a second later."""
+    deadline = time.monotonic() + seconds
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            return
+
+
 def finish(spec: Spec, study: optuna.Study, parent: str, cells: list[Config], no_table: bool = False) -> int:
     """Closing summary, error table, plots and report (also logged to the parent run), the
     parent's status, and what the next launch may skip (summary.record_close)."""
@@ -132,6 +142,7 @@ def finish(spec: Spec, study: optuna.Study, parent: str, cells: list[Config], no
     out = tables_dir(spec)
     if not no_table:
         try:
+            from .report import export_all   # lazy: pandas, scipy and matplotlib, only for the tables
             paths = export_all(spec, spec.cells(), out, parent_run_id=parent, states=states)
             print()
             print(next(p for p in paths if p.name.endswith("_table.md")).read_text().rstrip())

@@ -87,12 +87,22 @@ def optimize_one(study: optuna.Study, objective, lease: Lease, handed_off_line, 
         return True
 
 
+def idle_poll_seconds(storage: RDBStorage) -> float:
+    """How often a worker with nothing to claim looks again while other workers train the last
+    cells (one of them may die and its cell come back). A server database is shared by the
+    workers of many machines: every 2 s each. A SQLite file serves one machine's few workers:
+    every 0.5 s, so that the last idle worker, which a local sweep waits for, exits soon after
+    the last cell finishes."""
+    return 0.5 if storage.engine.name == "sqlite" else 2.0
+
+
 def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
-               poll_seconds: float = 2.0, log=print) -> Counter:
+               poll_seconds: float | None = None, log=print) -> Counter:
     """Claim cells until none are waiting or running; train each as a tracked MLflow run.
     `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell
-    (num_threads only of cells whose spec left it at 0)."""
+    (num_threads only of cells whose spec left it at 0). `poll_seconds`: see idle_poll_seconds."""
     study = load_sweep_study(storage, sweep)
+    poll_seconds = idle_poll_seconds(storage) if poll_seconds is None else poll_seconds
     host = f"{socket.gethostname()}:{os.getpid()}"
     done, lease = Counter(), Lease()
     objective = _cell_objective(storage, sweep, study.user_attrs.get("parent_run_id"), host, overrides, lease)

@@ -1,7 +1,10 @@
 """Specification of data.py: loaders, the official labeled split, and device-resident batches."""
 
+import importlib.util
 import io
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -11,7 +14,7 @@ import torch
 
 from mixmatch_core.augment import AugmentSpec
 from mixmatch_core.config import ConfigError, resolve
-from mixmatch_core.data import Dataset, DeviceData, load_dataset, split_labeled
+from mixmatch_core.data import Dataset, DeviceData, digits_arrays, load_dataset, split_labeled
 
 
 def one_line_error(excinfo, *fragments):
@@ -219,6 +222,27 @@ def test_digits_has_a_fixed_1297_500_uint8_split(digits):
     assert digits.y_test[:12].tolist() == [3, 5, 7, 3, 6, 9, 2, 6, 0, 8, 7, 7]
     assert int(digits.x_test.sum(dtype=np.int64)) == 2475048
     assert np.bincount(digits.y_test).tolist() == [50, 51, 49, 51, 50, 51, 50, 50, 48, 50]
+
+
+def test_digits_are_read_bit_identical_to_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+    images, target = digits_arrays()
+    d = load_digits()
+    assert images.dtype == d.images.dtype and np.array_equal(images, d.images)
+    assert np.array_equal(target, d.target)
+
+
+def test_digits_fall_back_to_scikit_learn_where_its_file_is_not_found(monkeypatch):
+    from sklearn.datasets import load_digits
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, target = digits_arrays()
+    assert np.array_equal(images, load_digits().images) and np.array_equal(target, load_digits().target)
+
+
+def test_loading_digits_imports_no_scikit_learn():
+    code = ("import sys; from mixmatch_core.data import load_dataset; load_dataset('digits', 'unused'); "
+            "assert 'sklearn' not in sys.modules and 'scipy' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def write_npz(path, **overrides):
