@@ -55,7 +55,7 @@ BUDGET_S = {"step_compile": 150, "step_time": 30, "packed_time": 45, "timings_en
             "methods": 75, "train": 60}
 TOTAL_S = 470
 TINY_BUDGET_S = {"step_compile": 300, "step_time": 60, "packed_time": 60, "timings_end": 500, "workers_round": 60,
-                 "methods": 120, "train": 6}
+                 "methods": 120, "train": 1}
 
 
 # ---- section 1: step timings (child process per mode) ----------------------------------------------
@@ -160,7 +160,9 @@ def run_workers(args, data: Path, budget: dict, step_s: float | None) -> list[di
     gpu = (gpus.visible_gpus() or ["0"])[0]
     rows = []
     for n in args.workers_list:
-        slots = gpus.plan([gpu], n)
+        # --tiny: one thread each, as every --tiny child (sections.tiny_threads: spin-waiting
+        # OpenMP threads on a shared CI core make every step many times slower)
+        slots = gpus.plan([gpu], n, cores=n if args.tiny else None)
         if args.deadline is not None and time.monotonic() > args.deadline:
             rows.append({"workers": n, "threads_per_worker": slots[0].threads,
                          "error": "skipped: the check's time budget is spent"})
@@ -363,7 +365,7 @@ def apply_defaults(args: argparse.Namespace) -> None:
     # bf16 + channels_last everywhere; a CPU --tiny run stays fp32 (bf16 is 10-25x slower on CPUs
     # without native bf16, docs/performance.md)
     args.amp = "none" if tiny and args.device == "cpu" else "bf16"
-    args.window_s = 2.0 if tiny else 10.0
+    args.window_s = 1.0 if tiny else 10.0
     args.eval_interval_s = 0.5 if tiny else 3.0
     args.eval_every_s = 1.0 if tiny else 10.0
 

@@ -128,6 +128,9 @@ def test_sweep_workers_per_gpu_pins_each_worker_to_its_gpu_and_trains_every_cell
 
     monkeypatch.setattr(gpus.subprocess, "Popen", popen)
     spec = write_spec(tmp_path, "grid: {n_labeled: [50], variant: [supervised], seed: [1, 2]}\n")
+    # Each cell trains on one thread (the spec's num_threads wins over the slot's share): the 4
+    # mocked cores are more than this machine may have, and oversubscribed cores slow every step.
+    spec.write_text(spec.read_text().replace("steps: 30", "steps: 30, num_threads: 1"))
     assert main(["sweep", str(spec), "--workers-per-gpu", "1", "--heartbeat-seconds", "1", "--no-table"]) == 0
     assert started == [("3", "2", "2"), ("5", "2", "2")]   # 4 cores / 2 workers
     runs = cell_runs(tmp_path)
