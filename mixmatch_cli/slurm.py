@@ -106,13 +106,19 @@ def main(argv: list[str]) -> int:
     print(f"submitted {len(jobs)} job(s) as one {args.executor} array for sweep '{sweep}': "
           f"job ids {', '.join(j.job_id for j in jobs)}; logs in {args.folder}", flush=True)
     print(f"follow: mixmatch status --storage {url} --sweep {sweep}", flush=True)
-    return wait_for(jobs) if args.wait else 0
+    return wait_for(jobs, local=args.executor == "local") if args.wait else 0
 
 
-def wait_for(jobs: list) -> int:
+def wait_for(jobs: list, local: bool = False) -> int:
     """--wait: how each job ended; 1 if any did not finish."""
     failed = 0
     for j in jobs:
+        if local:
+            # submitit waits up to 15 s for a job's result file in case a shared filesystem is
+            # slow to show it; a local job writes it to this machine's disk, and one killed
+            # outright never writes it, so its "did not finish" need not wait. (A class
+            # attribute that submitit's own tests set per job.)
+            j._results_timeout_s = 1
         try:
             r = j.result()
             print(f"job {j.job_id}: finished (array task {r['index']}, attempt {r['attempt']})", flush=True)
