@@ -36,7 +36,7 @@ def _pg_available() -> str | None:
         return f"PostgreSQL at 127.0.0.1:5432 is not reachable ({type(e).__name__}: {str(e).strip()[:80]})"
 
 
-pytestmark = pytest.mark.skipif(_pg_available() is not None, reason=_pg_available() or "")
+pytestmark = [pytest.mark.skipif(_pg_available() is not None, reason=_pg_available() or ""), pytest.mark.slow]
 
 
 @contextmanager

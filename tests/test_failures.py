@@ -128,6 +128,7 @@ def stop_at(step: int):
 
 
 # ---- 1. a training process SIGKILLed mid-step ---------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_mid_training_then_relaunch_ends_with_the_numbers_of_an_uninterrupted_run(store, tmp_path):
     argv = [*TINY, "steps=200"]     # long enough that a fast CPU is still mid-run at the kill
     ckpt = ckpt_of(argv)

@@ -113,6 +113,7 @@ def test_a_bad_workers_per_gpu_value_is_one_line_and_nothing_starts(tmp_path, mo
     assert_nothing_started(tmp_path)
 
 
+@pytest.mark.slow
 def test_sweep_workers_per_gpu_pins_each_worker_to_its_gpu_and_trains_every_cell(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -216,6 +217,7 @@ def test_a_tied_worker_dies_with_its_launcher(tmp_path):
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow
 def test_search_with_two_pinned_workers_finishes_the_study_and_writes_best_yaml_once(tmp_path):
     (tmp_path / "search.yaml").write_text(SEARCH_SPEC)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",

@@ -132,6 +132,7 @@ def cell_lines(page, row_id: str, column: str) -> list[str]:
     return cell.inner_text().strip().splitlines()
 
 
+@pytest.mark.slow
 def test_mixmatch_ui_opens_on_the_sweeps_cells_sorted_and_on_their_means(finished_sweep, tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
                                           "(pip install playwright)").sync_playwright

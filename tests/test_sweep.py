@@ -112,6 +112,7 @@ print(json.dumps(got))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_workers_never_claim_the_same_cell_on_sqlite(tmp_path):
     # Regression: on SQLite, Optuna's claim (SELECT ... FOR UPDATE, then UPDATE) is not atomic,
     # and plain RDBStorage let 4 processes double-claim 25 of 300 enqueued trials (a CI sweep
@@ -212,6 +213,7 @@ def test_adding_a_seed_runs_only_the_new_cells(store, capsys, monkeypatch):
     assert len(runs) == 2 and set(first) <= set(runs["run_id"])
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_whole_sweep_then_relaunch_finishes_every_cell_exactly_once(store, capsys):
     """Real local worker processes (`--workers 2`): the whole sweep SIGKILLed mid-cell, then a
     relaunch trains what is left, each cell exactly once in one parent run, and prints the

@@ -370,6 +370,7 @@ def mlflow_server(tmp_path, empty_store):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_run_is_tracked_through_a_tracking_server(mlflow_server, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -411,6 +412,7 @@ def test_ui_names_an_unknown_experiment_in_one_line(finished, monkeypatch, capsy
     assert e.value.code == 2 and err.count("\n") == 1 and "no MLflow experiment named 'nope'" in err
 
 
+@pytest.mark.slow
 def test_ui_listens_on_loopback_only(store, tmp_path):
     port, log = free_port(), tmp_path / "ui.log"
     proc = start([*MIXMATCH, "ui", "--port", str(port)], log, env={**os.environ, **LEAN_SERVER})
@@ -424,6 +426,7 @@ def test_ui_listens_on_loopback_only(store, tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path):
     """Several workers (or a sweep and searches started together) meeting a store that does not
     exist yet: MLflow's table creation is not safe to run concurrently on SQLite, so every

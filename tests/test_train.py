@@ -126,6 +126,7 @@ def test_the_compiled_region_has_no_graph_break(amp):
     assert report.graph_break_count == 0 and report.graph_count == 1, report.break_reasons
 
 
+@pytest.mark.slow     # the suite's one cold inductor compile
 def test_a_compiled_run_matches_eager_and_resumes_exactly(tmp_path):
     """A compiled run trains to the end on the CPU (inductor: the one cold compile of the suite,
     ~10-30 s), with the same losses as eager within float tolerance over a few steps, and a
