@@ -18,8 +18,9 @@ deadline (benchmarks/gpu_protocol.py), so a hung compile costs its own budget on
 2. workers: summed training throughput of 1, 2, 4 and 8 worker processes on the one GPU, each
    the real trainer (`mixmatch_core.train.train`, no tracking) on the digits-32 data, pinned
    and given threads exactly as `--workers-per-gpu` does (sweeps/gpus.py). The workers start
-   together (a file barrier) and stop at the same wall-clock time; a worker's rate is its steps
-   between its evaluations inside the common window.
+   together once each has warmed up (a file barrier at the first evaluation) and stop at the
+   same wall-clock time; a worker's rate is its steps between its evaluations inside the
+   common window.
 3. train: a ~1-minute MixMatch run (WRN-28-2, 250 labels) of the trainer's step on the digits-32
    images (shift augmentation, no flip), with the loss and the EMA and live test error every
    ~10 s, to see both fall.
@@ -110,23 +111,27 @@ def child_worker(args) -> int:
     import torch
 
     from mixmatch_core.config import resolve
-    from mixmatch_core.train import resolve_device, train
+    from mixmatch_core.train import train
     barrier = Path(args.barrier)
     cfg = resolve({"dataset": f"npz:{args.data}", "model": args.model, "n_labeled": 250, "batch_size": args.batch,
                    "steps": 10 ** 7, "eval_every": args.eval_every, "log_every": args.eval_every, "median_of": 1,
                    "amp": args.amp, "channels_last": True, "device": args.device, "num_threads": args.threads,
                    "progress": False, "seed": args.rank + 1, "out_dir": str(barrier / f"runs{args.rank}")})
-    if resolve_device(args.device).type == "cuda":
-        torch.zeros(1, device="cuda")          # the CUDA context before the barrier, not inside the window
-    (barrier / f"ready{args.rank}").touch()
-    while not (barrier / "go").exists():
-        time.sleep(0.02)
-    end = float((barrier / "go").read_text())
     evals: list[tuple[float, int]] = []
+    end = None
 
     def on_eval(step: int, _h: dict) -> None:
+        nonlocal end
+        if end is None:
+            # The barrier sits at the first evaluation, which ends the warm-up (imports, data,
+            # model, CUDA context, compiles): every worker starts its window at GO, however long
+            # its warm-up took (before, a worker slow to warm up could miss the others' window).
+            (barrier / f"ready{args.rank}").touch()
+            while not (barrier / "go").exists():
+                time.sleep(0.02)
+            end = float((barrier / "go").read_text())
         evals.append((time.time(), step))
-        if time.time() >= end and len(evals) >= 3:     # 3: a window of two, after the warm-up one
+        if time.time() >= end and len(evals) >= 3:     # 3: a window of two evaluation intervals
             raise _Stop
 
     try:
@@ -215,8 +220,6 @@ def run_workers(args, data: Path, budget: dict, step_s: float | None) -> list[di
 # ---- section 3: a short real training run -------------------------------------------------------------
 def child_train(args) -> int:
     """MixMatch on digits-32 with the trainer's step for `--seconds`; evaluations every ~10 s."""
-    import torch
-
     from benchmarks import step_time as st
     from mixmatch_core.data import DeviceData
     from mixmatch_core.train import evaluate_all, resolve_device, seed_everything
