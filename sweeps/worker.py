@@ -96,13 +96,12 @@ def idle_poll_seconds(storage: RDBStorage) -> float:
     return 0.5 if storage.engine.name == "sqlite" else 2.0
 
 
-def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None,
-               poll_seconds: float | None = None, log=print) -> Counter:
+def run_worker(storage: RDBStorage, sweep: str, overrides: dict | None = None, log=print) -> Counter:
     """Claim cells until none are waiting or running; train each as a tracked MLflow run.
     `overrides` sets runtime fields (device, num_threads, progress, out_dir) of every cell
-    (num_threads only of cells whose spec left it at 0). `poll_seconds`: see idle_poll_seconds."""
+    (num_threads only of cells whose spec left it at 0)."""
     study = load_sweep_study(storage, sweep)
-    poll_seconds = idle_poll_seconds(storage) if poll_seconds is None else poll_seconds
+    poll_seconds = idle_poll_seconds(storage)
     host = f"{socket.gethostname()}:{os.getpid()}"
     done, lease = Counter(), Lease()
     objective = _cell_objective(storage, sweep, study.user_attrs.get("parent_run_id"), host, overrides, lease)

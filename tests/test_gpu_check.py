@@ -44,6 +44,7 @@ sys.meta_path[:] = [_Uninstalled(f) for f in sys.meta_path]
 
 pytestmark = pytest.mark.slow     # the module's --tiny run starts a dozen processes
 
+
 @pytest.fixture(scope="module")
 def tiny_check(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_check")
