@@ -54,9 +54,12 @@ def main(argv: list[str]) -> int:
     # One worker is plenty for a local UI (MLflow's default of 4 takes much longer to start).
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
+    # Nor MLflow's background job runner (its GenAI evaluation jobs: huey processes that each
+    # import MLflow, ~20 s of CPU on 2 cores): the runs table needs none. Kept where set.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     # exec: the UI becomes this process, so signals (Ctrl-C, SIGTERM) reach it directly and no
     # server is left orphaned.
-    os.execv(sys.executable, cmd)
+    os.execve(sys.executable, cmd, env)
     return 0  # not reached
 
 

@@ -11,9 +11,29 @@ instead of one long module starting last and running alone. Within a module the 
 """
 
 import os
+import shutil
+from pathlib import Path
 
 import mlflow
 import pytest
+
+
+@pytest.fixture(scope="session")
+def empty_store(request, tmp_path_factory) -> Path:
+    """An sqlite MLflow store whose tables exist, for tests to copy (creating MLflow's tables
+    takes 1-2 s of CPU); kept in pytest's cache for this MLflow version (in a temporary
+    directory when the cache plugin is off, `-p no:cacheprovider`)."""
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir(f"mlflow-{mlflow.__version__}-empty-store") if cache else tmp_path_factory.mktemp("cache")
+    db = root / "mlflow.db"
+    if not db.exists():
+        tmp = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(tmp.parent)  # the Default experiment's artifact root, never used, is made from the cwd
+            mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments()
+        shutil.copy(tmp, db.with_suffix(f".{os.getpid()}.tmp"))
+        os.replace(db.with_suffix(f".{os.getpid()}.tmp"), db)  # atomic: a concurrent process sees all or nothing
+    return db
 
 
 def _unset_global_tracking_uri() -> None:
@@ -29,6 +49,16 @@ def _fresh_mlflow_tracking_uri():
     _unset_global_tracking_uri()
     yield
     _unset_global_tracking_uri()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each test process gets its share of the cores for torch's threads (2
+    cores, 2 processes: one each), as `--workers` gives each worker. Two processes each running
+    torch's default of every core oversubscribe them, and idle threads spin: more CPU, no gain."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch    # only here: a plain `pytest` run keeps torch's default
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(items):

@@ -1,15 +1,27 @@
-"""Test helper: a throwaway SQLite MLflow store holding cell runs logged the way the trainer logs
-them (tags, every config field as a param, metrics, terminal status). Shared by test_table.py
-and test_plot.py, which build one such store per module (creating MLflow's schema takes seconds).
+"""Test helpers: a throwaway SQLite MLflow store holding cell runs logged the way the trainer logs
+them (tags, every config field as a param, metrics, terminal status), shared by test_table.py
+and test_plot.py, which build one such store per module (creating MLflow's schema takes seconds);
+and `use_store`, a test's own copy of conftest.py's `empty_store`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+
+
+def use_store(mp: pytest.MonkeyPatch, where: Path, empty_store: Path) -> str:
+    """WHERE as the working directory, holding a copy of the empty store (conftest.py's
+    `empty_store` fixture) as MLFLOW_TRACKING_URI; returns the URI."""
+    mp.chdir(where)
+    shutil.copy(empty_store, where / "mlflow.db")
+    uri = f"sqlite:///{where / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @contextlib.contextmanager

@@ -76,7 +76,9 @@ def mlflow_server(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                  "--backend-store-uri", backend, "--artifacts-destination", str(tmp / "artifacts"),
                                  "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"),
-                                start_new_session=True)
+                                start_new_session=True,
+                                # no background job runner (huey processes the tracking never uses)
+                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 90

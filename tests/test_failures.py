@@ -49,14 +49,6 @@ SPEC_BASE = ("base: {dataset: digits, steps: 20, eval_every: 10, log_every: 5, b
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """An sqlite MLflow store whose tables exist (each test copies it: creating them takes seconds)."""
-    db = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch, empty_store) -> MlflowClient:
     """tmp_path as the cwd, with an empty MLflow store of its own (MLFLOW_TRACKING_URI)."""
@@ -671,7 +663,7 @@ def test_no_server_binds_to_every_interface_by_default():
 def test_mixmatch_ui_binds_to_127_0_0_1_by_default(store, monkeypatch, capsys):
     import mixmatch_cli.ui
     started = []
-    monkeypatch.setattr(mixmatch_cli.ui.os, "execv", lambda exe, cmd: started.append(cmd))
+    monkeypatch.setattr(mixmatch_cli.ui.os, "execve", lambda exe, cmd, env: started.append(cmd))
     assert cli(["ui"], capsys)[0] == 0
     (cmd,) = started
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"

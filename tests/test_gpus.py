@@ -2,7 +2,6 @@
 and the `--workers-per-gpu` / `--gpus` options of sweep, worker and search. No GPU is needed:
 the visible GPUs are mocked through CUDA_VISIBLE_DEVICES (what Slurm and submitit set)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from sweeps import gpus
 from mixmatch_cli import main
 
+from mlflow_store import use_store
 from test_failures import assert_nothing_started, cli, the_error_line
 from test_sweep import cell_runs, write_spec
 
@@ -114,9 +114,9 @@ def test_a_bad_workers_per_gpu_value_is_one_line_and_nothing_starts(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_sweep_workers_per_gpu_pins_each_worker_to_its_gpu_and_trains_every_cell(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def test_sweep_workers_per_gpu_pins_each_worker_to_its_gpu_and_trains_every_cell(tmp_path, monkeypatch, empty_store,
+                                                                                 capsys):
+    use_store(monkeypatch, tmp_path, empty_store)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")    # two mocked GPUs; the cells run on the CPU
     monkeypatch.setattr(gpus, "cpu_cores", lambda: 4)
     started = []
@@ -157,9 +157,8 @@ class _Recorder:
         return 0
 
 
-def test_worker_workers_per_gpu_launches_one_pinned_worker_per_slot(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def test_worker_workers_per_gpu_launches_one_pinned_worker_per_slot(tmp_path, monkeypatch, empty_store, capsys):
+    use_store(monkeypatch, tmp_path, empty_store)
     write_spec(tmp_path)
     assert main(["sweep", "spec.yaml", "--workers", "0"]) == 0      # publish only
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
@@ -176,9 +175,9 @@ def test_worker_workers_per_gpu_launches_one_pinned_worker_per_slot(tmp_path, mo
     assert cmd[cmd.index("--sweep") + 1] == "tiny"
 
 
-def test_search_workers_per_gpu_runs_pinned_search_workers_then_the_study_outputs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def test_search_workers_per_gpu_runs_pinned_search_workers_then_the_study_outputs(tmp_path, monkeypatch, empty_store,
+                                                                                  capsys):
+    use_store(monkeypatch, tmp_path, empty_store)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     (tmp_path / "search.yaml").write_text(SEARCH_SPEC)
     rec = _Recorder()
@@ -218,15 +217,17 @@ def test_a_tied_worker_dies_with_its_launcher(tmp_path):
 
 
 @pytest.mark.slow
-def test_search_with_two_pinned_workers_finishes_the_study_and_writes_best_yaml_once(tmp_path):
+def test_search_with_two_pinned_workers_finishes_the_study_and_writes_best_yaml_once(tmp_path, monkeypatch, empty_store,
+                                                                                     capfd):
+    """The launcher runs in this process; its two pinned search workers are real processes (capfd
+    sees their output too: only the launcher prints the best config)."""
     (tmp_path / "search.yaml").write_text(SEARCH_SPEC)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "CUDA_VISIBLE_DEVICES": "0"}
-    done = subprocess.run([sys.executable, "-m", "mixmatch_cli", "search", "search.yaml", "--workers-per-gpu", "2",
-                           "--heartbeat-seconds", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("best config:") == 1 and (tmp_path / "optuna/s/best.yaml").exists()
+    use_store(monkeypatch, tmp_path, empty_store)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    code = main(["search", "search.yaml", "--workers-per-gpu", "2", "--heartbeat-seconds", "1"])
+    out, err = capfd.readouterr()
+    assert code == 0, err[-3000:]
+    assert out.count("best config:") == 1 and (tmp_path / "optuna/s/best.yaml").exists()
     import optuna
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna/s.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -15,6 +15,8 @@ from mixmatch_core.config import ConfigError
 from mixmatch_cli import main
 from sweeps.spec import load_spec, select
 
+from mlflow_store import use_store
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BASE = ("base: {dataset: digits, steps: 30, eval_every: 10, log_every: 10, batch_size: 16, "
              "median_of: 2, device: cpu}\n")
@@ -28,9 +30,9 @@ def write_spec(tmp_path, grid="grid: {n_labeled: [50], variant: [mixmatch, super
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def store(tmp_path, monkeypatch, empty_store):
+    """tmp_path as the cwd, with its own copy of an empty MLflow store (MLFLOW_TRACKING_URI)."""
+    use_store(monkeypatch, tmp_path, empty_store)
     return tmp_path
 
 
@@ -90,7 +92,10 @@ def test_only_selects_by_run_name_glob(tmp_path):
     assert [c.run_name for c in select(cells, "*-s2-*")] == ["digits-50-s2-mixmatch", "digits-50-s2-supervised"]
 
 
-def test_dry_run_of_the_paper_spec_lists_150_cells_and_runs_nothing(store, capsys):
+def test_dry_run_of_the_paper_spec_lists_150_cells_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    store = tmp_path     # no store yet: the dry run must not create one
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     assert main(["sweep", str(ROOT / "experiments/paper_cifar10.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("cifar10-") == 150 and "GPU-h" in out and "nothing was run" in out
@@ -216,9 +221,11 @@ def test_adding_a_seed_runs_only_the_new_cells(store, capsys, monkeypatch):
 @pytest.mark.slow
 def test_sigkill_of_the_whole_sweep_then_relaunch_finishes_every_cell_exactly_once(store, capsys):
     """Real local worker processes (`--workers 2`): the whole sweep SIGKILLed mid-cell, then a
-    relaunch trains what is left, each cell exactly once in one parent run, and prints the
+    relaunch (one worker) trains what is left, each cell exactly once in one parent run, and prints the
     table; a further relaunch adds nothing and is quick, and status and the dry run see it done."""
-    spec = write_spec(store).read_text().replace("steps: 30", "steps: 60")
+    # One torch thread per cell, also for the relaunch's single worker (which would take both
+    # cores: two threads on these small steps cost more CPU than they save).
+    spec = write_spec(store).read_text().replace("steps: 30", "steps: 60, num_threads: 1")
     (store / "spec.yaml").write_text(spec)
     argv = ["sweep", "spec.yaml", "--workers", "2", "--heartbeat-seconds", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -236,7 +243,9 @@ def test_sigkill_of_the_whole_sweep_then_relaunch_finishes_every_cell_exactly_on
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert len(cell_runs(store)) < 4 or set(cell_runs(store)["status"]) != {"FINISHED"}, "killed too late"
-    # The relaunch runs in this process; its workers are real processes again.
+    # The relaunch runs in this process; its worker is a real process again (one: two workers
+    # sharing the queue are test_concurrent_workers_never_claim_the_same_cell_on_sqlite's).
+    argv[3] = "1"
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "4 done, 0 failed" in out and "| mixmatch |" in out

@@ -36,6 +36,8 @@ from mixmatch_core.tracking import RunTracker, git_commit, start_parent_run
 from mixmatch_core.train import train
 from mixmatch_cli import main as mixmatch
 
+from mlflow_store import use_store
+
 TINY = ["dataset=digits", "steps=20", "eval_every=10", "log_every=5", "batch_size=16", "median_of=2",
         "progress=false", "device=cpu", "num_threads=1"]
 # The `mixmatch` console entry of this venv (or the same entry point through -m).
@@ -45,36 +47,10 @@ SERVER_START_SECONDS = 60
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def empty_store(request, tmp_path_factory) -> Path:
-    """An sqlite MLflow store whose tables exist, copied by each test (creating MLflow's tables
-    takes seconds); kept in pytest's cache for this MLflow version (in a temporary directory when
-    the cache plugin is off, `-p no:cacheprovider`)."""
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir(f"mlflow-{mlflow.__version__}-empty-store") if cache else tmp_path_factory.mktemp("cache")
-    db = root / "mlflow.db"
-    if not db.exists():
-        tmp = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(tmp.parent)  # the Default experiment's artifact root, never used, is made from the cwd
-            MlflowClient(f"sqlite:///{tmp}").search_experiments()
-        shutil.copy(tmp, db.with_suffix(".tmp"))
-        os.replace(db.with_suffix(".tmp"), db)  # atomic: a concurrent session sees all or nothing
-    return db
-
-
-def _use_store(mp: pytest.MonkeyPatch, where: Path, empty_store: Path) -> str:
-    mp.chdir(where)
-    shutil.copy(empty_store, where / "mlflow.db")
-    uri = f"sqlite:///{where / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch, empty_store) -> MlflowClient:
     """A fresh store in tmp_path, which is also the cwd (checkpoints go to ./runs)."""
-    return MlflowClient(_use_store(monkeypatch, tmp_path, empty_store))
+    return MlflowClient(use_store(monkeypatch, tmp_path, empty_store))
 
 
 def only_run(c: MlflowClient, experiment: str = "mixmatch"):
@@ -137,7 +113,7 @@ def finished(tmp_path_factory, empty_store) -> Finished:
     """`mixmatch train` of TINY, with system metrics sampled every 0.1 s."""
     where = tmp_path_factory.mktemp("finished")
     with pytest.MonkeyPatch.context() as mp:
-        uri = _use_store(mp, where, empty_store)
+        uri = use_store(mp, where, empty_store)
         # MLflow's own knob (seconds): short, so a 20-step run on a fast or a busy machine still
         # gets samples (at 0.5 s one CI run on 2 busy cores logged none)
         mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
@@ -397,11 +373,18 @@ def test_ui_prints_the_runs_table_of_the_newest_experiment_in_the_model_training
     import mixmatch_cli.ui
     monkeypatch.chdir(finished.where)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", finished.uri)
-    monkeypatch.setattr(mixmatch_cli.ui.os, "execv", lambda exe, cmd: None)
+    started = []
+    monkeypatch.setattr(mixmatch_cli.ui.os, "execve", lambda exe, cmd, env: started.append(env))
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
     assert mixmatch(["ui", "--port", "5123", "--no-browser"]) == 0
     exp = finished.client.get_experiment_by_name("mixmatch").experiment_id
     url = f"http://127.0.0.1:5123/#/experiments/{exp}/runs?workflowType=machine_learning"
     assert url in capsys.readouterr().err
+    # The UI starts without MLflow's job runner (processes it never uses), unless the user asks.
+    assert started[0]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    assert mixmatch(["ui", "--port", "5123", "--no-browser"]) == 0
+    assert started[1]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true" and "MLFLOW_TRACKING_URI" in started[1]
 
 
 def test_ui_names_an_unknown_experiment_in_one_line(finished, monkeypatch, capsys):
