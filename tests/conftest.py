@@ -1,13 +1,15 @@
-"""Shared test set-up: each test starts with MLflow's process-global tracking URI unset, and the
-modules that hold `slow` tests run first.
+"""Shared test set-up: each test starts with MLflow's process-global tracking URI unset; one
+empty MLflow store for tests to copy; under pytest-xdist, the modules holding `slow` tests go
+out first and each test process gets its share of the cores.
 
 `mlflow.set_tracking_uri` (used by tests that read a store) sets a process-global that wins
 over MLFLOW_TRACKING_URI, so without this a later test could read an earlier test's store.
 
 The order: with pytest-xdist (`-n 2 --dist loadfile`, README's test command) each module goes
-whole to a worker as one becomes free; the modules with real-process tests (workers, servers,
-kills) are the long ones, so they start first and the many short modules fill in around them,
-instead of one long module starting last and running alone. Within a module the order is kept.
+whole to a test process as one becomes free, in the collection order set here; the modules with
+real-process tests (workers, servers, kills) are the long ones, so they start first and the many
+short modules fill in around them, instead of one long module starting last and running alone.
+Within a module the order is kept.
 """
 
 import os
@@ -52,9 +54,13 @@ def _fresh_mlflow_tracking_uri():
 
 
 def pytest_configure(config):
-    """Under pytest-xdist, each test process gets its share of the cores for torch's threads (2
-    cores, 2 processes: one each), as `--workers` gives each worker. Two processes each running
-    torch's default of every core oversubscribe them, and idle threads spin: more CPU, no gain."""
+    """Under pytest-xdist: the modules go out in this file's order (xdist's own reorder, by number
+    of tests, is switched off: it sent the two-test distributed module last, to run alone), and
+    each test process gets its share of the cores for torch's threads (2 cores, 2 processes: one
+    each), as `--workers` gives each worker: two processes each running torch's default of every
+    core oversubscribe them, and the idle threads spin (more CPU, no gain)."""
+    if hasattr(config.option, "loadscopereorder"):   # pytest-xdist's --loadscope-reorder, on by default
+        config.option.loadscopereorder = False
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         import torch    # only here: a plain `pytest` run keeps torch's default
