@@ -4,7 +4,6 @@ the visible GPUs are mocked through CUDA_VISIBLE_DEVICES (what Slurm and submiti
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,6 @@ from mlflow_store import use_store
 from test_failures import assert_nothing_started, cli, the_error_line
 from test_sweep import cell_runs, write_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPEC = """name: s
 experiment: s-exp
 base: {dataset: digits, val_size: 100, steps: 20, eval_every: 10, log_every: 10, batch_size: 16, median_of: 2,

@@ -221,8 +221,9 @@ def test_adding_a_seed_runs_only_the_new_cells(store, capsys, monkeypatch):
 @pytest.mark.slow
 def test_sigkill_of_the_whole_sweep_then_relaunch_finishes_every_cell_exactly_once(store, capsys):
     """Real local worker processes (`--workers 2`): the whole sweep SIGKILLed mid-cell, then a
-    relaunch (one worker) trains what is left, each cell exactly once in one parent run, and prints the
-    table; a further relaunch adds nothing and is quick, and status and the dry run see it done."""
+    relaunch (one worker) trains what is left, each cell exactly once in one parent run, and
+    prints the table; a further relaunch adds nothing and is quick, and status and the dry run
+    see it done."""
     # One torch thread per cell, also for the relaunch's single worker (which would take both
     # cores: two threads on these small steps cost more CPU than they save).
     spec = write_spec(store).read_text().replace("steps: 30", "steps: 60, num_threads: 1")
