@@ -1,6 +1,6 @@
 """The training loop: one run of any registered method from a resolved Config.
 
-Owns: device and RNG setup, the optimiser (Adam + the official decoupled weight decay), the
+Owns: device and RNG setup, the optimiser (optim.py's Adam + the official decoupled weight decay), the
 parameter EMA, the step (sampling and augmenting the batches on the device, then the method's
 losses from mixmatch_core/methods/<method>.py, backward and updates), evaluation of the EMA
 and live models, what a checkpoint holds and exact resume (checkpoint.py writes and reads
@@ -37,6 +37,7 @@ from .checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, prepare_run
 from .config import Config, ConfigError
 from .data import DeviceData, load_dataset
 from .models import build_model
+from .optim import Adam
 from .report import final_metrics, write_run_artifacts
 
 __all__ = ["train", "RunResult", "RunStopped", "TrainingFailed", "RunTakenOver", "CheckpointError", "Session",
@@ -107,15 +108,13 @@ def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
-def make_optimizer(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """Adam with a constant lr (official: 0.002, no L2 term in the loss). foreach=True is
-    PyTorch's default on CUDA; on CPU it replaces a Python loop over the ~100 parameter tensors
-    by multi-tensor ops with the same arithmetic, bit for bit (WRN-28-2 on 2 cores: about 1.6x
-    faster optimiser step; benchmarks/step_time.py)."""
-    return torch.optim.Adam(params, lr=lr, foreach=True)
+def make_optimizer(params: list[torch.Tensor], lr: float) -> Adam:
+    """Adam with a constant lr (official: 0.002, no L2 term in the loss), as TF 1.x computes it
+    (optim.py: epsilon outside the bias correction, float32 beta powers), with multi-tensor ops."""
+    return Adam(params, lr=lr)
 
 
-def optimizer_update(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor],
+def optimizer_update(opt: Adam, loss: torch.Tensor, params: list[torch.Tensor],
                      ema_params: list[torch.Tensor], wd_params: list[torch.Tensor], wd_factor: float,
                      ema_decay: float) -> None:
     """Everything a step does after its losses: backward, the Adam step, the official decoupled
@@ -194,7 +193,7 @@ class Session:
     method: ModuleType
     model: nn.Module
     ema_model: nn.Module
-    opt: torch.optim.Optimizer
+    opt: Adam
     fwd: nn.Module                   # the model's forward as the step calls it (compiled or not)
     fwd_ema: nn.Module
     amp_ctx: Callable[[], contextlib.AbstractContextManager]
