@@ -52,12 +52,9 @@ class Adam:
         # TF's non-slot variables beta1_power and beta2_power: beta at step 1, times beta after each step.
         self.beta1_power, self.beta2_power = self.beta1, self.beta2
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:

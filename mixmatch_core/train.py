@@ -119,7 +119,7 @@ def optimizer_update(opt: Adam, loss: torch.Tensor, params: list[torch.Tensor],
                      ema_decay: float) -> None:
     """Everything a step does after its losses: backward, the Adam step, the official decoupled
     weight decay (kernels *= wd_factor, no L2 term) and the parameter EMA. No host sync."""
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad()
     loss.backward()
     opt.step()
     with torch.no_grad():
