@@ -16,7 +16,7 @@ libml/models.py `ResNet.classifier`, with `scales=3, filters=32, repeat=4` for W
 TF details kept: leaky ReLU slope 0.1; batch norm momentum 0.999 (TF) = 0.001 (PyTorch) and
 epsilon 1e-3 (the tf.layers default); every conv has a bias (tf.layers.conv2d default
 use_bias=True, zero-initialised); conv kernels ~ N(0, 2 / (k * k * out_channels)); dense
-kernel Glorot-normal, zero bias; "same" padding as TF computes it (for a stride-2 3x3 conv
+kernel Glorot-normal truncated at 2 std (TF 1.14's), zero bias; "same" padding as TF computes it (for a stride-2 3x3 conv
 on an even input: 0 pixels before, 1 after, not PyTorch's 1 and 1).
 """
 
@@ -154,10 +154,17 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+TRUNCATED_NORMAL_STD = 0.87962566103423978   # std of N(0, 1) truncated to [-2, 2] (TF's constant)
+
+
 def _init_official(model: nn.Module) -> None:
     """Official initialisation: conv kernel ~ N(0, std = sqrt(2 / (k * k * out_channels)))
     (tf.random_normal_initializer(stddev=rsqrt(0.5 * k * k * f))), conv bias 0; batch norm
-    scale 1, shift 0; dense kernel Glorot-normal (xavier_normal), bias 0."""
+    scale 1, shift 0; dense kernel as TF 1.14's tf.glorot_normal_initializer() draws it, bias 0.
+    That initializer is VarianceScaling(1.0, "fan_avg", "truncated_normal"): a normal with
+    std sqrt(2 / (fan_in + fan_out)) / 0.8796 (0.8796 is the std of a unit normal truncated at
+    +-2), cut at 2 of its own std, so the drawn weights have Glorot's variance and never exceed
+    2.27 Glorot std. torch's xavier_normal_ has the variance but not the truncation."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             k = m.kernel_size[0] * m.kernel_size[1]
@@ -168,7 +175,8 @@ def _init_official(model: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.xavier_normal_(m.weight)
+            std = math.sqrt(2.0 / (m.in_features + m.out_features)) / TRUNCATED_NORMAL_STD
+            nn.init.trunc_normal_(m.weight, 0.0, std, -2.0 * std, 2.0 * std)
             nn.init.zeros_(m.bias)
 
 
