@@ -69,7 +69,7 @@ def child_step(args) -> int:
 
     from benchmarks import step_time as st
     from mixmatch_core.data import DeviceData, split_labeled
-    from mixmatch_core.train import device_name, seed_everything
+    from mixmatch_core.train import device_name, seed_everything, set_fp32_precision
     mode = None if args.mode == "eager" else args.mode
     out, device, naive = {"mode": args.mode, "note": None}, torch.device(args.device), []
 
@@ -77,6 +77,7 @@ def child_step(args) -> int:
         seed_everything(0)
         ds = st.synthetic_dataset(args.n_train, args.n_test)
         cfg = st.make_config("cifar10", args.model, args.batch, 2, 250, args.amp, True, str(device))
+        set_fp32_precision(cfg.tf32, device)     # the trainer's arithmetic (strict fp32) for all three steps
         data = DeviceData.build(ds, 250, 1, 0, device, True)
         lab, unl, _ = split_labeled(ds.y_train, 250, ds.n_classes, 1, 0)
         naive.append(st.NaiveStep(cfg, ds, lab, unl, device, args.amp, True, compile_mode=mode))
@@ -222,12 +223,13 @@ def child_train(args) -> int:
     """MixMatch on digits-32 with the trainer's step for `--seconds`; evaluations every ~10 s."""
     from benchmarks import step_time as st
     from mixmatch_core.data import DeviceData
-    from mixmatch_core.train import evaluate_all, resolve_device, seed_everything
+    from mixmatch_core.train import evaluate_all, resolve_device, seed_everything, set_fp32_precision
     device = resolve_device(args.device)
     seed_everything(1)
     ds = digits32(args.n_train if args.tiny else None)
     n_labeled = 50 if args.tiny else 250
     cfg = st.make_config("cifar10", args.model, args.batch, 2, n_labeled, args.amp, True, str(device))
+    set_fp32_precision(cfg.tf32, device)
     data = DeviceData.build(ds, n_labeled, 1, 0, device, True)
     step = st.ProjectStep(cfg, data)
     curve, n_acc = [], 0

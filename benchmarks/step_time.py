@@ -348,7 +348,7 @@ def time_round_robin(fns: dict[str, callable], steps: int, warmup: int, repeats:
 
 def run(args) -> dict:
     from mixmatch_core.data import DeviceData, split_labeled
-    from mixmatch_core.train import device_name, resolve_device, seed_everything
+    from mixmatch_core.train import device_name, resolve_device, seed_everything, set_fp32_precision
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -373,6 +373,7 @@ def run(args) -> dict:
     ds, ds_name, data_desc = load_data(args.data)
     base_cfg = make_config(ds_name, args.model, args.batch, args.K, args.n_labeled, "none", False, str(device),
                            args.compile)
+    set_fp32_precision(base_cfg.tf32, device)   # the trainer's arithmetic (strict fp32 on CUDA) for every step
     data = DeviceData.build(ds, args.n_labeled, 1, 0, device, False)
     log(f"data: {data_desc}; on {device} in {time.perf_counter() - t0:.1f} s")
     hw, cin, ncls = data.image_size, data.in_channels, data.n_classes

@@ -98,6 +98,9 @@ class Config:
     # --- runtime (not part of the run's identity) -------------------------------------------
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", runtime=True)
     amp: str = _f("none", "none | bf16 (autocast; batch norm, losses and weights stay fp32)")
+    tf32: bool = _f(False, "CUDA only: TF32 (10-bit mantissa inputs) for fp32 convolutions and matmuls on Ampere or "
+                           "later GPUs, faster; false = strict fp32, as the official code computed (TF1 on V100), "
+                           "although PyTorch's own default runs cuDNN convolutions in TF32")
     channels_last: bool = _f(True, "channels_last (NHWC) memory format for images and model: same results within 1e-5, "
                                    "1.15-1.35x faster on CPU (docs/performance.md); false = NCHW", runtime=True)
     compile: bool = _f(False, "torch.compile the model's forward and backward (no graph break; see compile_mode)",

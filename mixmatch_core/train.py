@@ -66,6 +66,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_fp32_precision(tf32: bool, device: torch.device) -> None:
+    """The run's fp32 arithmetic on a CUDA device: strict fp32 (tf32=False), or TF32 for cuDNN
+    convolutions/RNNs and cuBLAS matmuls. Official code: TF 1.x fp32 on V100s, which have no
+    TF32; PyTorch's own default is TF32 for cuDNN convolutions (`torch.backends.cudnn.conv.
+    fp32_precision == "tf32"`), so without this a run with amp=none would not be fp32 on an
+    Ampere or later GPU. Process-wide flags, set at each run's start (a worker trains its cells
+    one after another). Other devices are left alone: on the CPU, TF32 matmul precision would
+    reach oneDNN's matmuls."""
+    if device.type != "cuda":
+        return
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")   # keeps cuBLAS's flags consistent
+    for knob in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn):
+        knob.fp32_precision = "tf32" if tf32 else "ieee"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -237,6 +252,7 @@ def open_session(cfg: Config, restart: bool = False) -> Session:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
+    set_fp32_precision(cfg.tf32, device)
     ckpt_path = Path(cfg.run_dir) / CKPT_NAME
     if restart and ckpt_path.exists():
         ckpt_path.replace(ckpt_path.with_name(f"{CKPT_NAME}.discarded"))

@@ -174,3 +174,52 @@ def test_fast_paths_compute_the_same_losses_as_plain_fp32(opts, tol):
     fast = _losses(opts)
     for a, b in zip(plain, fast):
         assert b == pytest.approx(a, rel=tol, abs=tol)
+
+
+# ---- fp32 arithmetic on CUDA: the official code's strict fp32 unless tf32=true ---------------------
+@pytest.fixture
+def precision_flags():
+    """The process-wide precision switches, restored after the test (on this CPU build they can be
+    set and read without a GPU)."""
+    b = torch.backends
+    knobs = (b.cudnn.conv, b.cudnn.rnn, b.cuda.matmul, b.mkldnn.matmul)
+    saved, matmul = [k.fp32_precision for k in knobs], torch.get_float32_matmul_precision()
+    yield knobs
+    torch.set_float32_matmul_precision(matmul)
+    for k, v in zip(knobs, saved):
+        k.fp32_precision = v
+
+
+def test_a_cuda_run_computes_strict_fp32_unless_tf32_is_set(precision_flags):
+    """PyTorch ships TF32 for cuDNN convolutions (10-bit mantissa inputs); the official code ran
+    TF1 fp32 on V100s. A CUDA run therefore switches it off, and tf32=true turns TF32 on for
+    convolutions and matmuls alike. A CPU run leaves every switch as it found it."""
+    from mixmatch_core.train import set_fp32_precision
+    conv, rnn, cuda_matmul, cpu_matmul = precision_flags
+    for k in (conv, rnn):
+        k.fp32_precision = "tf32"            # PyTorch's shipped default for cuDNN
+    set_fp32_precision(False, torch.device("cuda"))
+    assert (conv.fp32_precision, rnn.fp32_precision, cuda_matmul.fp32_precision) == ("ieee", "ieee", "ieee")
+    set_fp32_precision(True, torch.device("cuda", 0))
+    assert (conv.fp32_precision, rnn.fp32_precision, cuda_matmul.fp32_precision) == ("tf32", "tf32", "tf32")
+    torch.set_float32_matmul_precision("highest")
+    conv.fp32_precision = "tf32"
+    before = [k.fp32_precision for k in precision_flags]
+    set_fp32_precision(True, torch.device("cpu"))
+    set_fp32_precision(False, torch.device("cpu"))
+    assert [k.fp32_precision for k in precision_flags] == before
+
+
+def test_a_run_sets_the_precision_of_its_config_on_its_device(tmp_path, monkeypatch):
+    from mixmatch_core import train as train_mod
+    seen = []
+    monkeypatch.setattr(train_mod, "set_fp32_precision", lambda tf32, device: seen.append((tf32, device.type)))
+    train(tiny(tmp_path, steps=2, eval_every=2, median_of=1, tf32=True))
+    train(tiny(tmp_path / "b", steps=2, eval_every=2, median_of=1))
+    assert seen == [(True, "cpu"), (False, "cpu")]
+
+
+def test_tf32_is_part_of_a_runs_identity_only_when_set():
+    base = resolve(dict(TINY, out_dir="runs"))
+    assert "tf32" not in base.identity()                  # every earlier run keeps its cell_key
+    assert resolve(dict(TINY, out_dir="runs", tf32=True)).cell_key != base.cell_key
