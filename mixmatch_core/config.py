@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -233,6 +234,12 @@ def load_yaml(path: str) -> dict[str, Any]:
             data = yaml.safe_load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
+    except IsADirectoryError:
+        yamls = sorted(p.name for p in Path(path).glob("*.y*ml"))
+        raise ConfigError(f"config file '{path}' is a directory; give one file"
+                          + (f", e.g. {Path(path) / yamls[0]} (it holds {', '.join(yamls)})" if yamls else "")) from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

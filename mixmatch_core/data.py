@@ -72,14 +72,19 @@ class Dataset:
 
 
 # ---- loaders ------------------------------------------------------------------------------------
-def load_dataset(dataset: str, data_dir: str) -> Dataset:
+class DatasetNotLocal(ConfigError):
+    """The dataset's files are not in data_dir, and loading was asked not to download them."""
+
+
+def load_dataset(dataset: str, data_dir: str, download: bool = True) -> Dataset:
     """Load `dataset` (a `Config.dataset` value) into host arrays with the loader its record
-    names; errors are one-line ConfigErrors naming the field or the file."""
+    names; errors are one-line ConfigErrors naming the field or the file. `download=False`:
+    a dataset that would be downloaded raises DatasetNotLocal instead (a dry run writes nothing)."""
     info = dataset_info(dataset)
     if info is None:
         raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {allowed()}")
     module, func = info.loader.split(":")
-    return getattr(importlib.import_module(module), func)(info, data_dir)
+    return getattr(importlib.import_module(module), func)(info, data_dir, download=download)
 
 
 def augment_spec(info: DatasetInfo, h: int, w: int) -> AugmentSpec:
@@ -124,7 +129,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return d.images, d.target
 
 
-def load_digits(info: DatasetInfo, data_dir: str) -> Dataset:
+def load_digits(info: DatasetInfo, data_dir: str, download: bool = True) -> Dataset:
     """scikit-learn's bundled 8x8 digits (no download): 1797 images, values 0..16 mapped to
     0..255, split once into 1297 train / 500 test, stratified, with a fixed seed. The legacy
     RandomState stream is frozen by numpy, so the split is identical on every machine."""
@@ -144,7 +149,7 @@ def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.uint8).transpose(0, 2, 3, 1))
 
 
-def load_torchvision(info: DatasetInfo, data_dir: str) -> Dataset:
+def load_torchvision(info: DatasetInfo, data_dir: str, download: bool = True) -> Dataset:
     """CIFAR-10/100, SVHN (+extra) and STL-10 via torchvision (download=True: a no-op when the
     files are already in `data_dir` and pass their checksum)."""
     import torchvision.datasets as tvd   # lazy: only these datasets need torchvision
@@ -152,8 +157,10 @@ def load_torchvision(info: DatasetInfo, data_dir: str) -> Dataset:
 
     def get(cls, **kw):
         try:
-            return cls(root=data_dir, download=True, **kw)
+            return cls(root=data_dir, download=download, **kw)
         except (OSError, RuntimeError, EOFError, tarfile.TarError):
+            if not download:
+                raise DatasetNotLocal(f"dataset: '{name}' is not in '{data_dir}' (a launch downloads it)") from None
             # URLError is an OSError; torchvision raises RuntimeError on a bad checksum.
             raise ConfigError(f"dataset: cannot download '{name}' into '{data_dir}' (offline?); "
                               "put the files there or use npz:PATH") from None
@@ -211,7 +218,7 @@ def read_folds(path: str) -> tuple[np.ndarray, ...]:
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def load_npz(info: DatasetInfo, data_dir: str) -> Dataset:
+def load_npz(info: DatasetInfo, data_dir: str, download: bool = True) -> Dataset:
     """A user dataset `npz:PATH`: numpy .npz with x_train, y_train, x_test, y_test. Images uint8
     [N, H, W, C] or [N, H, W] (grayscale, C = 1 is added); labels integers >= 0;
     n_classes = max label + 1 over train and test."""
@@ -395,6 +402,47 @@ class _EpochSampler:
         self.pos = int(state["pos"])
 
 
+@dataclass
+class Split:
+    """A run's split on the host: sorted indices into its labeled pool (the training set, then,
+    when `pooled`, STL-10's unlabeled split with label 0) and the pool's true labels."""
+    labeled: np.ndarray
+    unlabeled: np.ndarray
+    val: np.ndarray
+    y_true: np.ndarray
+    pooled: bool
+    n_extra: int            # unlabeled-only images (STL-10's unlabeled split) outside the pool
+
+    @property
+    def n_unlabeled(self) -> int:
+        return len(self.unlabeled) + (0 if self.pooled else self.n_extra)
+
+    def images(self, ds: Dataset, idx: np.ndarray) -> np.ndarray:
+        """Images of sorted pool indices: the training set, then (pooled) the unlabeled split."""
+        n = len(ds.x_train)
+        if not self.pooled or idx.size == 0 or idx[-1] < n:
+            return ds.x_train[idx]
+        return np.concatenate([ds.x_train[idx[idx < n]], ds.x_unlabeled_extra[idx[idx >= n] - n]])
+
+
+def draw_split(ds: Dataset, n_labeled: int, seed: int, val_size: int, labeled_pool: str = "train") -> Split:
+    """`split_labeled` over the run's labeled pool (LABELED_POOLS); every data-dependent error
+    of a run's split is a one-line ConfigError raised here, on the host."""
+    y_split = ds.y_train if ds.split_labels is None else ds.split_labels
+    y_true, extra = ds.y_train, ds.x_unlabeled_extra
+    pooled = labeled_pool == "train+unlabeled"
+    allowed = LABELED_POOLS if extra is not None else LABELED_POOLS[:1]
+    if labeled_pool not in allowed:
+        raise ConfigError(f"labeled_pool: '{labeled_pool}' is not one of {', '.join(allowed)} "
+                          f"for dataset '{ds.name}'")
+    if pooled:                                       # the unlabeled split joins with label 0
+        zeros = np.zeros(len(extra), np.int64)
+        y_split, y_true = np.concatenate([y_split, zeros]), np.concatenate([y_true, zeros])
+    lab, unl, val = split_labeled(y_split, n_labeled, ds.n_classes, seed, val_size, ds.label_folds,
+                                  ds.equal_class_draw)
+    return Split(lab, unl, val, y_true, pooled, 0 if extra is None else len(extra))
+
+
 class DeviceData:
     """All images of a run on one device as uint8 NHWC, with the samplers and batch functions.
 
@@ -413,41 +461,22 @@ class DeviceData:
     @classmethod
     def build(cls, ds: Dataset, n_labeled: int, seed: int, val_size: int, device: torch.device | str,
               channels_last: bool, labeled_pool: str = "train") -> "DeviceData":
-        """Split `ds` (see `split_labeled`, drawn from `labeled_pool`, see LABELED_POOLS) and copy
-        everything to `device` once."""
+        """Split `ds` (`draw_split`) and copy everything to `device` once."""
         device = torch.device(device)
-        y_split = ds.y_train if ds.split_labels is None else ds.split_labels
-        y_true, extra = ds.y_train, ds.x_unlabeled_extra
-        pooled = labeled_pool == "train+unlabeled"
-        allowed = LABELED_POOLS if extra is not None else LABELED_POOLS[:1]
-        if labeled_pool not in allowed:
-            raise ConfigError(f"labeled_pool: '{labeled_pool}' is not one of {', '.join(allowed)} "
-                              f"for dataset '{ds.name}'")
-        if pooled:                                       # the unlabeled split joins with label 0
-            zeros = np.zeros(len(extra), np.int64)
-            y_split, y_true = np.concatenate([y_split, zeros]), np.concatenate([y_true, zeros])
-        lab, unl, val = split_labeled(y_split, n_labeled, ds.n_classes, seed, val_size, ds.label_folds,
-                                      ds.equal_class_draw)
+        sp = draw_split(ds, n_labeled, seed, val_size, labeled_pool)
 
         def put(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-        def images(idx: np.ndarray) -> np.ndarray:
-            """Images of sorted pool indices: the training set, then (pooled) the unlabeled split."""
-            n = len(ds.x_train)
-            if not pooled or idx.size == 0 or idx[-1] < n:
-                return ds.x_train[idx]
-            return np.concatenate([ds.x_train[idx[idx < n]], extra[idx[idx >= n] - n]])
-
         pad = ds.augment.pad
-        x_unl = images(unl)
-        if extra is not None and not pooled:
-            x_unl = np.concatenate([x_unl, extra])
+        x_unl = sp.images(ds, sp.unlabeled)
+        if ds.x_unlabeled_extra is not None and not sp.pooled:
+            x_unl = np.concatenate([x_unl, ds.x_unlabeled_extra])
         return cls(spec=ds.augment, n_classes=ds.n_classes, device=device, channels_last=channels_last,
-                   x_labeled=pad_reflect(put(images(lab)), pad), y_labeled=put(y_true[lab]),
+                   x_labeled=pad_reflect(put(sp.images(ds, sp.labeled)), pad), y_labeled=put(sp.y_true[sp.labeled]),
                    x_unlabeled=pad_reflect(put(x_unl), pad),
                    x_test=put(ds.x_test), y_test=put(ds.y_test),
-                   x_val=put(images(val)), y_val=put(y_true[val]))
+                   x_val=put(sp.images(ds, sp.val)), y_val=put(sp.y_true[sp.val]))
 
     # -- properties ------------------------------------------------------------------------------
     @property

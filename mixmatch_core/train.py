@@ -7,7 +7,8 @@ and live models, what a checkpoint holds and exact resume (checkpoint.py writes 
 it), non-finite-loss detection, the progress bar, and handing metrics and artifacts to the
 tracker. `train` is a short loop of named steps: open_session (setup and restore),
 start_tracking, train_step + optimizer_update, log_interval (StepMeter), evaluate_and_
-checkpoint, and the end of tracking (end_tracking, or the final metrics). It knows nothing of sweeps or Optuna: a
+checkpoint, and the end of tracking (end_tracking, or the final metrics); `check_runs` makes
+open_session's data and device checks for many runs before any starts. It knows nothing of sweeps or Optuna: a
 caller may pass `on_eval` (e.g. to report to a pruner), `still_owner` (a lease: a queue
 that can hand a run to another process) and a `tracker`.
 
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from . import methods
 from .checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import Config, ConfigError
-from .data import DeviceData, load_dataset
+from .data import DatasetNotLocal, DeviceData, draw_split, load_dataset
 from .models import build_model
 from .optim import Adam
 from .report import final_metrics, write_run_artifacts
@@ -239,11 +240,40 @@ def open_data(cfg: Config, device: torch.device, method: ModuleType) -> DeviceDa
     seed_everything(cfg.seed)
     data = DeviceData.build(load_dataset(cfg.dataset, cfg.data_dir), cfg.n_labeled, cfg.seed, cfg.val_size,
                             device, cfg.channels_last, cfg.labeled_pool)
-    if method.unlabeled_views(cfg) and data.n_unlabeled == 0:
+    _check_unlabeled(cfg, method, data.n_unlabeled)
+    return data
+
+
+def _check_unlabeled(cfg: Config, method: ModuleType, n_unlabeled: int) -> None:
+    if method.unlabeled_views(cfg) and n_unlabeled == 0:
         raise ConfigError(f"n_labeled: {cfg.n_labeled} + val_size {cfg.val_size} use every training image of "
                           f"'{cfg.dataset}', leaving no unlabeled images for method '{cfg.method}'; lower them "
                           "or use a supervised method (supervised, fs_mixup)")
-    return data
+
+
+def check_runs(cfgs: list[Config], download: bool = True) -> list[str]:
+    """`open_session`'s checks for many runs at once, before any of them starts, on the host:
+    each distinct device exists, each distinct dataset can be read (downloaded where its loader
+    downloads; loaded once), and each run's labeled split can be drawn and leaves its method
+    unlabeled images. The first failure is raised as the one-line ConfigError the run itself
+    would fail with. `download=False` (a dry run): a dataset that would need a download is not
+    checked further; the returned lines say which."""
+    for device in sorted({c.device for c in cfgs}):
+        resolve_device(device)
+    notes, by_data = [], {}
+    for c in cfgs:
+        by_data.setdefault((c.dataset, c.data_dir), []).append(c)
+    for (dataset, data_dir), runs in by_data.items():
+        try:
+            ds = load_dataset(dataset, data_dir, download=download)
+        except DatasetNotLocal as e:
+            notes.append(str(e))
+            continue
+        for c in {(c.n_labeled, c.seed, c.val_size, c.labeled_pool, c.method): c for c in runs}.values():
+            split = draw_split(ds, c.n_labeled, c.seed, c.val_size, c.labeled_pool)
+            _check_unlabeled(c, methods.load(c.method), split.n_unlabeled)
+        del ds
+    return notes
 
 
 def open_session(cfg: Config, restart: bool = False) -> Session:

@@ -40,11 +40,15 @@ STATES = ("done", "running", "waiting", "failed")
 
 def check_launch(cells: list[Config], url: str, local_workers: bool) -> None:
     """Before anything is published: the storage URL, the tracking store and, when local
-    workers will write checkpoints, the cells' out_dirs (one line now, not one failure per
-    cell)."""
+    workers will train the cells here, what their runs would fail on at once: the out_dirs, the
+    device, the data (each dataset loaded once, downloaded if its loader downloads) and each
+    cell's labeled split (train.check_runs). One line now, not one failed cell each. Workers
+    elsewhere (--workers 0) may see other data and devices, so their cells are not checked here."""
     if local_workers:
         for out_dir in sorted({x.out_dir for x in cells}):
             check_out_dir(out_dir)
+        from mixmatch_core.train import check_runs   # lazy: torch, only where workers train here
+        check_runs(cells)
     store.check_storage_url(url)
     check_reachable()
 

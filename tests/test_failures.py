@@ -510,6 +510,68 @@ def test_status_of_a_sweep_never_started_here_is_one_line_and_creates_no_storage
     assert code == 2 and "--storage" in the_error_line(err)
 
 
+CANNOT_TRAIN_HERE = {     # a cell value or option that every worker here would fail on at once
+    "labels beyond the data": ("dataset: digits, n_labeled: 20000", [], "n_labeled: 20000 exceeds the 1297 training images"),
+    "a missing npz file": ("dataset: npz:missing/cifar10.npz", [], "npz file 'missing/cifar10.npz' does not exist"),
+    "CUDA without a GPU": ("dataset: digits", ["--device", "cuda"], "CUDA is not available"),
+}
+
+
+@pytest.mark.parametrize("case", CANNOT_TRAIN_HERE)
+def test_a_cell_no_worker_here_could_train_is_one_line_before_the_sweep_starts(tmp_path, monkeypatch, capsys, case):
+    """The launch makes open_session's checks for every cell first (each dataset loaded once):
+    one line, exit 2, nothing published, instead of a queue of failed cells. The dry run lists
+    the cells, says that a launch here would fail and why, and exits 2; --workers 0 (workers
+    elsewhere, with their own data and devices) checks neither."""
+    value, options, says = CANNOT_TRAIN_HERE[case]
+    if options[-1:] == ["cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "spec.yaml").write_text("name: here\n" + (SPEC_BASE % "").replace("dataset: digits", value)
+                                        + "grid: {seed: [1, 2]}\n")
+    code, _, err = cli(["sweep", "spec.yaml", "--workers", "1", *options], capsys)
+    assert code == 2 and says in the_error_line(err)
+    code, out, err = cli(["sweep", "spec.yaml", "--dry-run", *options], capsys)
+    assert code == 2 and out.count("-s1-") == out.count("-s2-") == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mixmatch sweep: a launch here would fail: ") and says in last
+    code, out, err = cli(["sweep", "spec.yaml", "--dry-run", "--workers", "0", *options], capsys)
+    assert code == 0 and "would fail" not in err
+    assert_nothing_started(tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unknown_device_option_is_one_line_before_the_sweep_starts_or_is_priced(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text("name: here\n" + SPEC_BASE % "" + "grid: {seed: [1]}\n")
+    for dry in ([], ["--dry-run"]):
+        code, out, err = cli(["sweep", "spec.yaml", "--device", "tpu", *dry], capsys)
+        assert code == 2 and "device: 'tpu' is not one of auto, cpu, cuda, cuda:N, mps" in the_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_a_dry_run_notes_a_dataset_a_launch_would_download_and_downloads_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text("name: dl\n" + (SPEC_BASE % ", data_dir: nodata").replace(
+        "dataset: digits", "dataset: cifar10, model: small_cnn") + "grid: {seed: [1]}\n")
+    code, out, err = cli(["sweep", "spec.yaml", "--dry-run"], capsys)
+    assert code == 0 and "cifar10-250-s1" in out
+    assert "mixmatch sweep: dataset: 'cifar10' is not in 'nodata' (a launch downloads it)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["search"], ["status"], ["train", "--config"]])
+def test_a_directory_given_as_a_spec_is_one_line_naming_its_files(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.yaml").write_text("name: a\n")
+    code, _, err = cli([*command, "specs"], capsys)
+    line = the_error_line(err)
+    assert code == 2 and "'specs' is a directory" in line and "specs/a.yaml" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["specs"]
+
+
 # ---- 7. bad input -------------------------------------------------------------------------------
 def _file(d: Path, name: str, text: str) -> str:
     (d / name).write_text(text)
