@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 
 # name -> (module, main function, parser function, one-line summary)
@@ -65,9 +66,17 @@ def run() -> None:
     The youngest generation is collected every 10,000 allocations instead of CPython's 700:
     importing torch, dynamo, MLflow and Optuna allocates millions of long-lived objects, and the
     default threshold ran repeated collections over them (about 0.5 s of CPU of a worker's
-    start-up). Training allocates few Python objects; cycles are still collected, later."""
+    start-up). Training allocates few Python objects; cycles are still collected, later.
+
+    A reader that goes away (`mixmatch status SPEC | head`) ends the command quietly with
+    status 1, as Python's documentation recommends, instead of a BrokenPipeError traceback."""
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
     try:
-        raise SystemExit(main())
+        code = main()
+        sys.stdout.flush()            # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        code = 1
     finally:
         gc.freeze()
+    raise SystemExit(code)

@@ -6,6 +6,8 @@ Owns the command's arguments and the listing; the states are the sweep's queue's
 
 from __future__ import annotations
 
+import re
+
 from sweeps import store
 from sweeps.spec import load_spec
 
@@ -24,6 +26,11 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def natural(name: str) -> list:
+    """Sort key: numbers as numbers (digits-30-... before digits-100-...)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     name, url = args.sweep, args.storage
@@ -35,11 +42,11 @@ def main(argv: list[str]) -> int:
             die("mixmatch status: give a sweep spec, or both --storage and --sweep")
         study = store.load_sweep_study(store.open_storage(url, must_exist=True, read_only=True), name)
     states = store.cell_states(study)
-    print(f"{'cell':<36} {'cell_key':<13} {'state':<8} {'tries':>5}  detail")
-    for s in sorted(states.values(), key=lambda s: (ORDER[s.state], s.run_name)):
+    print(f"{'cell':<36} {'cell_key':<13} {'state':<8} {'failed':>6}  detail")
+    for s in sorted(states.values(), key=lambda s: (ORDER[s.state], natural(s.run_name))):
         detail = (f"on {s.host}" if s.state == "running" else f"error {s.error:.2f}%" if s.state == "done"
                   else s.reason if s.state == "failed" else "")
-        print(f"{s.run_name:<36} {s.cell_key:<13} {s.state:<8} {s.attempts:>5}  {detail}")
+        print(f"{s.run_name:<36} {s.cell_key:<13} {s.state:<8} {s.attempts:>6}  {detail}")
     n = store.counts(study)
     print(f"\n{len(states)} cells: {n['waiting']} waiting, {n['running']} running, {n['done']} done, "
           f"{n['failed']} failed")

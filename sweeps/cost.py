@@ -65,8 +65,9 @@ def dry_run(spec: Spec, cells, device_type: str, workers: int, states: dict | No
         n_done += state == "done"
         total += cost
         print(f"{c.run_name:<36} {c.cell_key:<13} {c.steps:>9,} {state:>8} {cost_text(cost):>10}")
+    busy = max(1, min(workers, len(cells) - n_done))      # one cell cannot use two workers
     print(f"total: {len(cells)} cells ({n_done} done), ~{cost_text(total)} of {device_type.upper()} time to go "
-          f"(~{fmt_seconds(total / max(workers, 1))} wall with {workers} worker(s)); nothing was run")
+          f"(~{fmt_seconds(total / busy)} wall with {busy} worker(s)); nothing was run")
 
 
 def device_type(device: str) -> str:

@@ -280,3 +280,31 @@ def test_a_spec_that_sets_num_threads_keeps_it_whatever_the_worker_count(store):
     assert main(["sweep", str(spec), "--workers", "0"]) == 0
     assert main(["worker", "--storage", "sqlite:///optuna/sweep-tiny.db", "--sweep", "tiny", "--threads", "2"]) == 0
     assert cell_runs(store)["params.num_threads"].tolist() == ["1"]
+
+
+def test_status_lists_cells_in_numeric_label_order_and_counts_failed_attempts(store, capsys):
+    """`mixmatch status` orders digits-30 before digits-100 (text order would not), and its count
+    column is named for what it counts: the failed attempts (a queued cell has none)."""
+    spec = write_spec(store, "grid: {n_labeled: [100, 30], variant: [supervised], seed: [1]}\n")
+    assert main(["sweep", str(spec), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(spec)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["cell", "cell_key", "state", "failed"]
+    assert [ln.split()[0] for ln in lines[1:3]] == ["digits-30-s1-supervised", "digits-100-s1-supervised"]
+    assert [ln.split()[3] for ln in lines[1:3]] == ["0", "0"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`mixmatch status SPEC | head`: a closed pipe is exit status 1 and no traceback."""
+    code = ("import sys, mixmatch_cli as cli; sys.argv = ['mixmatch', 'status']\n"
+            "def main():\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli.main = main; cli.run()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_a_dry_run_prices_the_wall_time_with_no_more_workers_than_cells(store, capsys):
+    spec = write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n")
+    assert main(["sweep", str(spec), "--dry-run", "--workers", "2"]) == 0
+    assert "wall with 1 worker(s)); nothing was run" in capsys.readouterr().out
