@@ -97,7 +97,7 @@ class Config:
     ema_decay: float = _f(0.999, "parameter EMA decay per step")
     ema: bool = _f(True, "evaluate (and report) the EMA model; false: the live model")
     # --- runtime (not part of the run's identity) -------------------------------------------
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N", runtime=True)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps", runtime=True)
     amp: str = _f("none", "none | bf16 (autocast; batch norm, losses and weights stay fp32)")
     tf32: bool = _f(False, "CUDA only: TF32 (10-bit mantissa inputs) for fp32 convolutions and matmuls on Ampere or "
                            "later GPUs, faster; false = strict fp32, as the official code computed (TF1 on V100), "

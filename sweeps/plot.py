@@ -5,7 +5,8 @@ Owns three figures, each written as PNG and SVG with matplotlib's Agg backend (n
   paper's MixMatch CIFAR-10 curve (Table 5) dashed when the sweep is on CIFAR-10;
 - ablation bars: one bar per (row, label count) at the seed mean with the std as error bar and
   each finished seed as a dot; cells without a finished run are labeled (failed, missing...);
-- learning curves: test error (metric history `test_error`, EMA model) vs step, one line per
+- learning curves: test error (metric history `test_error`: the EMA model, the live one where
+  ema=false) vs step, one line per
   cell's run (its counted run, else its newest), colored by row, one panel per label count.
 
 The numbers come from `sweeps.table.build_table`, so the plots and the tables follow the same
@@ -175,7 +176,7 @@ def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) 
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
-        ax.set_ylabel("test error (%), EMA model")
+        ax.set_ylabel("test error (%), reported model")
     shown = f" ({len(reps)} of {total} runs shown)" if total > len(reps) else ""
     fig.suptitle(f"{table.sweep}: learning curves{shown}; dashed: not finished", fontsize=10)
     order = [r for r in rows if r in seen] + [r for r in seen if r not in rows]

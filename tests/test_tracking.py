@@ -432,3 +432,16 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path):
     go.touch()                                   # both open the store at the same moment
     errors = [p.communicate(timeout=180)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * len(procs), [e[-300:] for e in errors if e]
+
+
+@pytest.mark.parametrize("argv", [["ui", "nope", "--no-browser"], ["ui", "--no-browser"]])
+def test_ui_where_nothing_was_tracked_is_one_line_and_creates_no_store(tmp_path, monkeypatch, capsys, argv):
+    import mixmatch_cli.ui
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(mixmatch_cli.ui.os, "execve", lambda *a: pytest.fail("the UI was started"))
+    with pytest.raises(SystemExit) as e:
+        mixmatch(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "no MLflow store at sqlite:///mlflow.db" in err
+    assert list(tmp_path.iterdir()) == []
