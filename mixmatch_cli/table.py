@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from sweeps.render import FORMATS, PRINTED, write_table
-from sweeps.runs import load_source
+from sweeps.runs import load_source, storage_states
 from sweeps.spec import LAYOUTS
 from sweeps.table import REFERENCES, table_of
 
@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
     if args.format == "all" and not args.out:
         die("--format all writes several files; give --out DIR")
     with user_errors(out=args.out):
-        table = table_of(load_source(args.sweep, args.experiment), args.layout, args.reference)
+        src = load_source(args.sweep, args.experiment)
+        table = table_of(src, args.layout, args.reference, storage_states(src, None))
         if args.out:
             for path in write_table(table, args.out, FORMATS if args.format == "all" else (args.format,)):
                 print(path)

@@ -37,9 +37,8 @@ from . import mlflow_view
 from .parent_run import log_artifacts
 from .plot import plot_table
 from .render import FORMATS, TABLE_CSS, html_body, write_table
-from .runs import Source, load_source, source_of_spec, spec_from_parent_run
+from .runs import Source, load_source, source_of_spec, spec_from_parent_run, storage_states
 from .spec import Spec, file_stem
-from .store import default_sweep_storage, known_states
 from .table import Table, table_of
 
 LOCAL_UI = "http://127.0.0.1:5000"      # where `mixmatch ui` serves a local store
@@ -286,7 +285,7 @@ def export_all(spec: Spec, cells: list[Config], out_dir, parent_run_id: str | No
     out_dir; with `parent_run_id`, also logged to the sweep's parent run (folders tables, plots,
     report). `states`: the sweep storage's cell states, if known."""
     src = source_of_spec(spec, cells, spec.experiment)
-    table = table_of(src)
+    table = table_of(src, states=states)
     tables, plots = write_table(table, out_dir, FORMATS), plot_table(table, out_dir)
     report = write_report(src, table, out_dir, plots, states)
     for paths, folder in ((tables, "tables"), (plots, "plots"), ([report], "report")):
@@ -294,18 +293,12 @@ def export_all(spec: Spec, cells: list[Config], out_dir, parent_run_id: str | No
     return tables + plots + [report]
 
 
-def storage_states(src: Source, storage: str | None) -> dict | None:
-    """The sweep storage's cell states (read-only), when there is one to read."""
-    if src.spec is None and storage is None:
-        return None
-    return known_states(storage or default_sweep_storage(src.sweep), src.sweep) or None
-
-
 def report_of(sweep_or_spec: str, out_dir, experiment: str | None = None, storage: str | None = None) -> Path:
     """`mixmatch report`: the page of a sweep given by its spec or its name (then with the spec
     its parent run logged, for the configs, the command and the notes), figures embedded."""
     src = load_source(sweep_or_spec, experiment)
     src.spec = src.spec or spec_from_parent_run(src)
-    table = table_of(src)
+    states = storage_states(src, storage)
+    table = table_of(src, states=states)
     with tempfile.TemporaryDirectory() as figures:      # embedded: drawn here, one file comes out
-        return write_report(src, table, out_dir, plot_table(table, figures), storage_states(src, storage))
+        return write_report(src, table, out_dir, plot_table(table, figures), states)

@@ -4,7 +4,8 @@ Owns every read of a sweep's runs, shared by the table, the plots, the report an
 workers: the runs (`load_runs`, one row per run, newest first), the sweep given as a spec or a
 name (`Source`, `load_source`), each cell's result (`finished_results`: its newest FINISHED run
 with an `error`, the run the tables count and the queue adopts), the sweeps a store knows,
-metric histories (learning curves), and the spec a sweep's parent run logged.
+metric histories (learning curves), the spec a sweep's parent run logged, and the cell states
+its queue holds (`storage_states`, read-only: which cells failed before a run began).
 
 MLflow itself is imported on first use (mixmatch_core.tracking): reading a spec must not pay
 for it.
@@ -23,6 +24,7 @@ from mixmatch_core.config import FIELDS, Config, ConfigError
 from mixmatch_core.tracking import client, tracking_uri
 
 from .spec import Spec, load_spec
+from .store import default_sweep_storage, known_states
 
 IDENTITY = tuple(n for n, f in FIELDS.items() if not f.metadata.get("runtime"))
 PARAM_COLUMNS = [f"params.{f}" for f in IDENTITY]
@@ -187,3 +189,10 @@ def spec_from_parent_run(src: Source) -> Spec | None:
         return dataclasses.replace(spec, path=c.get_run(parents[0]).data.tags.get("spec_path", spec.path))
     except Exception:  # noqa: BLE001 - an older sweep, another store: the page says no spec was given
         return None
+
+
+def storage_states(src: Source, storage: str | None) -> dict | None:
+    """The sweep storage's cell states (read-only), when there is one to read."""
+    if src.spec is None and storage is None:
+        return None
+    return known_states(storage or default_sweep_storage(src.sweep), src.sweep) or None

@@ -9,7 +9,9 @@ paper's numbers paper.py, the formats render.py.
 The rules, in one place:
 - A cell (one cell_key) counts once: its newest FINISHED run that has an `error` metric. A cell
   without one is shown by what happened to its newest run: failed, killed or running; a planned
-  cell without any run is missing. None of them is dropped: a table cell with fewer finished
+  cell without any run is missing, or failed where the sweep's queue says its worker failed it
+  before its run began (a foreign checkpoint, data a remote worker lacks: `queue_failed`). None
+  of them is dropped: a table cell with fewer finished
   seeds than planned reads `11.20 ± 0.40 (n=2/3, 1 failed)`.
 - Value = mean ± sample std (ddof=1) of `error` (100 - median accuracy of the last evaluations,
   in %) over the finished seeds; the std is left out when only one seed finished.
@@ -111,10 +113,11 @@ def _plan_frame(planned: list[Config]) -> pd.DataFrame:
                         columns=["cell_key", "run_name"] + PLACE + PARAM_COLUMNS)
 
 
-def _cell_outcomes(runs: pd.DataFrame, planned: list[Config] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _cell_outcomes(runs: pd.DataFrame, planned: list[Config] | None,
+                   queue_failed: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per cell (planned first, in plan order, then cells seen only in MLflow, newest
     first) with its state and counted error; and the runs with a `counted` column (plus a
-    MISSING row per planned cell that has no run)."""
+    MISSING row per planned cell that has no run, FAILED where `queue_failed` has its reason)."""
     runs = runs.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
     # A cell's result is its newest FINISHED run with an error (runs are newest first here).
     finished = runs[runs["status"].eq("FINISHED") & runs["error"].notna()]
@@ -140,10 +143,15 @@ def _cell_outcomes(runs: pd.DataFrame, planned: list[Config] | None) -> tuple[pd
     cells["failure_reason"] = cells["failure_reason"].where(
         ~counts & has_run & cells["status"].ne("FINISHED"),
         np.where(~counts & cells["status"].eq("FINISHED"), "finished without an error metric", None))
+    failed_early = ~has_run & cells["cell_key"].isin(list(queue_failed or {}))
+    if failed_early.any():
+        cells["failure_reason"] = cells["failure_reason"].astype(object)
+        cells.loc[failed_early, "state"] = "failed"
+        cells.loc[failed_early, "failure_reason"] = cells.loc[failed_early, "cell_key"].map(queue_failed)
     cells["error"] = cells["error"].where(counts)
     cells["n_runs"] = cells["n_runs"].fillna(0).astype(int)
     missing = cells.loc[~has_run, ["run_name", "cell_key"] + PLACE].assign(
-        sweep=None, run_id=None, status="MISSING", counted=False)
+        sweep=None, run_id=None, status=np.where(failed_early[~has_run], "FAILED", "MISSING"), counted=False)
     if len(missing):
         runs = pd.concat([runs, missing], ignore_index=True)
     return cells[CELL_COLUMNS], runs
@@ -434,11 +442,13 @@ def _labeled_runs(runs: pd.DataFrame, cells: pd.DataFrame, p: _Parts) -> pd.Data
 
 def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str = "auto",
                 reference: str = "paper", *, sweep: str | None = None,
-                reference_path: str | Path = REFERENCE_CSV, notes: list[str] | tuple = ()) -> Table:
+                reference_path: str | Path = REFERENCE_CSV, notes: list[str] | tuple = (),
+                queue_failed: dict[str, str] | None = None) -> Table:
     """Aggregate the runs of one sweep (from `load_runs`) into the paper-style table. `planned`
     (a spec's cells) lets cells without any run show as missing; without it only the cells
-    MLflow holds are known. `notes` (a spec's) close the table's notes. See the module
-    docstring for every rule."""
+    MLflow holds are known. `notes` (a spec's) close the table's notes. `queue_failed`
+    (cell_key -> reason, from the sweep's queue) marks failed the cells that failed before
+    their run began. See the module docstring for every rule."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: '{layout}' is not one of {', '.join(LAYOUTS)}")
     if reference not in REFERENCES:
@@ -446,7 +456,7 @@ def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str 
     if sweep is None:
         names = runs_df["sweep"].dropna().unique() if "sweep" in runs_df else []
         sweep = str(names[0]) if len(names) else "sweep"
-    cells, runs, extras = _cells_in_rows(runs_df, planned)
+    cells, runs, extras = _cells_in_rows(runs_df, planned, queue_failed)
     agg = _aggregate(cells)
     models = _row_models(agg)
     rows = sorted(set(agg["row"]), key=_row_sort_key)
@@ -470,11 +480,12 @@ def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str 
                  _cells_frame(parts, agg, models, extras, sweep), bool(paper.numbers), extras, outcomes)
 
 
-def _cells_in_rows(runs_df: pd.DataFrame, planned: list | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _cells_in_rows(runs_df: pd.DataFrame, planned: list | None,
+                   queue_failed: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The cells (with their `row`: a tuple of dataset, method, variant and the extra axes'
     values), the runs with `counted`, and the extra axes."""
     runs_df = runs_df.reindex(columns=list(dict.fromkeys(list(runs_df.columns) + RUN_COLUMNS + PARAM_COLUMNS)))
-    cells, runs = _cell_outcomes(runs_df, planned)
+    cells, runs = _cell_outcomes(runs_df, planned, queue_failed)
     extras = _extra_axes(cells)
     row_cols = ["dataset", "method", "variant"] + [f"params.{f}" for f in extras]
     # NaN never equals itself, so it cannot be part of a row key: a run without tags or params
@@ -485,8 +496,10 @@ def _cells_in_rows(runs_df: pd.DataFrame, planned: list | None) -> tuple[pd.Data
     return cells, runs, extras
 
 
-def table_of(src: Source, layout: str = "auto", reference: str = "paper") -> Table:
+def table_of(src: Source, layout: str = "auto", reference: str = "paper", states: dict | None = None) -> Table:
     """The table of a sweep as runs.py read it: layout auto takes the spec's `layout:` if it
-    names one, and the spec's `notes:` close the notes."""
+    names one, and the spec's `notes:` close the notes; `states` (the sweep queue's cell states,
+    where known) say which cells without a run failed."""
+    failed = {k: s.reason for k, s in (states or {}).items() if s.state == "failed"}
     return build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
-                       sweep=src.sweep, notes=src.spec.notes if src.spec is not None else ())
+                       sweep=src.sweep, notes=src.spec.notes if src.spec is not None else (), queue_failed=failed)

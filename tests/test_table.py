@@ -91,6 +91,22 @@ def test_markdown_marks_failed_and_missing_seeds_and_counts_a_rerun_once(store):
     assert render.to_markdown(quick_table()) == QUICK_MARKDOWN
 
 
+def test_a_cell_its_queue_failed_before_any_run_is_failed_not_missing(store):
+    """A worker can fail a cell before its MLflow run begins (a foreign checkpoint, data a remote
+    worker lacks): only the sweep's queue knows. Given the queue's states the table says
+    failed, with the queue's reason, where MLflow alone would say missing."""
+    from sweeps.store import CellState
+    key = next(c.cell_key for c in load_source("quick.yaml").planned
+               if (c.variant, c.n_labeled, c.seed) == ("no_sharpen", 100, 2))
+    states = {key: CellState(key, "digits-100-s2-no_sharpen", "failed", 1, reason="ConfigError: no data here")}
+    table = tb.table_of(load_source("quick.yaml"), states=states)
+    assert "| no_sharpen | 30.00 (n=1/2, 1 failed) | 15.00 (n=1/2, 1 failed) |" in render.to_markdown(table)
+    cell = table.outcomes.set_index("cell_key").loc[key]
+    assert (cell["state"], cell["failure_reason"]) == ("failed", "ConfigError: no data here")
+    assert table.runs.set_index("cell_key").loc[key, "status"] == "FAILED"
+    assert "1 missing" in render.to_markdown(tb.table_of(load_source("quick.yaml")))     # without the queue
+
+
 QUICK_LATEX = r"""% mixmatch table: sweep quick; needs \usepackage{booktabs}
 \begin{table}[ht]
 \centering
