@@ -76,6 +76,13 @@ def client() -> MlflowClient:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def store_exists(uri: str | None = None) -> bool:
+    """False only for a local SQLite store whose file is not there: reading it would create an
+    empty one (MLflow makes its tables when a client opens it)."""
+    uri = uri or tracking_uri()
+    return not uri.startswith("sqlite:///") or os.path.exists(uri[len("sqlite:///"):])
+
+
 def check_reachable(uri: str | None = None) -> None:
     """Fail fast, in one line, when the tracking store cannot be used (before any training)."""
     uri = uri or tracking_uri()

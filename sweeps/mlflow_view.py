@@ -123,7 +123,10 @@ def _tag_older_runs(c, exp: str, sweep: str) -> None:
 
 
 def saved_views(sweep: str, experiment_ids, c=None) -> dict[str, dict[str, str]]:
-    """experiment id -> kind -> share key, for the experiments that hold the sweep's views."""
+    """experiment id -> kind -> share key, for the experiments that hold the sweep's views (no
+    experiment: no store is opened, so none is created)."""
+    if not len(experiment_ids):
+        return {}
     c = c or client()
     return {x: keys for x in experiment_ids if (keys := saved_keys(c.get_experiment(x).tags, sweep))}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from mixmatch_core.config import FIELDS, Config, ConfigError
-from mixmatch_core.tracking import client, tracking_uri
+from mixmatch_core.tracking import client, store_exists, tracking_uri
 
 from .spec import Spec, load_spec
 from .store import default_sweep_storage, known_states
@@ -153,8 +153,8 @@ def is_spec_path(arg: str) -> bool:
 def source_of_spec(spec: Spec, cells: list[Config], experiment: str | None = None) -> Source:
     """The spec's sweep with `cells` planned (a cell without a run shows as missing)."""
     exp = experiment or spec.experiment
-    if experiment is None and client().get_experiment_by_name(exp) is None:
-        runs = empty_runs()         # nothing has run yet: every planned cell is missing
+    if not store_exists() or (experiment is None and client().get_experiment_by_name(exp) is None):
+        runs = empty_runs()         # nothing has run yet (no store is made for it): every planned cell is missing
     else:
         runs = load_runs(spec.name, exp)
     return Source(spec.name, runs, cells, spec.layout, exp, spec)
@@ -166,6 +166,9 @@ def load_source(sweep_or_spec: str, experiment: str | None = None) -> Source:
     if is_spec_path(sweep_or_spec):
         spec = load_spec(sweep_or_spec)
         return source_of_spec(spec, spec.cells(), experiment)
+    if not store_exists():
+        raise ConfigError(f"sweep: no MLflow store at {tracking_uri()}, so no sweep '{sweep_or_spec}'; start from "
+                          "the folder you ran the sweeps in, or set MLFLOW_TRACKING_URI")
     runs = load_runs(sweep_or_spec, experiment)
     if runs.empty:
         names = known_sweeps(experiment)

@@ -729,3 +729,19 @@ def test_mixmatch_ui_binds_to_127_0_0_1_by_default(store, monkeypatch, capsys):
     assert cli(["ui"], capsys)[0] == 0
     (cmd,) = started
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_reading_a_sweep_where_nothing_was_tracked_creates_no_store(tmp_path, monkeypatch, capsys):
+    """table, plot and report only read MLflow: in a folder without a store they show the spec's
+    cells as missing (or say there is no sweep of that name, one line, exit 2) and never create
+    an empty store (MLflow makes its tables when a client opens a SQLite file)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "spec.yaml").write_text("name: here\n" + SPEC_BASE % "" + "grid: {seed: [1]}\n")
+    code, out, _ = cli(["table", "spec.yaml"], capsys)
+    assert code == 0 and "missing" in out
+    assert cli(["plot", "spec.yaml", "--out", "p"], capsys)[0] == 0
+    assert cli(["report", "spec.yaml", "--out", "r"], capsys)[0] == 0
+    code, _, err = cli(["table", "here"], capsys)
+    assert code == 2 and "no MLflow store at sqlite:///mlflow.db" in the_error_line(err)
+    assert not list(tmp_path.glob("mlflow.db*"))
