@@ -128,10 +128,19 @@ def test_the_compiled_region_has_no_graph_break(amp):
 
 @pytest.mark.slow     # the suite's one cold inductor compile
 def test_a_compiled_run_matches_eager_and_resumes_exactly(tmp_path):
-    """A compiled run trains to the end on the CPU (inductor: the one cold compile of the suite,
-    ~10-30 s), with the same losses as eager within float tolerance over a few steps, and a
-    compiled run killed after a checkpoint resumes to exactly the numbers of an uninterrupted
-    compiled run."""
+    """A compiled run trains to the end on the CPU (inductor: the one cold compile of the suite),
+    with the same losses as eager within float tolerance over a few steps, and a compiled run
+    killed after a checkpoint resumes to exactly the numbers of an uninterrupted compiled run.
+    Inductor writes scalar C++ here (`cpp.vec_isa_ok = False`): what this checks is our use of
+    torch.compile (the wrapped modules, their state, the resume), not inductor's vector code
+    generation, and g++ builds the scalar kernels in about 12 s of CPU instead of 18 (session 9,
+    Xeon). The GPU check compiles every mode for real."""
+    import torch._inductor.config as inductor_config
+    with inductor_config.patch({"cpp.vec_isa_ok": False}):
+        _compiled_matches_eager_and_resumes(tmp_path)
+
+
+def _compiled_matches_eager_and_resumes(tmp_path):
     from benchmarks.step_time import ProjectStep
     from mixmatch_core.train import seed_everything
     ds = load_dataset("digits", "data")
