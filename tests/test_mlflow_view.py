@@ -3,7 +3,8 @@ opens on the sweep's table (every cell a row with its name and error, sorted by 
 variant) and on the mean error per (n_labeled, variant).
 
 The browser test drives Debian's Chromium (/usr/bin/chromium) with Playwright for Python; it
-skips, saying why, where either is missing (.ci/run installs both).
+skips, saying why, where either is missing (.ci/run installs both). The one `mixmatch ui` server
+of the module also shows that the UI listens on 127.0.0.1 only (no browser needed).
 """
 
 import json
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sweeps import mlflow_view
@@ -88,14 +90,25 @@ def js_number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
+@pytest.fixture(scope="module")
+def ui_server(finished_sweep, tmp_path_factory):
+    """`mixmatch ui` on the finished sweep's store, started once for the module: (port, URLs)."""
+    root, _ = finished_sweep
+    proc, port, urls = ui_urls(root, tmp_path_factory.mktemp("ui") / "ui.log")
+    try:
+        yield port, urls
+    finally:
+        stop(proc)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def ui_urls(root: Path, log: Path) -> tuple[subprocess.Popen, list[str]]:
-    """`mixmatch ui` on the sweep's store, and the URLs it printed, once the UI answers."""
+def ui_urls(root: Path, log: Path) -> tuple[subprocess.Popen, int, list[str]]:
+    """`mixmatch ui` on the sweep's store, its port and the URLs it printed, once the UI answers."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -106,7 +119,7 @@ def ui_urls(root: Path, log: Path) -> tuple[subprocess.Popen, list[str]]:
     while time.time() < deadline and proc.poll() is None:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            return proc, re.findall(r"(http://127\.0\.0\.1:\d+/#/\S+)", log.read_text())
+            return proc, port, re.findall(r"(http://127\.0\.0\.1:\d+/#/\S+)", log.read_text())
         except OSError:
             time.sleep(0.5)
     stop(proc)
@@ -133,35 +146,41 @@ def cell_lines(page, row_id: str, column: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_mixmatch_ui_opens_on_the_sweeps_cells_sorted_and_on_their_means(finished_sweep, tmp_path):
+def test_mixmatch_ui_listens_on_loopback_only(ui_server):
+    """Bound to 127.0.0.1 unless --host says otherwise: nothing listens on another address."""
+    port, _ = ui_server
+    listening = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_mixmatch_ui_opens_on_the_sweeps_cells_sorted_and_on_their_means(finished_sweep, ui_server):
     sync_playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
                                           "(pip install playwright)").sync_playwright
     if not shutil.which(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    root, runs = finished_sweep
-    proc, urls = ui_urls(root, tmp_path / "ui.log")
-    try:
-        cells_url, means_url = urls
-        assert "viewStateShareKey=sweep-view-cells" in cells_url and "viewStateShareKey=sweep-view-means" in means_url
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 900})
-            page.goto(cells_url)
-            for run in runs:
-                assert run.info.run_name in cell_lines(page, run.info.run_id, mlflow_view.RUN_NAME_COLUMN)
-                assert cell_lines(page, run.info.run_id, "metrics.`error`") == [js_number(run.data.metrics["error"])]
-            shown = page.eval_on_selector_all(
-                ".ag-center-cols-container .ag-row", "rows => rows.map(r => [+r.getAttribute('row-index'), "
-                "r.getAttribute('row-id')])")
-            names = {r.info.run_id: r.info.run_name for r in runs}
-            assert [names[i] for _, i in sorted(shown)] == ["digits-30-s1-mixmatch", "digits-30-s2-mixmatch",
-                                                            "digits-30-s2-supervised", "digits-100-s1-mixmatch"]
-            page.goto(means_url)
-            errors = [r.data.metrics["error"] for r in runs if r.data.tags["n_labeled"] == "30"
-                      and r.data.tags["variant"] == "mixmatch"]
-            group = page.get_by_text("n_labeled: 30, variant: mixmatch").first
-            group.wait_for(state="visible", timeout=30_000)
-            assert page.get_by_text(f"{js_number(sum(errors) / len(errors))} (average)").first.is_visible()
-            browser.close()
-    finally:
-        stop(proc)
+    _, runs = finished_sweep
+    _, urls = ui_server
+    cells_url, means_url = urls
+    assert "viewStateShareKey=sweep-view-cells" in cells_url and "viewStateShareKey=sweep-view-means" in means_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.goto(cells_url)
+        for run in runs:
+            assert run.info.run_name in cell_lines(page, run.info.run_id, mlflow_view.RUN_NAME_COLUMN)
+            assert cell_lines(page, run.info.run_id, "metrics.`error`") == [js_number(run.data.metrics["error"])]
+        shown = page.eval_on_selector_all(
+            ".ag-center-cols-container .ag-row", "rows => rows.map(r => [+r.getAttribute('row-index'), "
+            "r.getAttribute('row-id')])")
+        names = {r.info.run_id: r.info.run_name for r in runs}
+        assert [names[i] for _, i in sorted(shown)] == ["digits-30-s1-mixmatch", "digits-30-s2-mixmatch",
+                                                        "digits-30-s2-supervised", "digits-100-s1-mixmatch"]
+        page.goto(means_url)
+        errors = [r.data.metrics["error"] for r in runs if r.data.tags["n_labeled"] == "30"
+                  and r.data.tags["variant"] == "mixmatch"]
+        group = page.get_by_text("n_labeled: 30, variant: mixmatch").first
+        group.wait_for(state="visible", timeout=30_000)
+        assert page.get_by_text(f"{js_number(sum(errors) / len(errors))} (average)").first.is_visible()
+        browser.close()
