@@ -64,9 +64,12 @@ def default_sweep_storage(sweep: str) -> str:
     return default_storage(f"sweep-{sweep}")
 
 
+DEFAULT_DIR = "optuna"
+
+
 def default_storage(name: str) -> str:
     """The embedded default: one SQLite file per sweep or study under ./optuna/."""
-    return f"sqlite:///optuna/{file_stem(name)}.db"
+    return f"sqlite:///{DEFAULT_DIR}/{file_stem(name)}.db"
 
 
 def check_storage_url(url: str) -> None:
@@ -87,6 +90,11 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int 
         path = Path(url[len("sqlite:///"):])
         if must_exist and not path.exists():
             raise StorageError(f"storage {url}: no such file (has the sweep been started here?)")
+        # The default folder (optuna/) is made; any other must exist: a typo in a --storage path
+        # would otherwise make folders anywhere and start a new, empty queue there.
+        if path.parent.name != DEFAULT_DIR and not path.parent.is_dir():
+            raise StorageError(f"storage {url}: folder '{path.parent}' does not exist; create it first, "
+                               f"or leave --storage out for ./{DEFAULT_DIR}/")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -499,6 +499,19 @@ def test_an_unknown_storage_scheme_is_one_line_naming_the_allowed_ones(tmp_path,
     assert_nothing_started(tmp_path)
 
 
+def test_a_storage_path_in_a_missing_folder_is_one_line_and_makes_no_folder(tmp_path, monkeypatch, capsys):
+    """Only the default folder (optuna/) is made: a typo in a --storage path would otherwise make
+    folders anywhere and start a new, empty queue."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "spec.yaml").write_text(FAILING_SPEC)
+    url = f"sqlite:///{tmp_path}/typo/queues/q.db"
+    code, _, err = cli(STORAGE_COMMANDS["sweep"](url), capsys)
+    assert code == 2 and f"folder '{tmp_path}/typo/queues' does not exist" in the_error_line(err)
+    assert not (tmp_path / "typo").exists()
+    assert_nothing_started(tmp_path)
+
+
 def test_status_of_a_sweep_never_started_here_is_one_line_and_creates_no_storage(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(FAILING_SPEC)
