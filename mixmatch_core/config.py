@@ -406,8 +406,9 @@ def _validate_knobs(c: Config) -> None:
 def help_text() -> str:
     """Every field with its default and meaning, for `mixmatch train --help`."""
     lines = ["config fields (key=value; defaults are the paper's CIFAR-10 setting):"]
+    width = max(len(f.name) for f in fields(Config))
     for f in fields(Config):
-        lines.append(f"  {f.name:<14} {str(f.default):<12} {f.metadata['help']}")
+        lines.append(f"  {f.name:<{width}} {str(f.default):<12} {f.metadata['help']}")
     lines.append("\ndataset presets (applied to fields you leave unset):")
     for info in (*datasets.DATASETS.values(), datasets.NPZ):
         lines.append(f"  {info.name:<10} " + ", ".join(f"{k}={v}" for k, v in info.preset.items()))
@@ -416,7 +417,8 @@ def help_text() -> str:
         own = ", ".join(f"{k}={k_.default}" for k, k_ in m.hparams.items() if k_.default is not None) or \
             (", ".join(m.hparams) + " (the fields above)" if m.hparams else "none")
         preset = ", ".join(f"{k}={v}" for k, v in m.preset.items())
-        lines.append(f"  {name:<14} {m.title} ({m.official}): {own}" + (f"; preset {preset}" if preset else ""))
+        where = m.official if m.official.startswith("(") else f"({m.official})"
+        lines.append(f"  {name:<14} {m.title} {where}: {own}" + (f"; preset {preset}" if preset else ""))
     lines.append("\nvariants (one-line diffs against the full method; each belongs to its method):")
     for name, diff in VARIANTS.items():
         lines.append(f"  {name:<22} " + (", ".join(f"{k}={v}" for k, v in diff.items()) or "(full method)"))

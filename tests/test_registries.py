@@ -81,3 +81,11 @@ def test_resolving_a_config_imports_no_torch():
     code = ("import sys; from mixmatch_core.config import resolve; resolve({'dataset': 'stl10', 'n_labeled': 1000}); "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_help_lists_every_field_with_its_default_in_one_column():
+    lines = help_text().split("\n\n")[0].splitlines()[1:]
+    assert [ln.split()[0] for ln in lines] == list(FIELDS)
+    starts = {ln.index(" " + ln.split()[1], len(ln.split()[0]) + 2) for ln in lines}
+    assert len(starts) == 1, "the defaults do not line up"
+    assert "((" not in help_text()
