@@ -14,6 +14,7 @@ import argparse
 import gc
 import importlib
 import os
+import select
 import sys
 
 # name -> (module, main function, parser function, one-line summary)
@@ -56,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def run() -> None:
     """`main` as a whole process: its exit code, then an exit without the interpreter's final
     garbage collections over every object torch, dynamo and MLflow made (1.6 s of a worker's
@@ -68,13 +79,16 @@ def run() -> None:
     default threshold ran repeated collections over them (about 0.5 s of CPU of a worker's
     start-up). Training allocates few Python objects; cycles are still collected, later.
 
-    A reader that goes away (`mixmatch status SPEC | head`) ends the command quietly with
-    status 1, as Python's documentation recommends, instead of a BrokenPipeError traceback."""
+    A reader of stdout that goes away (`mixmatch status SPEC | head`) ends the command quietly
+    with status 1, as Python's documentation recommends, instead of a BrokenPipeError traceback;
+    a broken pipe elsewhere (a socket, a child) stays an error."""
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
     try:
         code = main()
         sys.stdout.flush()            # a closed pipe shows here, not in the interpreter's exit
     except BrokenPipeError:
+        if not _stdout_gone():
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
         code = 1
     finally:

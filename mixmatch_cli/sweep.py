@@ -50,9 +50,11 @@ class Launch:
     slots: list[gpus.Slot] | None
     url: str
 
-    def local_runs(self) -> list[Config]:
-        """The cells as local workers run them (on the launch's device), for the launch's checks."""
-        return [dataclasses.replace(c, device=self.device) for c in self.cells]
+    def local_runs(self, states: dict) -> list[Config]:
+        """The cells local workers would train, as they run them (on the launch's device), for the
+        launch's checks: every cell but those the sweep's queue (`states`) has done."""
+        return [dataclasses.replace(c, device=self.device) for c in self.cells
+                if getattr(states.get(c.cell_key), "state", None) != "done"]
 
 
 def plan_launch(args) -> Launch:
@@ -71,13 +73,13 @@ def plan_launch(args) -> Launch:
     return Launch(spec, cells, device, slots, args.storage or store.default_sweep_storage(spec.name))
 
 
-def launch_checks(run: Launch) -> tuple[list[str], str | None]:
+def launch_checks(run: Launch, states: dict) -> tuple[list[str], str | None]:
     """The checks a launch with local workers makes of the cells' device and data, without
     downloading anything: (notes, the first failure or None). The dry run still lists the cells
     and their cost when the launch would fail here (a GPU spec priced on a machine without one)."""
     from mixmatch_core.train import check_runs    # lazy: torch; the relaunch path must not import it
     try:
-        return check_runs(run.local_runs(), download=False), None
+        return check_runs(run.local_runs(states), download=False), None
     except ConfigError as e:
         return [], str(e)
 
@@ -87,10 +89,10 @@ def main(argv: list[str]) -> int:
     with user_errors(store.StorageError):
         run = plan_launch(args)
         if args.dry_run:
-            notes, failure = launch_checks(run) if args.workers != 0 else ([], None)
+            states = store.known_states(run.url, run.spec.name)
+            notes, failure = launch_checks(run, states) if args.workers != 0 else ([], None)
             workers = len(run.slots or gpus.local_slots(run.device, args.workers))
-            dry_run(run.spec, run.cells, device_type(run.device), workers or 1,
-                    store.known_states(run.url, run.spec.name))
+            dry_run(run.spec, run.cells, device_type(run.device), workers or 1, states)
             for line in notes + ([f"a launch here would fail: {failure}"] if failure else []):
                 print(f"mixmatch sweep: {line}", file=sys.stderr)
             return 2 if failure else 0
@@ -99,7 +101,8 @@ def main(argv: list[str]) -> int:
             return summary.replay(run.spec, previous, run.cells, run.url, args.no_table)
         # Lazy: the launch (pandas now, MLflow once it publishes), off the fast relaunch path above.
         from sweeps import runner
-        runner.check_launch(run.local_runs(), run.url, local_workers=args.workers != 0)
+        runner.check_launch(run.local_runs(store.cell_states(previous) if previous is not None else {}), run.url,
+                            local_workers=args.workers != 0)
         storage = store.open_storage(run.url, args.heartbeat_seconds, max_retry=run.spec.retries)
     study, parent = runner.publish_sweep(run.spec, run.cells, storage, run.url)
     pending = store.counts(study)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import importlib.util
+import inspect
 import os
 import tarfile
 from dataclasses import dataclass
@@ -84,7 +85,11 @@ def load_dataset(dataset: str, data_dir: str, download: bool = True) -> Dataset:
     if info is None:
         raise ConfigError(f"dataset: unknown '{dataset}'; allowed: {allowed()}")
     module, func = info.loader.split(":")
-    return getattr(importlib.import_module(module), func)(info, data_dir, download=download)
+    loader = getattr(importlib.import_module(module), func)
+    # `download` is optional for a loader: one written as loader(info, data_dir) still works
+    # (a dry run then cannot keep it from downloading).
+    takes = "download" in inspect.signature(loader).parameters
+    return loader(info, data_dir, download=download) if takes else loader(info, data_dir)
 
 
 def augment_spec(info: DatasetInfo, h: int, w: int) -> AugmentSpec:

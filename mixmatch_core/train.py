@@ -78,7 +78,11 @@ def set_fp32_precision(tf32: bool, device: torch.device) -> None:
     if device.type != "cuda":
         return
     torch.set_float32_matmul_precision("high" if tf32 else "highest")   # keeps cuBLAS's flags consistent
-    for knob in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn):
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):      # torch < 2.9: the legacy switch only
+        torch.backends.cudnn.allow_tf32 = tf32
+        return
+    for knob in (conv, torch.backends.cudnn.rnn):
         knob.fp32_precision = "tf32" if tf32 else "ieee"
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .paper import load_reference, reference_dataset
 from .parent_run import log_artifacts
-from .runs import load_source, metric_histories
+from .runs import load_source, metric_histories, storage_states
 from .spec import file_stem
 from .table import Table, table_of
 
@@ -196,4 +196,5 @@ def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,
     """Every plot of the sweep into out_dir (PNG and SVG); with `parent_run_id`, also logged as
     artifacts (folder `plots`) of the sweep's parent run. Returns the files written (none when
     no cell has finished yet)."""
-    return log_artifacts(plot_table(table_of(load_source(sweep_or_spec, experiment)), out_dir), parent_run_id, "plots")
+    src = load_source(sweep_or_spec, experiment)
+    return log_artifacts(plot_table(table_of(src, states=storage_states(src, None)), out_dir), parent_run_id, "plots")

@@ -123,7 +123,8 @@ RUNS_CSV_COLUMNS = ["sweep", "run_id", "run_name", "cell_key", "dataset", "model
 
 
 def runs_csv(table: Table) -> str:
-    """Tidy CSV, one row per run (planned cells without a run: status MISSING); `counted` marks
+    """Tidy CSV, one row per run (planned cells without a run: status MISSING, or FAILED with the
+    queue's reason where a worker failed the cell before its run began); `counted` marks
     the run that stands for its cell; times in UTC ISO 8601."""
     df = table.runs.copy()
     for f in table.extra_axes:

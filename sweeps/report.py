@@ -92,7 +92,7 @@ def cell_states(table: Table, queue: dict | None) -> pd.DataFrame:
     cells = table.outcomes.copy()
     runs = table.runs[table.runs["run_id"].notna()].drop_duplicates("run_id")
     cells = cells.merge(runs[["run_id", "run_name", "experiment_id", "steps_per_s"]], on="run_id", how="left")
-    planned = table.runs.loc[table.runs["status"].eq("MISSING"), ["cell_key", "run_name"]]
+    planned = table.runs.loc[table.runs["run_id"].isna(), ["cell_key", "run_name"]]   # cells without a run
     cells["run_name"] = cells["run_name"].fillna(cells["cell_key"].map(dict(zip(planned["cell_key"],
                                                                                planned["run_name"]))))
     for i, key in cells["cell_key"].items():

@@ -44,13 +44,13 @@ def check_launch(cells: list[Config], url: str, local_workers: bool) -> None:
     device, the data (each dataset loaded once, downloaded if its loader downloads) and each
     cell's labeled split (train.check_runs). One line now, not one failed cell each. Workers
     elsewhere (--workers 0) may see other data and devices, so their cells are not checked here."""
+    store.check_storage_url(url)
+    check_reachable()
     if local_workers:
         for out_dir in sorted({x.out_dir for x in cells}):
             check_out_dir(out_dir)
         from mixmatch_core.train import check_runs   # lazy: torch, only where workers train here
-        check_runs(cells)
-    store.check_storage_url(url)
-    check_reachable()
+        check_runs(cells)               # last: it may load (or download) data
 
 
 def publish_sweep(spec: Spec, cells: list[Config], storage, url: str) -> tuple[optuna.Study, str]:

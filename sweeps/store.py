@@ -73,10 +73,18 @@ def default_storage(name: str) -> str:
 
 
 def check_storage_url(url: str) -> None:
+    """The URL's scheme; for SQLite, its folder: the default one (optuna/) is made when needed,
+    any other must exist (a typo in a --storage path would otherwise make folders anywhere and
+    start a new, empty queue there)."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in SCHEMES:
         raise ConfigError(f"storage: unknown URL scheme '{scheme or url}'; allowed: "
                           "sqlite:///FILE, postgresql://USER@HOST:PORT/DB, mysql://...")
+    if url.startswith("sqlite:///"):
+        folder = Path(url[len("sqlite:///"):]).parent
+        if not folder.is_dir() and not (folder.name == DEFAULT_DIR and folder.parent.is_dir()):
+            raise StorageError(f"storage {url}: folder '{folder}' does not exist; create it first, "
+                               f"or leave --storage out for ./{DEFAULT_DIR}/")
 
 
 def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int | None = 2,
@@ -90,11 +98,6 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, max_retry: int 
         path = Path(url[len("sqlite:///"):])
         if must_exist and not path.exists():
             raise StorageError(f"storage {url}: no such file (has the sweep been started here?)")
-        # The default folder (optuna/) is made; any other must exist: a typo in a --storage path
-        # would otherwise make folders anywhere and start a new, empty queue there.
-        if path.parent.name != DEFAULT_DIR and not path.parent.is_dir():
-            raise StorageError(f"storage {url}: folder '{path.parent}' does not exist; create it first, "
-                               f"or leave --storage out for ./{DEFAULT_DIR}/")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

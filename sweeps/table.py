@@ -150,7 +150,7 @@ def _cell_outcomes(runs: pd.DataFrame, planned: list[Config] | None,
         cells.loc[failed_early, "failure_reason"] = cells.loc[failed_early, "cell_key"].map(queue_failed)
     cells["error"] = cells["error"].where(counts)
     cells["n_runs"] = cells["n_runs"].fillna(0).astype(int)
-    missing = cells.loc[~has_run, ["run_name", "cell_key"] + PLACE].assign(
+    missing = cells.loc[~has_run, ["run_name", "cell_key", "failure_reason"] + PLACE].assign(
         sweep=None, run_id=None, status=np.where(failed_early[~has_run], "FAILED", "MISSING"), counted=False)
     if len(missing):
         runs = pd.concat([runs, missing], ignore_index=True)

@@ -254,6 +254,14 @@ def write_npz(path, **overrides):
     return f"npz:{path}"
 
 
+def test_a_loader_without_a_download_parameter_still_loads(tmp_path, monkeypatch):
+    """A dataset record's loader may be written as loader(info, data_dir), without `download`."""
+    import mixmatch_core.data as data
+    real = data.load_npz
+    monkeypatch.setattr(data, "load_npz", lambda info, data_dir: real(info, data_dir))
+    assert len(load_dataset(write_npz(tmp_path / "toy.npz"), "unused", download=False).y_train) > 0
+
+
 def test_npz_loads_uint8_nhwc_with_classes_from_the_max_label(tmp_path):
     ds = load_dataset(write_npz(tmp_path / "toy.npz"), "unused")
     assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (6, 32, 32, 3)

@@ -505,10 +505,11 @@ def test_a_storage_path_in_a_missing_folder_is_one_line_and_makes_no_folder(tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     (tmp_path / "spec.yaml").write_text(FAILING_SPEC)
-    url = f"sqlite:///{tmp_path}/typo/queues/q.db"
-    code, _, err = cli(STORAGE_COMMANDS["sweep"](url), capsys)
-    assert code == 2 and f"folder '{tmp_path}/typo/queues' does not exist" in the_error_line(err)
-    assert not (tmp_path / "typo").exists()
+    for folder in ("typo/queues", "typo/optuna"):      # an optuna/ folder only where its parent exists
+        url = f"sqlite:///{tmp_path}/{folder}/q.db"
+        code, _, err = cli(STORAGE_COMMANDS["sweep"](url), capsys)
+        assert code == 2 and f"folder '{tmp_path}/{folder}' does not exist" in the_error_line(err)
+        assert not (tmp_path / "typo").exists()
     assert_nothing_started(tmp_path)
 
 

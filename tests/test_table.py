@@ -103,7 +103,10 @@ def test_a_cell_its_queue_failed_before_any_run_is_failed_not_missing(store):
     assert "| no_sharpen | 30.00 (n=1/2, 1 failed) | 15.00 (n=1/2, 1 failed) |" in render.to_markdown(table)
     cell = table.outcomes.set_index("cell_key").loc[key]
     assert (cell["state"], cell["failure_reason"]) == ("failed", "ConfigError: no data here")
-    assert table.runs.set_index("cell_key").loc[key, "status"] == "FAILED"
+    assert table.runs.set_index("cell_key").loc[key, ["status", "failure_reason"]].tolist() == \
+        ["FAILED", "ConfigError: no data here"]
+    from sweeps.report import cell_states
+    assert cell_states(table, states).set_index("cell_key").loc[key, "run_name"] == "digits-100-s2-no_sharpen"
     assert "1 missing" in render.to_markdown(tb.table_of(load_source("quick.yaml")))     # without the queue
 
 

@@ -136,8 +136,12 @@ def test_a_compiled_run_matches_eager_and_resumes_exactly(tmp_path):
     generation, and g++ builds the scalar kernels in about 12 s of CPU instead of 18 (session 9,
     Xeon). The GPU check compiles every mode for real."""
     import torch._inductor.config as inductor_config
-    with inductor_config.patch({"cpp.vec_isa_ok": False}):
-        _compiled_matches_eager_and_resumes(tmp_path)
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+    try:
+        with inductor_config.patch({"cpp.vec_isa_ok": False}):
+            _compiled_matches_eager_and_resumes(tmp_path)
+    finally:
+        valid_vec_isa_list.cache_clear()     # it cached "no vector ISA" for the rest of the process
 
 
 def _compiled_matches_eager_and_resumes(tmp_path):
@@ -217,6 +221,18 @@ def test_a_cuda_run_computes_strict_fp32_unless_tf32_is_set(precision_flags):
     set_fp32_precision(True, torch.device("cpu"))
     set_fp32_precision(False, torch.device("cpu"))
     assert [k.fp32_precision for k in precision_flags] == before
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_before_torch_2_9_the_legacy_tf32_switch_is_set(precision_flags, monkeypatch, tf32):
+    """torch < 2.9 has no per-operator fp32_precision: the run sets cudnn.allow_tf32 instead of
+    failing (pyproject admits torch >= 2.4)."""
+    from mixmatch_core.train import set_fp32_precision
+    with monkeypatch.context() as m:
+        m.setattr(torch.backends.cudnn, "conv", None, raising=False)      # as on torch < 2.9
+        set_fp32_precision(tf32, torch.device("cuda"))
+    assert torch.backends.cudnn.allow_tf32 is tf32
+    assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
 
 
 def test_a_run_sets_the_precision_of_its_config_on_its_device(tmp_path, monkeypatch):
