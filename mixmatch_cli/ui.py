@@ -70,12 +70,12 @@ def runs_table_urls(base: str, experiment: str | None, uri: str) -> tuple[str, l
     (the spec's sweep, else the newest run's) where `mixmatch sweep` saved one; and the other
     views of that sweep, as (what, url). The UI's home when the store holds no run yet; a local
     store that does not exist is a one-line error (starting the UI would create an empty one)."""
-    from mixmatch_core.tracking import client   # lazy: MLflow takes seconds to import
+    from mixmatch_core.tracking import client, store_exists   # lazy: MLflow takes seconds to import
     sweep = None
     if experiment and experiment.endswith((".yaml", ".yml")):
         sweep = spec_sweep(experiment)
         experiment = spec_experiment(experiment)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+    if not store_exists(uri):
         raise ConfigError(f"no MLflow store at {uri}: nothing was tracked from this folder; start from the "
                           "folder you ran the sweeps in, or set MLFLOW_TRACKING_URI")
     c = client()

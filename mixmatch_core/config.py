@@ -236,8 +236,8 @@ def load_yaml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}' does not exist") from None
     except IsADirectoryError:
         yamls = sorted(p.name for p in Path(path).glob("*.y*ml"))
-        raise ConfigError(f"config file '{path}' is a directory; give one file"
-                          + (f", e.g. {Path(path) / yamls[0]} (it holds {', '.join(yamls)})" if yamls else "")) from None
+        example = f", e.g. {Path(path) / yamls[0]} (it holds {', '.join(yamls)})" if yamls else ""
+        raise ConfigError(f"config file '{path}' is a directory; give one file{example}") from None
     except OSError as e:
         raise ConfigError(f"config file '{path}' cannot be read ({e.strerror or e})") from None
     except yaml.YAMLError as e:

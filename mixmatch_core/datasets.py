@@ -8,7 +8,8 @@ its cost per step relative to a 32x32 image, where its images come from (the MLf
 input) and its loader. `dataset_info(name)` also answers for a user's `npz:PATH` file.
 
 Adding a dataset: one record here plus its loader (a function `(info, data_dir) -> Dataset`
-anywhere importable, optionally with a `download: bool` keyword that a dry run sets to False; the built-in ones are in mixmatch_core/data.py), and its tests. Loaders
+anywhere importable, optionally with a `download: bool` keyword that a dry run sets to False;
+the built-in ones are in mixmatch_core/data.py), and its tests. Loaders
 are named by "module:function" and imported only when a run opens its data, so resolving a
 config never imports torch or torchvision.
 """

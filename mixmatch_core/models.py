@@ -16,8 +16,8 @@ libml/models.py `ResNet.classifier`, with `scales=3, filters=32, repeat=4` for W
 TF details kept: leaky ReLU slope 0.1; batch norm momentum 0.999 (TF) = 0.001 (PyTorch) and
 epsilon 1e-3 (the tf.layers default); every conv has a bias (tf.layers.conv2d default
 use_bias=True, zero-initialised); conv kernels ~ N(0, 2 / (k * k * out_channels)); dense
-kernel Glorot-normal truncated at 2 std (TF 1.14's), zero bias; "same" padding as TF computes it (for a stride-2 3x3 conv
-on an even input: 0 pixels before, 1 after, not PyTorch's 1 and 1).
+kernel Glorot-normal truncated at 2 std (TF 1.14's), zero bias; "same" padding as TF computes
+it (for a stride-2 3x3 conv on an even input: 0 pixels before, 1 after, not PyTorch's 1 and 1).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ it), non-finite-loss detection, the progress bar, and handing metrics and artifa
 tracker. `train` is a short loop of named steps: open_session (setup and restore),
 start_tracking, train_step + optimizer_update, log_interval (StepMeter), evaluate_and_
 checkpoint, and the end of tracking (end_tracking, or the final metrics); `check_runs` makes
-open_session's data and device checks for many runs before any starts. It knows nothing of sweeps or Optuna: a
-caller may pass `on_eval` (e.g. to report to a pruner), `still_owner` (a lease: a queue
+open_session's data and device checks for many runs before any starts. It knows nothing of
+sweeps or Optuna: a caller may pass `on_eval` (e.g. to report to a pruner), `still_owner` (a lease: a queue
 that can hand a run to another process) and a `tracker`.
 
 GPU discipline (airbench): images live on the device as uint8, batches are sampled and

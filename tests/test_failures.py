@@ -525,7 +525,8 @@ def test_status_of_a_sweep_never_started_here_is_one_line_and_creates_no_storage
 
 
 CANNOT_TRAIN_HERE = {     # a cell value or option that every worker here would fail on at once
-    "labels beyond the data": ("dataset: digits, n_labeled: 20000", [], "n_labeled: 20000 exceeds the 1297 training images"),
+    "labels beyond the data": ("dataset: digits, n_labeled: 20000", [],
+                               "n_labeled: 20000 exceeds the 1297 training images"),
     "a missing npz file": ("dataset: npz:missing/cifar10.npz", [], "npz file 'missing/cifar10.npz' does not exist"),
     "CUDA without a GPU": ("dataset: digits", ["--device", "cuda"], "CUDA is not available"),
 }
