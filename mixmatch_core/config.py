@@ -91,9 +91,19 @@ class Config:
     vat_eps: float | None = knob_field("vat_eps", kind=float)
     vat_xi: float | None = knob_field("vat_xi", kind=float)
     entmin_weight: float | None = knob_field("entmin_weight", kind=float)
+    # --- a method's own optimiser (methods.optimizer_knobs; None: TF Adam, constant lr, decoupled wd)
+    optimizer: str | None = knob_field("optimizer", kind=str)
+    momentum: float | None = knob_field("momentum", kind=float)
+    nesterov: bool | None = knob_field("nesterov", kind=bool)
+    adam_beta1: float | None = knob_field("adam_beta1", kind=float)
+    adam_beta2: float | None = knob_field("adam_beta2", kind=float)
+    lr_schedule: str | None = knob_field("lr_schedule", kind=str)
+    lr_end: float | None = knob_field("lr_end", kind=float)
+    wd_mode: str | None = knob_field("wd_mode", kind=str)
     # --- optimisation -----------------------------------------------------------------------
-    lr: float = _f(0.002, "Adam learning rate (constant)")
-    wd: float = _f(0.02, "decoupled weight decay: conv/linear kernels *= 1 - wd * lr each step")
+    lr: float = _f(0.002, "learning rate (the base of lr_schedule where the method has one; MixMatch: Adam, constant)")
+    wd: float = _f(0.02, "weight decay of conv/linear kernels: decoupled, kernels *= 1 - wd * lr each step (MixMatch), "
+                         "or as wd_mode says")
     ema_decay: float = _f(0.999, "parameter EMA decay per step")
     ema: bool = _f(True, "evaluate (and report) the EMA model; false: the live model")
     # --- runtime (not part of the run's identity) -------------------------------------------
@@ -298,7 +308,7 @@ def resolve(user: dict[str, Any] | None = None, variants: dict[str, dict[str, An
 def _without_unset(values: dict[str, Any] | None) -> dict[str, Any]:
     """Drop method hyperparameters given as null: a run's own config.yaml lists the other
     methods' fields as null, and must load back as the same config."""
-    optional = method_fields()           # MixMatch's fields included: they are its knobs
+    optional = method_fields() | {n for n, f in FIELDS.items() if f.metadata.get("knob")}   # MixMatch's included
     return {k: v for k, v in (values or {}).items() if not (v is None and k in optional)}
 
 

@@ -39,6 +39,7 @@ from torch import Tensor
 from .augment import AugmentSpec, augment_batch, pad_reflect, to_float
 from .config import ConfigError
 from .datasets import LABELED_POOLS, DatasetInfo, allowed, dataset_info
+from .views import Probe, Unlabeled, Views
 
 DIGITS_N_TEST = 500   # images; the other 1297 of the 1797 are the training set
 DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split is the same for every run
@@ -517,16 +518,46 @@ class DeviceData:
     def labeled_batch(self, batch: int) -> tuple[Tensor, Tensor]:
         """(x float32 [B, C, H, W] in [-1, 1], y int64 [B]): B labeled images from the epoch
         sampler, each augmented once (Algorithm 1 line 2)."""
+        x, y = self._labeled_weak(batch)
+        return to_float(x, self.channels_last), y
+
+    def _labeled_weak(self, batch: int) -> tuple[Tensor, Tensor]:
         idx = self.labeled_sampler.next(batch)
-        x = augment_batch(self.x_labeled, self.spec, index=idx)
-        return to_float(x, self.channels_last), self.y_labeled[idx]
+        return augment_batch(self.x_labeled, self.spec, index=idx), self.y_labeled[idx]
+
+    def draw(self, views: Views, batch: int, strong=None) -> tuple[Tensor, Tensor, Unlabeled, Probe | None]:
+        """One step's named views (views.py): the labeled batch (x, y) of `batch` images, the
+        unlabeled views of `views.uratio * batch` images and CTAugment's probe. `strong`
+        (strong.py) applies the run's strong augmentation to uint8 images and draws the probe.
+        The draws come in a fixed order: labeled indices and flip-and-shift, the labeled
+        strong augmentation, the unlabeled indices, the weak views, the strong views, the probe.
+        For weak views only this is exactly `labeled_batch` then `unlabeled_batch`."""
+        if views.needs_strong and strong is None:
+            raise ValueError(f"{views} needs a strong augmentation")
+        xl, y = self._labeled_weak(batch)
+        x = strong(xl) if views.labeled == "strong" else xl
+        u = Unlabeled()
+        if views.n_unlabeled:
+            self._check_unlabeled()
+            idx = self.unlabeled_sampler.next(batch * views.uratio)
+            weak = [augment_batch(self.x_unlabeled, self.spec, index=idx) for _ in range(views.weak)]
+            hard = [strong(augment_batch(self.x_unlabeled, self.spec, index=idx)) for _ in range(views.strong)]
+            u = Unlabeled([to_float(v, self.channels_last) for v in weak], [to_float(v, self.channels_last) for v in hard])
+        probe = None
+        if views.probe:
+            px, policy = strong.probe(xl)
+            probe = Probe(to_float(px, self.channels_last), y, policy)
+        return to_float(x, self.channels_last), y, u, probe
+
+    def _check_unlabeled(self) -> None:
+        if self.n_unlabeled == 0:
+            raise ValueError("the unlabeled set is empty (n_labeled + val_size uses every training "
+                             "image); use method=supervised")
 
     def unlabeled_batch(self, batch: int, K: int) -> list[Tensor]:
         """K float32 tensors [B, C, H, W] in [-1, 1]: the same B unlabeled images under K
         independent augmentations (Algorithm 1 lines 3-5)."""
-        if self.n_unlabeled == 0:
-            raise ValueError("the unlabeled set is empty (n_labeled + val_size uses every training "
-                             "image); use method=supervised")
+        self._check_unlabeled()
         idx = self.unlabeled_sampler.next(batch)
         return [to_float(augment_batch(self.x_unlabeled, self.spec, index=idx), self.channels_last)
                 for _ in range(K)]

@@ -1,8 +1,15 @@
-"""Adam as the official code computes it: `tf.train.AdamOptimizer(lr)` (TF 1.x defaults beta1
-0.9, beta2 0.999, epsilon 1e-8), i.e. TF's ApplyAdam kernel.
+"""The optimisers as the official code computes them, the learning-rate schedules, and how
+weight decay enters: `tf.train.AdamOptimizer(lr)` (TF 1.x defaults beta1 0.9, beta2 0.999,
+epsilon 1e-8), i.e. TF's ApplyAdam kernel, and `tf.train.MomentumOptimizer(lr, momentum,
+use_nesterov)` (FixMatch), i.e. TF's ApplyMomentum kernel.
 
-Owns: the optimiser's state (the two moments, the step count, the beta powers), its update
-and its checkpoint form. What a step does after it (the decoupled weight decay, the EMA) is
+Owns: each optimiser's state, update and checkpoint form; `build_optimizer(cfg, params)`;
+`lr_at(cfg, step)` (the host-side schedule: constant, or FixMatch's cosine or linear decay);
+`UpdateRule` (the run's lr and where its weight decay enters: decoupled, kernels *= 1 - wd * lr
+after the step as MixMatch and ReMixMatch do, or coupled, wd * sum(l2_loss(kernels)) added to
+the loss as FixMatch does). A method that owns no optimiser knobs (MixMatch, the baselines)
+trains with Adam, a constant lr and decoupled decay, as every file of google-research/mixmatch.
+What a step does with these (backward, the step, the decay, the EMA) is
 train.optimizer_update's.
 
 Where TF's Adam differs from torch.optim.Adam (which the common PyTorch ports use):
@@ -29,17 +36,32 @@ a 2-core AMD EPYC VM), which a run that does not compile never uses.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 import torch
 
-__all__ = ["Adam"]
+__all__ = ["Adam", "Momentum", "UpdateRule", "build_optimizer", "lr_at", "update_rule"]
 
 _F32 = np.float32
 
 
-class Adam:
+class _Params:
+    """What both optimisers share: their parameter list, gradient reset and settable lr."""
+    params: list[torch.Tensor]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def set_lr(self, lr: float) -> None:
+        """The lr of the next step (float32, as TF feeds it to the kernel)."""
+        self.lr = _F32(lr)
+
+
+class Adam(_Params):
     """TF 1.x Adam over a fixed list of parameters, updated with multi-tensor (foreach) ops."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, beta1: float = 0.9, beta2: float = 0.999,
@@ -51,10 +73,6 @@ class Adam:
         self.steps = 0
         # TF's non-slot variables beta1_power and beta2_power: beta at step 1, times beta after each step.
         self.beta1_power, self.beta2_power = self.beta1, self.beta2
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
@@ -103,3 +121,98 @@ class Adam:
         for _ in range(steps):
             b1, b2 = b1 * self.beta1, b2 * self.beta2
         return b1, b2
+
+
+class Momentum(_Params):
+    """TF 1.x MomentumOptimizer (ApplyMomentum) over a fixed list of parameters:
+        accum <- accum * momentum + grad
+        var   <- var - (grad * lr + accum * momentum * lr)     (use_nesterov)
+        var   <- var - accum * lr                              (otherwise)
+    torch.optim.SGD(nesterov=True) computes the same quantities in another order (lr applied
+    to grad + momentum * buf); here TF's order, as the official FixMatch ran. `lr` is set by the
+    trainer before each step (a host float: the schedule needs no device read)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.9,
+                 nesterov: bool = True) -> None:
+        self.params = list(params)
+        self.lr, self.momentum, self.nesterov = _F32(lr), _F32(momentum), nesterov
+        self.accum = [torch.zeros_like(p) for p in self.params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        have = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if have:
+            params = [self.params[i] for i in have]
+            grads = [self.params[i].grad for i in have]
+            accum = [self.accum[i] for i in have]
+            torch._foreach_mul_(accum, float(self.momentum))
+            torch._foreach_add_(accum, grads)
+            if self.nesterov:
+                update = torch._foreach_mul(grads, float(self.lr))
+                torch._foreach_add_(update, torch._foreach_mul(torch._foreach_mul(accum, float(self.momentum)),
+                                                               float(self.lr)))
+            else:
+                update = torch._foreach_mul(accum, float(self.lr))
+            torch._foreach_sub_(params, update)
+        self.steps += 1
+
+    def state_dict(self) -> dict:
+        return {"format": "tf_momentum", "steps": self.steps, "accum": list(self.accum)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != "tf_momentum" or len(state["accum"]) != len(self.params):
+            raise ValueError("optimiser state is not a Momentum state of this model")
+        for dst, src in zip(self.accum, state["accum"]):
+            dst.copy_(src)
+        self.steps = state["steps"]
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """How a run's weights move, from its config (host values, fixed for the run):
+    `wd_factor` multiplies the kernels after each step (decoupled decay; 1.0 = none) and
+    `l2` is the coefficient of wd * sum(l2_loss(kernels)) in the loss (coupled decay; its
+    gradient wd * kernel is added to each kernel's gradient)."""
+    optimizer: str
+    schedule: str
+    wd_factor: float
+    l2: float
+
+
+def update_rule(cfg) -> UpdateRule:
+    """The run's update rule: the method's optimiser knobs where it owns them (None: Adam, a
+    constant lr, decoupled decay). Decoupled decay uses the base lr, as the official files do
+    (mixmatch.py, remixmatch_no_cta.py: `wd *= lr` before any schedule; 0.02 * 0.002 = 4e-5 per
+    step, where the MixMatch paper's text says 0.0004, ten times the code's value)."""
+    optimizer = getattr(cfg, "optimizer", None) or "adam"
+    schedule = getattr(cfg, "lr_schedule", None) or "constant"
+    coupled = (getattr(cfg, "wd_mode", None) or "decoupled") == "l2"
+    return UpdateRule(optimizer, schedule, 1.0 if coupled else 1.0 - cfg.wd * cfg.lr, cfg.wd if coupled else 0.0)
+
+
+def build_optimizer(cfg, params: Iterable[torch.Tensor]) -> "Adam | Momentum":
+    """The run's optimiser at its base lr."""
+    if update_rule(cfg).optimizer == "momentum":
+        return Momentum(params, cfg.lr, cfg.momentum, cfg.nesterov)
+    beta1, beta2 = getattr(cfg, "adam_beta1", None), getattr(cfg, "adam_beta2", None)
+    if beta1 is None:
+        return Adam(params, lr=cfg.lr)
+    # ablation/ab_fixmatch_adam.py: AdamOptimizer(lr, beta1, beta2), and epsilon 1e-4 when beta2 == 0
+    return Adam(params, lr=cfg.lr, beta1=beta1, beta2=beta2, epsilon=1e-4 if beta2 == 0 else 1e-8)
+
+
+def lr_at(cfg, step: int) -> float:
+    """The lr of step `step` (0-based, the step being taken), a host float.
+    constant: cfg.lr. cosine (fixmatch.py): lr * cos(7 pi t / 16), t = clip(step / steps, 0, 1),
+    so the last step runs at lr * cos(7 pi / 16) = 0.195 lr. linear (ab_fixmatch_linearlr.py):
+    lr + (lr_end - lr) * t. The official t counts the global step before the update (the graph
+    reads `self.step`, which the same session.run increments), as here."""
+    schedule = update_rule(cfg).schedule
+    if schedule == "constant":
+        return cfg.lr
+    # float32 throughout, as the TF graph computes it (tf.to_float(step) / (train_kimg << 10))
+    t = np.clip(_F32(step) / _F32(cfg.steps), _F32(0), _F32(1))
+    if schedule == "cosine":
+        return float(_F32(cfg.lr) * np.cos(t * _F32(7 * math.pi) / _F32(2 * 8)))
+    return float(_F32(cfg.lr) + (_F32(cfg.lr_end) - _F32(cfg.lr)) * t)

@@ -38,7 +38,7 @@ from .checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, prepare_run
 from .config import Config, ConfigError
 from .data import DatasetNotLocal, DeviceData, draw_split, load_dataset
 from .models import build_model
-from .optim import Adam
+from .optim import Adam, Momentum, UpdateRule, build_optimizer, lr_at, update_rule
 from .report import final_metrics, write_run_artifacts
 
 __all__ = ["train", "RunResult", "RunStopped", "TrainingFailed", "RunTakenOver", "CheckpointError", "Session",
@@ -130,17 +130,22 @@ def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay
 
 def make_optimizer(params: list[torch.Tensor], lr: float) -> Adam:
     """Adam with a constant lr (official: 0.002, no L2 term in the loss), as TF 1.x computes it
-    (optim.py: epsilon outside the bias correction, float32 beta powers), with multi-tensor ops."""
+    (optim.py: epsilon outside the bias correction, float32 beta powers), with multi-tensor ops:
+    MixMatch's and the baselines' optimiser (`build_optimizer(cfg, ...)` gives any method's)."""
     return Adam(params, lr=lr)
 
 
-def optimizer_update(opt: Adam, loss: torch.Tensor, params: list[torch.Tensor],
+def optimizer_update(opt: Adam | Momentum, loss: torch.Tensor, params: list[torch.Tensor],
                      ema_params: list[torch.Tensor], wd_params: list[torch.Tensor], wd_factor: float,
-                     ema_decay: float) -> None:
-    """Everything a step does after its losses: backward, the Adam step, the official decoupled
-    weight decay (kernels *= wd_factor, no L2 term) and the parameter EMA. No host sync."""
+                     ema_decay: float, l2: float = 0.0) -> None:
+    """Everything a step does after its losses: backward, the coupled weight decay where the
+    method has it (`l2`: the gradient of l2 * sum(l2_loss(kernels)) = l2 * kernel, added to each
+    kernel's gradient; FixMatch's wd * loss_wd in the loss), the optimiser step, the decoupled
+    weight decay (kernels *= wd_factor; MixMatch: no L2 term) and the parameter EMA. No host sync."""
     opt.zero_grad()
     loss.backward()
+    if l2:
+        torch._foreach_add_([p.grad for p in wd_params], wd_params, alpha=l2)
     opt.step()
     with torch.no_grad():
         if wd_factor != 1.0:
@@ -213,11 +218,12 @@ class Session:
     method: ModuleType
     model: nn.Module
     ema_model: nn.Module
-    opt: Adam
+    opt: Adam | Momentum
     fwd: nn.Module                   # the model's forward as the step calls it (compiled or not)
     fwd_ema: nn.Module
     amp_ctx: Callable[[], contextlib.AbstractContextManager]
     ckpt_path: Path
+    strong: StrongAugment | None = None   # the run's strong augmentation (its state: CTAugment's rates)
     step: int = 0
     history: list[dict] = field(default_factory=list)
     pending: list = field(default_factory=list)   # tracker points not yet flushed at the checkpoint
@@ -227,9 +233,7 @@ class Session:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema_params = list(self.ema_model.parameters())
         self.wd_params = decay_params(self.model)
-        # Official code: kernels *= (1 - wd * lr) after each Adam step, no L2 term in the loss
-        # (0.02 * 0.002 = 4e-5 per step; the paper's text says 0.0004, ten times the code's value).
-        self.wd_factor = 1.0 - self.cfg.wd * self.cfg.lr
+        self.rule: UpdateRule = update_rule(self.cfg)     # decoupled factor or coupled l2 (optim.py)
 
 
 def _amp_context(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -249,7 +253,7 @@ def open_data(cfg: Config, device: torch.device, method: ModuleType) -> DeviceDa
 
 
 def _check_unlabeled(cfg: Config, method: ModuleType, n_unlabeled: int) -> None:
-    if method.unlabeled_views(cfg) and n_unlabeled == 0:
+    if method.views(cfg).n_unlabeled and n_unlabeled == 0:
         raise ConfigError(f"n_labeled: {cfg.n_labeled} + val_size {cfg.val_size} use every training image of "
                           f"'{cfg.dataset}', leaving no unlabeled images for method '{cfg.method}'; lower them "
                           "or use a supervised method (supervised, fs_mixup)")
@@ -295,13 +299,14 @@ def open_session(cfg: Config, restart: bool = False) -> Session:
     data = open_data(cfg, device, method)
     prepare_run_dir(ckpt_path.parent)   # an unwritable out_dir fails here, before MLflow hears of the run
     model, ema_model = build_models(cfg, data.n_classes, data.in_channels, device, data.image_size[1])
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
+    opt = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     # The EMA model runs forward in the step only as a teacher (mean_teacher, ict, ema_guess);
     # torch.compile is lazy, so an unused compiled wrapper costs nothing. Evaluation uses the
     # plain modules: its batches have another shape, which would only add graphs.
     fwd, fwd_ema = (compiled(model, cfg.compile_mode), compiled(ema_model, cfg.compile_mode)) if cfg.compile \
         else (model, ema_model)
-    s = Session(cfg, device, data, method, model, ema_model, opt, fwd, fwd_ema, _amp_context(cfg, device), ckpt_path)
+    s = Session(cfg, device, data, method, model, ema_model, opt, fwd, fwd_ema, _amp_context(cfg, device), ckpt_path,
+                None)
     if state is not None:
         restore(s, state)
     return s
@@ -314,6 +319,8 @@ def restore(s: Session, state: dict) -> None:
     s.ema_model.load_state_dict(state["ema"])
     s.opt.load_state_dict(state["opt"])
     s.data.load_state_dict(state["data"])
+    if s.strong is not None:
+        s.strong.load_state_dict(state["augment"])
     torch.set_rng_state(state["rng_cpu"])
     if s.device.type == "cuda" and state.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(state["rng_cuda"], s.device)
@@ -329,6 +336,7 @@ def checkpoint(s: Session, tracker) -> None:
         "cell_key": s.cfg.cell_key, "config": s.cfg.to_dict(), "step": s.step, "finished": s.step >= s.cfg.steps,
         "model": s.model.state_dict(), "ema": s.ema_model.state_dict(), "opt": s.opt.state_dict(),
         "data": s.data.state_dict(), "rng_cpu": torch.get_rng_state(),
+        **({"augment": s.strong.state_dict()} if s.strong is not None else {}),
         "rng_cuda": torch.cuda.get_rng_state(s.device) if cuda else None,
         "history": s.history, "run_id": s.run_id, "pending": list(tracker.pending) if tracker is not None else [],
     })
@@ -386,7 +394,7 @@ def log_interval(s: Session, meter: StepMeter, tracker, bar, w: float, result: R
     sps = result.steps_per_s = meter.read(s.step)
     loss, lx, lu = meter.means
     if tracker is not None:
-        tracker.log_metrics({"loss": loss, "loss_x": lx, "loss_u": lu, "lambda_u": w, "lr": s.cfg.lr,
+        tracker.log_metrics({"loss": loss, "loss_x": lx, "loss_u": lu, "lambda_u": w, "lr": float(s.opt.lr),
                              "steps_per_s": sps, "images_per_s": sps * s.cfg.batch_size}, s.step)
     if bar is not None:
         bar.update(s.step - bar.n)
@@ -450,9 +458,11 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
     try:
         meter = StepMeter(s.device, s.step)
         while s.step < cfg.steps:
-            w = s.method.unlabeled_weight(cfg, s.step)   # host float: no sync
-            loss, lx, lu = train_step(cfg, s.method, s.fwd, s.fwd_ema, s.data, s.amp_ctx, w)
-            optimizer_update(s.opt, loss, s.params, s.ema_params, s.wd_params, s.wd_factor, cfg.ema_decay)
+            w = s.method.unlabeled_weight(cfg, s.step)   # host floats: no sync
+            s.opt.set_lr(lr_at(cfg, s.step))
+            loss, lx, lu = train_step(cfg, s.method, s.fwd, s.fwd_ema, s.data, s.amp_ctx, w, s.strong)
+            optimizer_update(s.opt, loss, s.params, s.ema_params, s.wd_params, s.rule.wd_factor, cfg.ema_decay,
+                             s.rule.l2)
             meter.add(loss, lx, lu)
             s.step += 1
             is_eval = s.step % cfg.eval_every == 0 or s.step == cfg.steps
@@ -476,16 +486,33 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
             bar.close()
 
 
-def train_step(cfg: Config, method, fwd, fwd_ema, data: DeviceData, amp_ctx, w: float):
-    """One step's losses: the labeled batch and the method's unlabeled views, sampled and
-    augmented on the device, then `method.losses` (mixmatch_core/methods). Returns (loss,
-    loss_x, loss_u) as device tensors; `w` is the unlabeled weight at this step."""
-    B = cfg.batch_size
-    x, y = data.labeled_batch(B)
-    n_views = method.unlabeled_views(cfg)
-    u_views = data.unlabeled_batch(B, n_views) if n_views else []
+def train_step(cfg: Config, method, fwd, fwd_ema, data: DeviceData, amp_ctx, w: float,
+               strong: StrongAugment | None = None):
+    """One step's losses: the labeled batch and the method's named views (views.py), sampled
+    and augmented on the device, CTAugment's probe scored and learned from, then
+    `method.losses` (mixmatch_core/methods). Returns (loss, loss_x, loss_u) as device tensors;
+    `w` is the unlabeled weight at this step."""
+    x, y, u, probe = data.draw(method.views(cfg), cfg.batch_size, strong)
+    if probe is not None:
+        learn_from_probe(strong, probe, fwd, fwd_ema, amp_ctx)
     with amp_ctx():
-        return method.losses(cfg, fwd, fwd_ema, x, y, u_views, w)
+        return method.losses(cfg, fwd, fwd_ema, x, y, u, w)
+
+
+@torch.no_grad()
+def learn_from_probe(strong: StrongAugment, probe, model: nn.Module, ema_model: nn.Module, amp_ctx) -> None:
+    """CTAugment's update from this step's probe (cta/lib/train.py train_step): the EMA model in
+    inference mode (the official classify_op: EMA weights, the live model's BN statistics)
+    scores the probe images, and each image's proximity 1 - 0.5 |p - onehot(y)|_1 updates the
+    bins of the policy it was drawn with. The official session.run fetches classify_op beside
+    train_op with no dependency between them, so the probe reads the EMA weights of before the
+    step, as here. No host sync: the rates are device tensors."""
+    copy_buffers(ema_model, model)
+    ema_model.eval()
+    with amp_ctx():
+        probs = torch.softmax(ema_model(probe.x).float(), dim=-1)
+    ema_model.train()
+    strong.learn(probe.policy, probs, probe.y)
 
 
 def evaluate_all(cfg: Config, model, ema_model, data: DeviceData, amp_ctx, n_classes: int) -> dict:

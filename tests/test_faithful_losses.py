@@ -15,6 +15,7 @@ import torch
 from mixmatch_core import methods
 from mixmatch_core.config import ConfigError, resolve
 from mixmatch_core.methods import METHODS, pseudo_label
+from mixmatch_core.views import Unlabeled
 
 
 def np_softmax(z):
@@ -113,7 +114,7 @@ def sq_err(p, q):
 def losses_of(name, x, y, u_views, w, weight=0.7, ema_w=None, **user):
     cfg = resolve({"variant": name, **user})
     mod = methods.load(name)
-    t = [torch.tensor(v) for v in u_views[:mod.unlabeled_views(cfg)]]
+    t = Unlabeled([torch.tensor(v) for v in u_views[:mod.views(cfg).weak]])
     teacher = Linear(ema_w if ema_w is not None else w)
     loss, lx, lu = mod.losses(cfg, Linear(w), teacher, torch.tensor(x), torch.tensor(y), t, weight)
     return cfg, loss.item(), lx.item(), lu.item()

@@ -14,6 +14,7 @@ from torch import nn
 from mixmatch_core import methods
 from mixmatch_core.config import resolve
 from mixmatch_core.methods import METHODS, pseudo_label
+from mixmatch_core.views import Unlabeled
 
 
 class Recorder(nn.Module):
@@ -51,7 +52,7 @@ def run(name: str, K: int = 2, seed: int = 0, dtype=torch.float32):
     cfg = resolve({"variant": name})
     mod = methods.load(name)
     torch.manual_seed(seed)
-    out = mod.losses(cfg, live, teacher, x, y, u_views[:mod.unlabeled_views(cfg)], 0.7)
+    out = mod.losses(cfg, live, teacher, x, y, Unlabeled(u_views[:mod.views(cfg).weak]), 0.7)
     return out, live, teacher, cfg
 
 
@@ -117,7 +118,7 @@ def test_mixmatch_with_ema_guess_guesses_with_the_ema_model_without_gradient():
     u_views = [torch.randn(6, 4, generator=g) for _ in range(2)]
     w = torch.randn(4, 3, generator=g)
     live, ema = Recorder(w), Recorder(0.5 * w)
-    loss, _, _ = methods.load("mixmatch").losses(resolve({"variant": "ema_guess"}), live, ema, x, y, u_views, 1.0)
+    loss, _, _ = methods.load("mixmatch").losses(resolve({"variant": "ema_guess"}), live, ema, x, y, Unlabeled(u_views), 1.0)
     assert len(ema.outputs) == 2 and len(live.outputs) == 3
     assert not any(receives(loss, ema.outputs)) and all(receives(loss, live.outputs))
 

@@ -16,6 +16,7 @@ from mixmatch_core import methods
 from mixmatch_core.config import CHOICES, VARIANTS, ConfigError, help_text, resolve
 from mixmatch_core.methods import FULL_METHOD, METHODS, common, pi_model, vat
 from mixmatch_core.train import train
+from mixmatch_core.views import Unlabeled
 
 BASELINES = [m for m in METHODS if m != FULL_METHOD]
 
@@ -24,7 +25,7 @@ BASELINES = [m for m in METHODS if m != FULL_METHOD]
 def test_every_listed_method_is_a_module_with_the_three_functions():
     for name in METHODS:
         mod = methods.load(name)
-        assert callable(mod.unlabeled_views) and callable(mod.unlabeled_weight) and callable(mod.losses), name
+        assert callable(mod.views) and callable(mod.unlabeled_weight) and callable(mod.losses), name
 
 
 def test_config_choices_variants_and_help_derive_from_the_registry():
@@ -146,7 +147,7 @@ def test_only_the_labeled_pass_updates_batch_norm_statistics(name):
     ema_before = {k: v.clone() for k, v in ema_model.state_dict().items()}
     cfg = resolve({"variant": name})
     mod = methods.load(name)
-    mod.losses(cfg, model, ema_model, x, y, [u1 + 3.0, u2 - 2.0][:mod.unlabeled_views(cfg)], 1.0)
+    mod.losses(cfg, model, ema_model, x, y, Unlabeled([u1 + 3.0, u2 - 2.0][:mod.views(cfg).weak]), 1.0)
     reference(x)                                   # one training-mode pass on the labeled batch
     for k, v in reference.state_dict().items():
         assert torch.allclose(model.state_dict()[k], v), k
@@ -212,7 +213,7 @@ def test_mixmatch_gives_every_view_the_same_sharpened_average_guess(monkeypatch,
     mm_method, seen = _recording_mixup(monkeypatch)
     x, y, u, w = _mixmatch_inputs(K)
     cfg = resolve({"variant": "mixmatch", "K": K})
-    mm_method.losses(cfg, Fixed(w), Fixed(torch.zeros_like(w)), x, y, u, 1.0)
+    mm_method.losses(cfg, Fixed(w), Fixed(torch.zeros_like(w)), x, y, Unlabeled(u), 1.0)
     q = torch.stack([F.softmax(v @ w, -1) for v in u]).mean(0).pow(2)        # T = 0.5
     q = q / q.sum(-1, keepdim=True)
     B = x.shape[0]
@@ -224,7 +225,7 @@ def test_mixmatch_unlabeled_loss_covers_all_k_views(monkeypatch):
     x, y, u, w = _mixmatch_inputs(K=2)
     from mixmatch_core.methods import mixmatch as mm_method
     cfg = resolve({"variant": "no_mixup"})                    # no mixing: the loss is readable
-    _, _, lu = mm_method.losses(cfg, Fixed(w), None, x, y, u, 1.0)
+    _, _, lu = mm_method.losses(cfg, Fixed(w), None, x, y, Unlabeled(u), 1.0)
     q = torch.stack([F.softmax(v @ w, -1) for v in u]).mean(0).pow(2)
     q = q / q.sum(-1, keepdim=True)
     expected = torch.cat([(q - F.softmax(v @ w, -1)) ** 2 for v in u]).mean()
@@ -239,7 +240,7 @@ def test_the_ema_model_guesses_only_with_ema_guess(monkeypatch, ema_guess):
     x, y, u, w = _mixmatch_inputs(K=2)
     live, ema = Fixed(w), Fixed(torch.zeros_like(w))          # the EMA model guesses uniform
     cfg = resolve({"variant": "ema_guess" if ema_guess else "mixmatch"})
-    mm_method.losses(cfg, live, ema, x, y, u, 1.0)
+    mm_method.losses(cfg, live, ema, x, y, Unlabeled(u), 1.0)
     guess = seen["targets"][4:8]
     uniform = torch.allclose(guess, torch.full_like(guess, 1 / 3), atol=1e-6)
     assert uniform == ema_guess

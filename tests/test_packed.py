@@ -18,6 +18,7 @@ from mixmatch_core.augment import AugmentSpec
 from mixmatch_core.config import resolve
 from mixmatch_core.methods.common import sample_lambda
 from mixmatch_core.train import build_models
+from mixmatch_core.views import Unlabeled
 
 TINY_WRN = "wrn10_1"        # WRN-10-1: one block per stage, 16-32-64 channels; seconds on CPU
 
@@ -80,7 +81,7 @@ def test_the_one_model_step_is_the_trainers_mixmatch_losses_given_its_draws():
     lam, perm = sample_lambda(24, cfg.alpha), torch.randperm(24)
     ours = pk.mixmatch_losses(cfg, model, pk.Draws(x, y, u, lam, perm), 75.0, packed=False)
     torch.manual_seed(5)
-    theirs = methods.load("mixmatch").losses(cfg, twin, None, x, y, u, 75.0)
+    theirs = methods.load("mixmatch").losses(cfg, twin, None, x, y, Unlabeled(u), 75.0)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 

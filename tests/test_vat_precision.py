@@ -11,6 +11,7 @@ from torch import nn
 
 from mixmatch_core.config import resolve
 from mixmatch_core.methods import vat
+from mixmatch_core.views import Unlabeled
 
 
 class TinyConv(nn.Module):
@@ -39,7 +40,7 @@ def _r_adv(bf16: bool) -> torch.Tensor:
     model = TinyConv()
     torch.manual_seed(3)                                     # the same probe in both runs
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        vat.losses(resolve({"variant": "vat"}), model, None, x, y, [u], 0.3)
+        vat.losses(resolve({"variant": "vat"}), model, None, x, y, Unlabeled([u]), 0.3)
     return model.seen[-1] - u
 
 

@@ -12,14 +12,17 @@ This file imports no torch, so configs and sweeps resolve without it (a relaunch
 nothing stays fast). Each method's losses live in `methods/<name>.py`, one short file read
 beside its official file in google-research/mixmatch, with these module-level functions:
 
-    unlabeled_views(cfg) -> int       augmented views of the unlabeled batch per step
+    views(cfg) -> views.Views         what the step draws (mixmatch_core/views.py): the labeled
+                                      view, K weak and/or strong unlabeled views, the unlabeled
+                                      ratio and CTAugment's probe
     unlabeled_weight(cfg, step) -> float
                                       weight of the unlabeled loss at this step (a host float:
                                       the ramp-up is computed on the host, no device sync)
-    losses(cfg, model, ema_model, x, y, u_views, w) -> (loss, loss_x, loss_u)
+    losses(cfg, model, ema_model, x, y, u, w) -> (loss, loss_x, loss_u)
                                       one step's losses as device tensors; `model` and
                                       `ema_model` are in training mode, `x`/`y` the augmented
-                                      labeled batch, `u_views` the list of unlabeled views.
+                                      labeled batch, `u` the unlabeled views by name
+                                      (`u.weak`, `u.strong`: lists of [uratio * B, C, H, W]).
 
 Adding a method: one file in this folder, one line in METHODS (with its knobs), its tests. A
 new knob is also a field of mixmatch_core/config.py's Config (`knob_field(NAME)`): the
@@ -85,6 +88,28 @@ def _consistency(default: float) -> Knob:
 
 def _alpha(default: float | None) -> Knob:
     return _nonneg("Beta(alpha, alpha) parameter of MixUp (official flag `beta`)", default)
+
+
+def optimizer_knobs(optimizer: str, lr_schedule: str, wd_mode: str) -> dict[str, Knob]:
+    """The knobs of a method that declares its own optimiser, lr schedule and weight-decay rule
+    (optim.py), with its official file's defaults. A method without them trains as every file of
+    google-research/mixmatch does: TF Adam, a constant lr, decoupled decay. The flags of
+    fixmatch.py and its ablation/ files: momentum, nesterov (ab_fixmatch_momentum.py), beta1,
+    beta2 (ab_fixmatch_adam.py), lr_end (ab_fixmatch_linearlr.py)."""
+    return {
+        "optimizer": Knob(optimizer, "adam (TF AdamOptimizer) | momentum (TF MomentumOptimizer)",
+                          choices=("adam", "momentum")),
+        "momentum": Knob(0.9, "optimizer=momentum: momentum coefficient", lambda v: 0 <= v < 1, "in [0, 1)"),
+        "nesterov": Knob(True, "optimizer=momentum: Nesterov momentum (official use_nesterov)"),
+        "adam_beta1": Knob(0.9, "optimizer=adam: beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+        "adam_beta2": Knob(0.999, "optimizer=adam: beta2 (0: epsilon 1e-4, as ab_fixmatch_adam.py)",
+                           lambda v: 0 <= v < 1, "in [0, 1)"),
+        "lr_schedule": Knob(lr_schedule, "constant | cosine (lr * cos(7 pi t / 16), t = step / steps) | "
+                            "linear (lr to lr_end)", choices=("constant", "cosine", "linear")),
+        "lr_end": _nonneg("lr_schedule=linear: the lr at the last step", 0.02),
+        "wd_mode": Knob(wd_mode, "decoupled (kernels *= 1 - wd * lr after each step) | l2 (wd * sum of "
+                        "l2_loss(kernels) added to the loss)", choices=("decoupled", "l2")),
+    }
 
 
 # MixMatch's knobs (paper notation). Their defaults are the Config dataclass's (the paper's

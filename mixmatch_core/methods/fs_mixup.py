@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import torch
 
+from ..views import Unlabeled, Views
 from .common import mix_rows, mixup_xent, reversed_index, sample_lambda
 
 
-def unlabeled_views(cfg) -> int:
-    return 0
+def views(cfg) -> Views:
+    return Views()
 
 
 def unlabeled_weight(cfg, step: int) -> float:
     return 0.0
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
     B = x.shape[0]
     lam, rev = sample_lambda(B, cfg.alpha, x.device), reversed_index(B, x.device)
     lx = mixup_xent(model(mix_rows(x, rev, lam)), y, rev, lam)

@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import torch
 
+from ..views import Unlabeled, Views
 from .common import (consistency_warmup, frozen_bn_stats, mixup_pairs, reversed_index,
                      sample_lambda, squared_prob_error, xent)
 
 
-def unlabeled_views(cfg) -> int:
-    return 1
+def views(cfg) -> Views:
+    return Views(weak=1)
 
 
 def unlabeled_weight(cfg, step: int) -> float:
     return cfg.consistency_weight * consistency_warmup(step, cfg.steps, cfg.warmup_pos)
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
-    u = u_views[0]
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
+    u = u.weak[0]                               # the one weak view
     lam, rev = sample_lambda(u.shape[0], cfg.alpha, u.device), reversed_index(u.shape[0], u.device)
     logits_x = model(x)                         # the one pass that updates BN statistics
     with torch.no_grad(), frozen_bn_stats(ema_model):

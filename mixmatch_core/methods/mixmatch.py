@@ -17,27 +17,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..views import Unlabeled, Views
 from .common import frozen_bn_stats, mixup_pairs, sample_lambda, soft_xent, squared_prob_error
 
 MIXUP_MODES = ("all", "none", "labeled", "unlabeled", "separate")
 BN_MODES = ("interleave", "fused")
 
 
-def unlabeled_views(cfg) -> int:
-    return cfg.K                    # Algorithm 1 line 5: K augmentations per unlabeled image
+def views(cfg) -> Views:
+    return Views(weak=cfg.K)   # Algorithm 1 line 5: K augmentations per unlabeled image
 
 
 def unlabeled_weight(cfg, step: int) -> float:
     return cfg.lambda_u * rampup(step, cfg.rampup_steps)   # Eq. 5, ramped (warmup_kimg 1024)
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
     B, K = x.shape[0], cfg.K
     # Lines 6-8: the live model guesses (official), in training mode, BN updates discarded;
     # the Table 4 "with parameter EMA" row lets the EMA model guess.
-    q = guess_labels(ema_model if cfg.ema_guess else model, u_views, cfg.T)
+    q = guess_labels(ema_model if cfg.ema_guess else model, u.weak, cfg.T)
     targets = torch.cat([F.one_hot(y, q.shape[1]).float()] + [q] * K)
-    mixed, mixed_t = mixup(torch.cat([x] + u_views), targets, B, cfg.alpha, cfg.mixup)
+    mixed, mixed_t = mixup(torch.cat([x] + u.weak), targets, B, cfg.alpha, cfg.mixup)
     logits = forward_interleaved(model, list(mixed.split(B)), B, cfg.bn_mode)
     lx = soft_xent(logits[0].float(), mixed_t[:B])
     lu = squared_prob_error(torch.cat(logits[1:]).float(), mixed_t[B:])

@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import torch
 
+from ..views import Unlabeled, Views
 from .common import (frozen_bn_stats, mix_rows, mixup_pairs, mixup_xent,
                      reversed_index, sample_lambda, soft_xent)
 
 
-def unlabeled_views(cfg) -> int:
-    return 1                           # libml/data.py: one augmentation per unlabeled image
+def views(cfg) -> Views:
+    return Views(weak=1)   # libml/data.py: one augmentation per unlabeled image
 
 
 def unlabeled_weight(cfg, step: int) -> float:
     return 1.0                         # loss_xe + loss_xeu: no weight, no warm-up
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
-    B, u = x.shape[0], u_views[0]
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
+    B, u = x.shape[0], u.weak[0]       # the one weak view
     rev = reversed_index(B, x.device)
     lam_x = sample_lambda(B, cfg.alpha, x.device)
     lx = mixup_xent(model(mix_rows(x, rev, lam_x)), y, rev, lam_x)   # updates BN statistics

@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import torch
 
+from ..views import Unlabeled, Views
 from .common import consistency_warmup, frozen_bn_stats, squared_prob_error, xent
 
 
-def unlabeled_views(cfg) -> int:
-    return 2                       # libml/data_pair.py: two augmentations of each image
+def views(cfg) -> Views:
+    return Views(weak=2)   # libml/data_pair.py: two augmentations of each image
 
 
 def unlabeled_weight(cfg, step: int) -> float:
     return cfg.consistency_weight * consistency_warmup(step, cfg.steps, cfg.warmup_pos)
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
     logits_x = model(x)                         # the one pass that updates BN statistics
     with frozen_bn_stats(model):
         with torch.no_grad():                   # official: tf.stop_gradient on the teacher
-            teacher = torch.softmax(model(u_views[0]).float(), dim=-1)
-        student = model(u_views[1])
+            teacher = torch.softmax(model(u.weak[0]).float(), dim=-1)
+        student = model(u.weak[1])
     lx = xent(logits_x, y)
     lu = squared_prob_error(student.float(), teacher)    # mean over rows and classes of squared error
     return lx + w * lu, lx, lu

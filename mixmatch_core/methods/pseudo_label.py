@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import METHODS
+from ..views import Unlabeled, Views
 from .common import consistency_warmup, frozen_bn_stats, xent
 
 PL_MASKS = METHODS["pseudo_label"].hparams["pl_mask"].choices   # official, per_row: declared in the registry
 
 
-def unlabeled_views(cfg) -> int:
-    return 1
+def views(cfg) -> Views:
+    return Views(weak=1)
 
 
 def unlabeled_weight(cfg, step: int) -> float:
@@ -61,10 +62,10 @@ def pseudo_label_loss(logits_u: Tensor, threshold: float, pl_mask: str = "offici
     return (per_row * mask).mean()
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
     logits_x = model(x)                         # the one pass that updates BN statistics
     with frozen_bn_stats(model):
-        logits_u = model(u_views[0])
+        logits_u = model(u.weak[0])
     lx = xent(logits_x, y)
     lu = pseudo_label_loss(logits_u, cfg.threshold, cfg.pl_mask)
     return lx + w * lu, lx, lu

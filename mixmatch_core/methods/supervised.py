@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import torch
 
+from ..views import Unlabeled, Views
 from .common import xent
 
 
-def unlabeled_views(cfg) -> int:
-    return 0
+def views(cfg) -> Views:
+    return Views()
 
 
 def unlabeled_weight(cfg, step: int) -> float:
     return 0.0
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
     lx = xent(model(x), y)
     return lx, lx, torch.zeros((), device=lx.device)

@@ -36,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..views import Unlabeled, Views
 from .common import consistency_warmup, frozen_bn_stats, xent
 
 
-def unlabeled_views(cfg) -> int:
-    return 1                           # libml/data.py: one augmentation per unlabeled image
+def views(cfg) -> Views:
+    return Views(weak=1)   # libml/data.py: one augmentation per unlabeled image
 
 
 def unlabeled_weight(cfg, step: int) -> float:
@@ -120,9 +121,9 @@ def entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(dim=-1).mean()
 
 
-def losses(cfg, model, ema_model, x, y, u_views, w: float):
+def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
     logits_x = model(x)                         # the one pass that updates BN statistics
-    u = u_views[0]
+    u = u.weak[0]                               # the one weak view
     with frozen_bn_stats(model):
         with strict_fp32():                     # the probe's reference: same precision as the probe
             logits_u = model(at_least_fp32(u))
