@@ -100,6 +100,12 @@ class Config:
     lr_schedule: str | None = knob_field("lr_schedule", kind=str)
     lr_end: float | None = knob_field("lr_end", kind=float)
     wd_mode: str | None = knob_field("wd_mode", kind=str)
+    # --- a method's strong view (methods.augment_knobs; strong.py) -------------------------------
+    augment: str | None = knob_field("augment", kind=str)
+    cutout: bool | None = knob_field("cutout", kind=bool)
+    cta_depth: int | None = knob_field("cta_depth", kind=int)
+    cta_threshold: float | None = knob_field("cta_threshold", kind=float)
+    cta_decay: float | None = knob_field("cta_decay", kind=float)
     # --- optimisation -----------------------------------------------------------------------
     lr: float = _f(0.002, "learning rate (the base of lr_schedule where the method has one; MixMatch: Adam, constant)")
     wd: float = _f(0.02, "weight decay of conv/linear kernels: decoupled, kernels *= 1 - wd * lr each step (MixMatch), "

@@ -112,6 +112,23 @@ def optimizer_knobs(optimizer: str, lr_schedule: str, wd_mode: str) -> dict[str,
     }
 
 
+def augment_knobs(augment: str, cutout: bool) -> dict[str, Knob]:
+    """The knobs of a method with a strong view (strong.py): which strong augmentation, whether
+    Cutout follows it, and CTAugment's flags with cta/lib/train.py's defaults (depth 2, threshold
+    0.80, decay 0.99; the CTAugment class's own default threshold is 0.85)."""
+    return {
+        "augment": Knob(augment, "strong augmentation: ctaugment (learned from a labeled probe) | randaugment "
+                        "(fixmatch's RA variant) | none (the strong view is only Cutout, or weak)",
+                        choices=("ctaugment", "randaugment", "none")),
+        "cutout": Knob(cutout, "Cutout after the strong augmentation (fixmatch.py appends OP('cutout', (1,)))"),
+        "cta_depth": Knob(2, "augment=ctaugment: ops per policy (official adepth)", lambda v: v >= 1, ">= 1"),
+        "cta_threshold": Knob(0.80, "augment=ctaugment: bins below this share of the best are never drawn "
+                              "(official ath)", lambda v: 0 <= v < 1, "in [0, 1)"),
+        "cta_decay": Knob(0.99, "augment=ctaugment: decay of the bins' rates per update (official adecay)",
+                          lambda v: 0 < v < 1, "in (0, 1)"),
+    }
+
+
 # MixMatch's knobs (paper notation). Their defaults are the Config dataclass's (the paper's
 # CIFAR-10 setting; the dataset presets adjust lambda_u and alpha).
 MIXMATCH_KNOBS = {
