@@ -126,9 +126,12 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(ch, n_classes)
         _init_official(self)
 
+    def embed(self, x: Tensor) -> Tensor:
+        """The pooled features the head reads (official `embeds`; ReMixMatch's rotation head too)."""
+        return _lrelu(self.bn(self.blocks(self.stem(x)))).mean((2, 3))  # global average pool over H, W
+
     def forward(self, x: Tensor) -> Tensor:
-        x = _lrelu(self.bn(self.blocks(self.stem(x))))
-        return self.fc(x.mean((2, 3)))  # global average pool over H, W
+        return self.fc(self.embed(x))
 
 
 class SmallCNN(nn.Module):
@@ -150,8 +153,11 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(ch, n_classes)
         _init_official(self)
 
+    def embed(self, x: Tensor) -> Tensor:
+        return self.features(x).mean((2, 3))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x).mean((2, 3)))
+        return self.fc(self.embed(x))
 
 
 TRUNCATED_NORMAL_STD = 0.87962566103423978   # std of N(0, 1) truncated to [-2, 2] (TF's constant)

@@ -105,13 +105,21 @@ def decay_params(model: nn.Module) -> list[torch.Tensor]:
 
 
 def build_models(cfg: Config, n_classes: int, in_channels: int, device: torch.device,
-                 image_width: int = 32) -> tuple[nn.Module, nn.Module]:
+                 image_width: int = 32, data: DeviceData | None = None) -> tuple[nn.Module, nn.Module]:
     """The live model and its EMA copy (same initial weights, no gradients), both in training
     mode: the EMA model is switched to eval() for evaluation and, with ema_guess, guesses
-    labels in training mode like the live model."""
+    labels in training mode like the live model. A method with parameters or state of its own
+    (ReMixMatch's rotation head, its label-distribution averages) adds them to both models with
+    `extend_model(cfg, model, data)`: they are then trained, averaged, checkpointed and resumed
+    with the model's own."""
     shape = dict(scales=cfg.scales, image_width=image_width)   # WRN stages: cfg.scales, 0 = official auto
-    model = build_model(cfg.model, n_classes, in_channels, **shape).to(device)
-    ema_model = build_model(cfg.model, n_classes, in_channels, **shape).to(device)
+    extend = getattr(methods.load(cfg.method), "extend_model", None)
+    model = build_model(cfg.model, n_classes, in_channels, **shape)
+    ema_model = build_model(cfg.model, n_classes, in_channels, **shape)
+    if extend is not None:
+        extend(cfg, model, data)
+        extend(cfg, ema_model, data)
+    model, ema_model = model.to(device), ema_model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
         ema_model = ema_model.to(memory_format=torch.channels_last)
@@ -298,7 +306,7 @@ def open_session(cfg: Config, restart: bool = False) -> Session:
     method = methods.load(cfg.method)
     data = open_data(cfg, device, method)
     prepare_run_dir(ckpt_path.parent)   # an unwritable out_dir fails here, before MLflow hears of the run
-    model, ema_model = build_models(cfg, data.n_classes, data.in_channels, device, data.image_size[1])
+    model, ema_model = build_models(cfg, data.n_classes, data.in_channels, device, data.image_size[1], data)
     opt = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     # The EMA model runs forward in the step only as a teacher (mean_teacher, ict, ema_guess);
     # torch.compile is lazy, so an unused compiled wrapper costs nothing. Evaluation uses the
