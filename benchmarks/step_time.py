@@ -348,7 +348,8 @@ def time_round_robin(fns: dict[str, callable], steps: int, warmup: int, repeats:
 
 def run(args) -> dict:
     from mixmatch_core.data import DeviceData, split_labeled
-    from mixmatch_core.train import device_name, resolve_device, seed_everything, set_fp32_precision
+    from mixmatch_core.precision import set_fp32_precision
+    from mixmatch_core.train import device_name, resolve_device, seed_everything
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
