@@ -40,7 +40,7 @@ from .data import DatasetNotLocal, DeviceData, draw_split, load_dataset
 from .models import build_model
 from .optim import Adam
 from .precision import set_fp32_precision
-from .report import final_metrics, write_run_artifacts
+from .run_report import final_metrics, write_run_artifacts
 
 __all__ = ["train", "RunResult", "RunStopped", "TrainingFailed", "RunTakenOver", "CheckpointError", "Session",
            "open_session", "train_step", "evaluate_all", "build_models", "optimizer_update", "resolve_device"]
