@@ -64,3 +64,15 @@ def test_a_folder_without_the_release_is_one_line_and_writes_nothing(tmp_path, c
     code, io = run(["data", "cifar10-npz", "--out", str(out), "--from", str(tmp_path)], capsys)
     assert code == 2 and io.err.count("\n") == 1 and "cifar-10-python.tar.gz" in io.err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_offline_without_from_is_one_line_saying_to_give_the_tarball(tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):  # never touch the network, even on a connected machine
+        raise urllib.error.URLError("offline")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    out = tmp_path / "c.npz"
+    code, io = run(["data", "cifar10-npz", "--out", str(out), "--data-dir", str(tmp_path / "dl")], capsys)
+    assert code == 2 and io.err.count("\n") == 1 and "--from" in io.err and not out.exists()
