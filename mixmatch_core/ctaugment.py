@@ -59,26 +59,6 @@ def _enhance_op(degenerate: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Ten
     return lambda x, lv: io.blend(degenerate(x), x, 0.1 + 1.9 * lv[:, 0].double())
 
 
-def autocontrast_image(x: Tensor) -> Tensor:
-    return io.apply_lut(x, io.autocontrast_lut(io.histogram(x)))
-
-
-def equalize_image(x: Tensor) -> Tensor:
-    return io.apply_lut(x, io.equalize_lut(io.histogram(x)))
-
-
-def color_degenerate(x: Tensor) -> Tensor:
-    """ImageEnhance.Color: convert('L').convert(mode); an 'L' image is its own degenerate."""
-    return io.grayscale(x).expand_as(x)
-
-
-def contrast_degenerate(x: Tensor) -> Tensor:
-    """ImageEnhance.Contrast: a flat image of int(mean of convert('L') + 0.5)."""
-    gray = io.grayscale(x).to(torch.float64)
-    mean = torch.floor(gray.sum((1, 2, 3)) / gray[0].numel() + 0.5)
-    return mean.to(torch.uint8).view(-1, 1, 1, 1).expand_as(x)
-
-
 def cutout(x: Tensor, lv: Tensor) -> Tensor:
     """Official cutout(level): a gray (127) square of side 2 * (size // 2), size = 1 +
     int(level * min(W, H) * 0.499), centred on a uniformly drawn pixel, clipped."""
@@ -101,9 +81,7 @@ def _affine(matrix: Callable[[Tensor], list]) -> Callable[[Tensor, Tensor], Tens
     """Image.transform(x.size, AFFINE, matrix(level)) with NEAREST, black fill."""
     def op(x: Tensor, lv: Tensor) -> Tensor:
         v = lv[:, 0].double()
-        one, zero = torch.ones_like(v), torch.zeros_like(v)
-        coeffs = [c if torch.is_tensor(c) else (one if c == 1 else zero) for c in matrix(v)]
-        return io.affine_nearest(x, torch.stack(coeffs, 1))[0]
+        return io.affine_nearest(x, io.affine_matrix(matrix(v), v))[0]
     return op
 
 
@@ -144,13 +122,13 @@ def rescale(x: Tensor, lv: Tensor) -> Tensor:
 # name -> (bins per level, op(x uint8 [m, H, W, C], levels [m, 2]) -> uint8), in libml's
 # registration order (random.choice(list(OPS.keys())) draws by position).
 OPS: dict[str, tuple[tuple[int, ...], Callable[[Tensor, Tensor], Tensor]]] = {
-    "autocontrast": ((17,), _blend_op(autocontrast_image)),
+    "autocontrast": ((17,), _blend_op(io.autocontrast)),
     "blur": ((17,), _blend_op(io.blur_filter)),
     "brightness": ((17,), _enhance_op(torch.zeros_like)),
-    "color": ((17,), _enhance_op(color_degenerate)),
-    "contrast": ((17,), _enhance_op(contrast_degenerate)),
+    "color": ((17,), _enhance_op(io.color_degenerate)),
+    "contrast": ((17,), _enhance_op(io.contrast_degenerate)),
     "cutout": ((17,), cutout),
-    "equalize": ((17,), _blend_op(equalize_image)),
+    "equalize": ((17,), _blend_op(io.equalize)),
     "invert": ((17,), _blend_op(lambda x: 255 - x)),
     "identity": ((), lambda x, lv: x),
     "posterize": ((8,), posterize),

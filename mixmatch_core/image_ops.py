@@ -125,6 +125,29 @@ def solarize_lut(threshold: Tensor, channels: int) -> Tensor:
     return lut.to(torch.uint8)[:, None].expand(-1, channels, -1)
 
 
+def autocontrast(x: Tensor) -> Tensor:
+    """ImageOps.autocontrast(image) per image."""
+    return apply_lut(x, autocontrast_lut(histogram(x)))
+
+
+def equalize(x: Tensor) -> Tensor:
+    """ImageOps.equalize(image) per image."""
+    return apply_lut(x, equalize_lut(histogram(x)))
+
+
+def color_degenerate(x: Tensor) -> Tensor:
+    """ImageEnhance.Color's degenerate: convert('L').convert(mode); an 'L' image is its own."""
+    return grayscale(x).expand_as(x)
+
+
+def contrast_degenerate(x: Tensor) -> Tensor:
+    """ImageEnhance.Contrast's degenerate: a flat image of int(mean of convert('L') + 0.5)
+    (ImageStat's mean: sum / count in double)."""
+    gray = grayscale(x).to(torch.float64)
+    mean = torch.floor(gray.sum((1, 2, 3)) / gray[0].numel() + 0.5)
+    return mean.to(torch.uint8).view(-1, 1, 1, 1).expand_as(x)
+
+
 def apply_lut(x: Tensor, lut: Tensor) -> Tensor:
     """Image.point(lut) per image and channel: out[i, y, x, c] = lut[i, c, x[i, y, x, c]].
     x: uint8 [n, H, W, C]; lut: uint8 [n, C, 256]."""
@@ -205,11 +228,18 @@ def affine_nearest(x: Tensor, matrix: Tensor, fill: int = 0) -> tuple[Tensor, Te
     return out, inside
 
 
+def affine_matrix(coefficients: Sequence[Tensor | int], like: Tensor) -> Tensor:
+    """float64 [n, 6] from six per-image tensors [n] or the constants 0 and 1."""
+    return torch.stack([c.to(torch.float64) if torch.is_tensor(c) else torch.full_like(like, float(c), dtype=torch.float64)
+                        for c in coefficients], 1)
+
+
 @functools.lru_cache(maxsize=None)
-def _rotation_table(width: int, height: int, max_degrees: int) -> tuple[tuple[float, ...], ...]:
+def _rotation_table(width: int, height: int, max_degrees: int, device: torch.device) -> Tensor:
     """Image.rotate(angle)'s inverse affine matrix (centre (w / 2, h / 2), no expand, no
     translate) for each integer angle in [-max_degrees, max_degrees], computed in Python
-    doubles with Pillow's own expressions so the matrices are bit-identical."""
+    doubles with Pillow's own expressions so the matrices are bit-identical: float64 [2 *
+    max_degrees + 1, 6], built once per size and device."""
     cx, cy = width / 2, height / 2
     rows = []
     for degrees in range(-max_degrees, max_degrees + 1):
@@ -219,14 +249,13 @@ def _rotation_table(width: int, height: int, max_degrees: int) -> tuple[tuple[fl
         c = a * -cx + b * -cy + 0.0 + cx
         f = d * -cx + e * -cy + 0.0 + cy
         rows.append((a, b, c, d, e, f))
-    return tuple(rows)
+    return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
 def rotation_matrices(degrees: Tensor, width: int, height: int, max_degrees: int = 45) -> Tensor:
     """float64 [n, 6] matrices of Image.rotate for integer `degrees` [n] in [-max_degrees,
     max_degrees]. Angle 0 gives the identity (Pillow copies; the map is the same)."""
-    table = torch.tensor(_rotation_table(width, height, max_degrees), dtype=torch.float64,
-                         device=degrees.device)
+    table = _rotation_table(width, height, max_degrees, degrees.device)
     return table[degrees.to(torch.int64) + max_degrees]
 
 
@@ -278,16 +307,16 @@ def _resize_taps(method: str, in_size: int, out_size: int) -> list[list[tuple[in
 
 
 @functools.lru_cache(maxsize=None)
-def _resize_tables(out_size: int) -> tuple[list, list]:
+def _resize_tables(out_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Tap indices and weights for every input size 1..out_size and every method, padded to
-    the widest kernel: nested lists [in_size - 1][method][out][tap]."""
+    the widest kernel: int64 [in_size - 1, method, out, tap], built once per size and device."""
     all_taps = [[_resize_taps(m, s, out_size) for m in RESAMPLE_METHODS] for s in range(1, out_size + 1)]
     width = max(len(t) for per_size in all_taps for per_m in per_size for t in per_m)
     index = [[[[i for i, _ in t] + [0] * (width - len(t)) for t in per_m] for per_m in per_size]
              for per_size in all_taps]
     weight = [[[[k for _, k in t] + [0] * (width - len(t)) for t in per_m] for per_m in per_size]
               for per_size in all_taps]
-    return index, weight
+    return torch.tensor(index, device=device), torch.tensor(weight, device=device)
 
 
 def _resample_axis(x: Tensor, axis: int, start: Tensor, size: Tensor, method: Tensor) -> Tensor:
@@ -295,9 +324,9 @@ def _resample_axis(x: Tensor, axis: int, start: Tensor, size: Tensor, method: Te
     columns): the crop [start, start + size) of that axis is resized to its full length.
     Fixed-point accumulate from 1 << 21, >> 22, clip to [0, 255] (Resample.c clip8)."""
     n, length = x.shape[0], x.shape[axis]
-    index, weight = _resize_tables(length)
-    index = torch.tensor(index, device=x.device)[size - 1, method] + start.view(n, 1, 1)  # [n, L, T]
-    weight = torch.tensor(weight, device=x.device)[size - 1, method]
+    index, weight = _resize_tables(length, x.device)
+    index = index[size - 1, method] + start.view(n, 1, 1)                   # [n, L, T]
+    weight = weight[size - 1, method]
     acc = torch.full_like(x, 1 << (_PRECISION_BITS - 1))
     shape = [n, 1, 1, 1]
     shape[axis] = length
