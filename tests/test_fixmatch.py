@@ -30,8 +30,8 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def official_loss_xeu(logits_weak, logits_strong, confidence, T=1.0, soft=False) -> float:
-    """fixmatch.py lines 104-110 (T: ab_fixmatch_sharpen.py line 54; soft:
-    ab_fixmatch_sharpen_conditional_consistency.py lines 53-58)."""
+    """fixmatch.py lines 113-118 (T: ab_fixmatch_sharpen.py line 54; soft:
+    ab_fixmatch_sharpen_conditional_consistency.py lines 54-59)."""
     p = np.exp(log_softmax(logits_weak / T))
     logp_strong = log_softmax(logits_strong)
     if soft:
@@ -102,7 +102,7 @@ def test_sharpened_and_soft_pseudo_labels_are_those_of_the_ablation_files(T, sof
 
 @pytest.mark.parametrize("anchoring", ["weak.strong", "weak.weak", "strong.strong", "strong.weak"])
 def test_anchoring_takes_the_pseudo_label_from_the_first_named_view(anchoring):
-    # ab_fixmatch_anchoring.py lines 27-29: view 0 is weak or strong per the flag's first word,
+    # ab_fixmatch_anchoring.py lines 40-41: view 0 is weak or strong per the flag's first word,
     # view 1 per its second; views of one kind are augmented independently.
     kinds = anchoring.split(".")
     cfg = fixmatch_cfg(anchoring=anchoring)
@@ -118,7 +118,7 @@ def test_anchoring_takes_the_pseudo_label_from_the_first_named_view(anchoring):
 # ---- gradient flow ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["hard", "soft"])
 def test_the_pseudo_label_sends_no_gradient_into_the_weak_rows(target):
-    # fixmatch.py line 104: pseudo_labels = tf.stop_gradient(softmax(logits_weak)). The one pass
+    # fixmatch.py line 113: pseudo_labels = tf.stop_gradient(softmax(logits_weak)). The one pass
     # returns [labeled, weak, strong] rows; L_u may reach the strong rows only.
     cfg = fixmatch_cfg(pseudo_target=target, confidence=0.5)
     x, y, u = batch(seed=3)
@@ -143,7 +143,7 @@ def images(seed, n):
 
 
 def test_labeled_weak_and_strong_rows_share_one_pass_and_one_bn_update():
-    # fixmatch.py lines 96-100: interleave + para_cat on one GPU = one training-mode pass over the
+    # fixmatch.py lines 98-102: interleave + para_cat on one GPU = one training-mode pass over the
     # concatenation; post_ops = its UPDATE_OPS, run once.
     model = bn_model()
     reference = copy.deepcopy(model)
@@ -217,7 +217,7 @@ def net_loss(net):
 
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_two_steps_are_tf_momentum_on_the_loss_plus_wd_times_l2_loss_of_the_kernels(nesterov):
-    # fixmatch.py lines 125, 130-131: loss_wd = sum(l2_loss(kernels)) (biases excluded: 'kernel'
+    # fixmatch.py lines 122, 130-131: loss_wd = sum(l2_loss(kernels)) (biases excluded: 'kernel'
     # in the name), MomentumOptimizer(lr, 0.9, use_nesterov).minimize(loss + wd * loss_wd);
     # ab_fixmatch_momentum.py line 74 with its flag nesterov. TF ApplyMomentum, numpy float32:
     #   accum = accum * m + g;  var -= g * lr + accum * m * lr  (nesterov)  |  accum * lr
@@ -259,7 +259,7 @@ OFFICIAL = {
     "ema_decay": 0.999,          # fixmatch.py line 85: model(..., ema=0.999)
     "optimizer": "momentum", "momentum": 0.9, "nesterov": True,   # fixmatch.py line 130
     "lr_schedule": "cosine",     # fixmatch.py line 93
-    "wd_mode": "l2",             # fixmatch.py lines 125, 131: wd * loss_wd in the minimised loss
+    "wd_mode": "l2",             # fixmatch.py lines 122, 131: wd * loss_wd in the minimised loss
     "augment": "ctaugment", "cutout": True,   # fixmatch.py line 40: CTA policy + OP('cutout', (1,))
     "cta_depth": 2, "cta_threshold": 0.80, "cta_decay": 0.99,     # cta/lib/train.py lines 26-28
     "T": 1.0,                    # ab_fixmatch_sharpen*.py: flag T, default 1
@@ -271,7 +271,7 @@ OFFICIAL = {
 OFFICIAL_DIFFS = {
     "fixmatch": {},
     "fixmatch_ra": {"augment": "randaugment", "cutout": True},   # ab_fixmatch_ra.py line 157: 'd.d.rac'
-    "fixmatch_nocutout": {"cutout": False},          # ab_fixmatch_nocutout.py: cta.policy only
+    "fixmatch_nocutout": {"cutout": False},          # ab_fixmatch_nocutout.py line 38: cta.policy only
     "fixmatch_onlycutout": {"augment": "none", "cutout": True},   # ab_fixmatch_onlycutout.py line 35
     "fixmatch_conditional_consistency": {"pseudo_target": "soft"},   # ..._conditional_consistency.py l. 56
     "fixmatch_adam": {"optimizer": "adam", "lr": 0.002},      # ab_fixmatch_adam.py lines 78, 127
