@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import statistics
 import sys
@@ -57,6 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .results import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO / ".." / "shared" / "datasets" / "cifar10.npz"
@@ -346,13 +347,8 @@ def time_round_robin(fns: dict[str, callable], steps: int, warmup: int, repeats:
     return out
 
 
-def run(args) -> dict:
-    from mixmatch_core.data import DeviceData, split_labeled
-    from mixmatch_core.train import device_name, resolve_device, seed_everything, set_fp32_precision
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else (lambda m: None)
+def chosen_settings(args, device) -> tuple[list[str], list[str]]:
+    """The settings to measure and those skipped (bf16 where it is not native, unless asked)."""
     skipped: list[str] = []
     if args.amp is not None or args.channels_last:
         names = [setting_name(args.amp or "none", args.channels_last)]
@@ -366,18 +362,13 @@ def run(args) -> dict:
     bad = [n for n in names + [args.naive_setting] if n not in SETTINGS]
     if bad:
         raise SystemExit(f"step_time: unknown setting(s) {', '.join(bad)}; allowed: {', '.join(SETTINGS)}")
+    return names, skipped
 
-    load0 = os.getloadavg()
-    seed_everything(0)
-    t0 = time.perf_counter()
-    ds, ds_name, data_desc = load_data(args.data)
-    base_cfg = make_config(ds_name, args.model, args.batch, args.K, args.n_labeled, "none", False, str(device),
-                           args.compile)
-    set_fp32_precision(base_cfg.tf32, device)   # the trainer's arithmetic (strict fp32 on CUDA) for every step
-    data = DeviceData.build(ds, args.n_labeled, 1, 0, device, False)
-    log(f"data: {data_desc}; on {device} in {time.perf_counter() - t0:.1f} s")
+
+def build_steps(args, names: list[str], ds, ds_name: str, data, base_cfg, device) -> dict[str, callable]:
+    """(a) the project's step and (b) the floor per setting, then (c) the naive port: name -> step."""
+    from mixmatch_core.data import split_labeled
     hw, cin, ncls = data.image_size, data.in_channels, data.n_classes
-
     fns: dict[str, callable] = {}
     for n in names:
         amp, cl = SETTINGS[n]
@@ -388,15 +379,12 @@ def run(args) -> dict:
         lab, unl, _ = split_labeled(ds.y_train, args.n_labeled, ds.n_classes, 1, 0)
         amp, cl = SETTINGS[args.naive_setting]
         fns[f"c:{args.naive_setting}"] = NaiveStep(base_cfg, ds, lab, unl, device, amp, cl)
+    return fns
 
-    t0 = time.perf_counter()
-    per_rep = time_round_robin(fns, args.steps, args.warmup, args.repeats, device, log)
-    wall = time.perf_counter() - t0
-    med = {k: statistics.median(v) for k, v in per_rep.items()}
-    images = args.batch * (1 + args.K)  # labeled + K unlabeled views per step
 
+def setting_rows(names: list[str], med: dict[str, float], images: int, c_key: str) -> list[dict]:
+    """One row per setting: (a), (b), their ratio and difference, images/s, and (c)/(a)."""
     rows = []
-    c_key = f"c:{args.naive_setting}"
     for n in names:
         a, b = med[f"a:{n}"], med[f"b:{n}"]
         row = {"setting": n, "a_project_s": a, "b_floor_s": b, "a_over_b": a / b, "a_minus_b_s": a - b,
@@ -404,6 +392,17 @@ def run(args) -> dict:
         if c_key in med:
             row["c_over_a"] = med[c_key] / a
         rows.append(row)
+    return rows
+
+
+def result_record(args, device, data_desc: str, names: list[str], skipped: list[str], timing: dict,
+                  fns: dict) -> dict:
+    """The JSON record: the machine, the setup, the timings (`timing`: per_rep, med, wall,
+    load0) and one row per setting in `names`."""
+    from mixmatch_core.train import device_name
+    per_rep, med = timing["per_rep"], timing["med"]
+    c_key = f"c:{args.naive_setting}"
+    rows = setting_rows(names, med, args.batch * (1 + args.K), c_key)   # images: labeled + K unlabeled views
     result = {
         "benchmark": "step_time",
         "model": args.model, "device": str(device), "device_name": device_name(device),
@@ -417,7 +416,7 @@ def run(args) -> dict:
         "naive_definition": "DataLoader(num_workers=0) + per-image torchvision transforms (PIL), persistent "
                             "iterator, one lambda per batch, .item() of 3 losses per step, default Adam, "
                             f"per-tensor EMA loop; setting {args.naive_setting}",
-        "load_avg_before": load0, "load_avg_after": os.getloadavg(), "timed_wall_s": wall,
+        "load_avg_before": timing["load0"], "load_avg_after": os.getloadavg(), "timed_wall_s": timing["wall"],
         "skipped_settings": skipped,
         "seconds_per_step_per_repeat": per_rep, "median_seconds_per_step": med,
         "naive_s": med.get(c_key),
@@ -431,6 +430,36 @@ def run(args) -> dict:
         result["best_setting"] = best["setting"]
         result["c_over_best_a"] = med[c_key] / best["a_project_s"]
     return result
+
+
+def run(args) -> dict:
+    """Load the data, build every step, time them round-robin; the JSON record."""
+    from mixmatch_core.data import DeviceData
+    from mixmatch_core.precision import set_fp32_precision
+    from mixmatch_core.train import resolve_device, seed_everything
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else (lambda m: None)
+    names, skipped = chosen_settings(args, device)
+
+    load0 = os.getloadavg()
+    seed_everything(0)
+    t0 = time.perf_counter()
+    ds, ds_name, data_desc = load_data(args.data)
+    base_cfg = make_config(ds_name, args.model, args.batch, args.K, args.n_labeled, "none", False, str(device),
+                           args.compile)
+    set_fp32_precision(base_cfg.tf32, device)   # the trainer's arithmetic (strict fp32 on CUDA) for every step
+    data = DeviceData.build(ds, args.n_labeled, 1, 0, device, False)
+    log(f"data: {data_desc}; on {device} in {time.perf_counter() - t0:.1f} s")
+    fns = build_steps(args, names, ds, ds_name, data, base_cfg, device)
+
+    t0 = time.perf_counter()
+    per_rep = time_round_robin(fns, args.steps, args.warmup, args.repeats, device, log)
+    wall = time.perf_counter() - t0
+    med = {k: statistics.median(v) for k, v in per_rep.items()}
+    timing = {"per_rep": per_rep, "med": med, "wall": wall, "load0": load0}
+    return result_record(args, device, data_desc, names, skipped, timing, fns)
 
 
 def print_table(r: dict) -> None:
@@ -493,10 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{k} must be >= 1")
     r = run(args)
     print_table(r)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(r, indent=1))
-        print(f"wrote {args.out}")
+    write_result(r, args.out)
     return 0
 
 

@@ -39,7 +39,8 @@ from .config import Config, ConfigError
 from .data import DatasetNotLocal, DeviceData, draw_split, load_dataset
 from .models import build_model
 from .optim import Adam, Momentum, UpdateRule, build_optimizer, lr_at, update_rule
-from .report import final_metrics, write_run_artifacts
+from .precision import set_fp32_precision
+from .run_report import final_metrics, write_run_artifacts
 
 __all__ = ["train", "RunResult", "RunStopped", "TrainingFailed", "RunTakenOver", "CheckpointError", "Session",
            "open_session", "train_step", "evaluate_all", "build_models", "optimizer_update", "resolve_device"]
@@ -65,25 +66,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: '{name}' requested but CUDA is not available; use device=cpu or auto")
     return torch.device(name)
-
-
-def set_fp32_precision(tf32: bool, device: torch.device) -> None:
-    """The run's fp32 arithmetic on a CUDA device: strict fp32 (tf32=False), or TF32 for cuDNN
-    convolutions/RNNs and cuBLAS matmuls. Official code: TF 1.x fp32 on V100s, which have no
-    TF32; PyTorch's own default is TF32 for cuDNN convolutions (`torch.backends.cudnn.conv.
-    fp32_precision == "tf32"`), so without this a run with amp=none would not be fp32 on an
-    Ampere or later GPU. Process-wide flags, set at each run's start (a worker trains its cells
-    one after another). Other devices are left alone: on the CPU, TF32 matmul precision would
-    reach oneDNN's matmuls."""
-    if device.type != "cuda":
-        return
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")   # keeps cuBLAS's flags consistent
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is None or not hasattr(conv, "fp32_precision"):      # torch < 2.9: the legacy switch only
-        torch.backends.cudnn.allow_tf32 = tf32
-        return
-    for knob in (conv, torch.backends.cudnn.rnn):
-        knob.fp32_precision = "tf32" if tf32 else "ieee"
 
 
 def device_name(device: torch.device) -> str:
