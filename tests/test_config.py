@@ -77,7 +77,7 @@ def test_overrides_are_type_checked():
 @pytest.mark.parametrize("user,field", [
     ({"K": 0}, "K"), ({"T": 0}, "T"), ({"alpha": -1}, "alpha"), ({"n_labeled": 255}, "n_labeled"),
     ({"n_labeled": 0}, "n_labeled"), ({"steps": 100, "eval_every": 200}, "eval_every"),
-    ({"mixup": "both"}, "mixup"), ({"bn_mode": "x"}, "bn_mode"), ({"method": "fixmatch"}, "method"),
+    ({"mixup": "both"}, "mixup"), ({"bn_mode": "x"}, "bn_mode"), ({"method": "no_such_method"}, "method"),
     ({"variant": "nope"}, "variant"), ({"dataset": "imagenet"}, "dataset"), ({"device": "tpu"}, "device"),
     ({"amp": "fp16"}, "amp"), ({"model": "resnet50"}, "model"), ({"K": "two"}, "K"), ({"ema": "maybe"}, "ema"),
     ({"colour": 1}, "colour"), ({"ema_decay": 1.0}, "ema_decay"), ({"model": "wrn27_2"}, "model"),

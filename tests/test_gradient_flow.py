@@ -52,7 +52,8 @@ def run(name: str, K: int = 2, seed: int = 0, dtype=torch.float32):
     cfg = resolve({"variant": name})
     mod = methods.load(name)
     torch.manual_seed(seed)
-    out = mod.losses(cfg, live, teacher, x, y, Unlabeled(u_views[:mod.views(cfg).weak]), 0.7)
+    v = mod.views(cfg)
+    out = mod.losses(cfg, live, teacher, x, y, Unlabeled(u_views[:v.weak], u_views[v.weak:v.weak + v.strong]), 0.7)
     return out, live, teacher, cfg
 
 
@@ -77,6 +78,9 @@ EXPECTED = {
     # interleaved mixed passes hold labeled and unlabeled rows alike, so both terms reach all.
     "mixmatch": (["u1 guess", "u2 guess", "mixed 0", "mixed 1", "mixed 2"],
                  {"lx": [0, 0, 1, 1, 1], "lu": [0, 0, 1, 1, 1]}),
+    # fixmatch.py: one pass of labeled, weak and strong rows; the pseudo-label's stop_gradient
+    # acts on rows of that pass (pinned row by row in tests/test_fixmatch.py).
+    "fixmatch": (["x + weak + strong"], {"lx": [1], "lu": [1]}),
     # fs_mixup.py and ours: no unlabeled term, no stop-gradient; one pass gets L_x.
     "fs_mixup": (["x_mix"], {"lx": [1], "lu": [0]}),
     "supervised": (["x"], {"lx": [1], "lu": [0]}),

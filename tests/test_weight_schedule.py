@@ -17,6 +17,7 @@ STEPS = [0, 200, 400, 900]          # start, mid-warm-up, its end, after it (a 1
 # method: its unlabeled weight at STEPS (warm-up over 40% of the run; MixMatch: rampup 400 steps)
 EXPECTED = {
     "mixmatch": [0.0, 37.5, 75.0, 75.0],          # lambda_u 75
+    "fixmatch": [1.0, 1.0, 1.0, 1.0],             # loss_xe + wu * loss_xeu, wu 1: no warm-up
     "pi_model": [0.0, 10.0, 20.0, 20.0],          # consistency_weight 20
     "pseudo_label": [0.0, 0.5, 1.0, 1.0],         # consistency_weight 1
     "mixup": [1.0, 1.0, 1.0, 1.0],                # loss_xe + loss_xeu: no weight, no warm-up
@@ -39,6 +40,8 @@ def official_weight(name: str, cfg, step: int) -> float:
     if name == "mixmatch":
         warmup_images = cfg.rampup_steps * cfg.batch_size        # warmup_kimg << 10
         return cfg.lambda_u * float(np.clip(images / warmup_images, 0, 1))
+    if name == "fixmatch":
+        return cfg.wu
     if name in ("mixup", "fs_mixup", "supervised"):
         return {"mixup": 1.0}.get(name, 0.0)
     weight = cfg.vat_weight if name == "vat" else cfg.consistency_weight

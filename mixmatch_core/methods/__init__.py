@@ -152,13 +152,66 @@ MIXMATCH_VARIANTS = {
     "mixup_separate": dict(mixup="separate"),
 }
 
-# Order = table row order: the full method first, then the baselines in the paper's Table 5
+# FixMatch's own knobs (fixmatch.py flags and its ablation/ab_fixmatch_*.py files' diffs).
+FIXMATCH_KNOBS = {
+    "confidence": _fraction("fixmatch: a pseudo-label counts where the anchor view's max softmax is >= this "
+                            "(official flag confidence; pseudo_label's threshold is a strict >)", 0.95),
+    "wu": _nonneg("fixmatch: weight of the pseudo-label loss, constant (official flag wu; no warm-up)", 1.0),
+    "uratio": Knob(7, "fixmatch: unlabeled images per labeled image in a step (official flag uratio)",
+                   lambda v: v >= 1, ">= 1"),
+    "T": Knob(1.0, "fixmatch: temperature of the anchor view's softmax(logits / T) (ab_fixmatch_sharpen*.py "
+              "flag T; 1 = fixmatch.py)", lambda v: v > 0, "> 0"),
+    "pseudo_target": Knob("hard", "fixmatch: hard (argmax of softmax(logits / T), fixmatch.py) | soft (the "
+                          "distribution softmax(logits / T), the mask from softmax(logits): "
+                          "ab_fixmatch_sharpen_conditional_consistency.py)", choices=("hard", "soft")),
+    "anchoring": Knob("weak.strong", "fixmatch: which view makes the pseudo-label . which view learns it "
+                      "(ab_fixmatch_anchoring.py flag anchoring)",
+                      choices=("weak.strong", "weak.weak", "strong.strong", "strong.weak")),
+    "teacher": Knob("live", "fixmatch: the model that makes the pseudo-labels: live (fixmatch.py: the live "
+                    "model's one training pass) | ema (ab_fixmatch_meanteacher.py: the EMA model, inference "
+                    "mode) | ema_train (ab_fixmatch_meanteacher_train.py: the EMA model, batch statistics)",
+                    choices=("live", "ema", "ema_train")),
+    **optimizer_knobs("momentum", "cosine", "l2"),
+    **augment_knobs("ctaugment", True),
+}
+# One per ablation/ab_fixmatch_*.py file, its diff at that file's default flags, plus the RA
+# variant of Table 2 (ab_fixmatch_ra.py, augment d.d.rac: RandAugment, then Cutout always).
+# ab_fixmatch_sharpen.py has no variant: at its default T = 1 it computes fixmatch.py (its
+# knob is `T`). ab_fixmatch_momentum.py's base class is CTAReMixMatch, not FixMatch: see
+# docs/methods.md for what that file runs; its variant is its declared flag (nesterov false).
+FIXMATCH_VARIANTS = {
+    "fixmatch_ra": dict(augment="randaugment", cutout=True),
+    "fixmatch_nocutout": dict(cutout=False),
+    "fixmatch_onlycutout": dict(augment="none", cutout=True),
+    "fixmatch_conditional_consistency": dict(pseudo_target="soft"),
+    "fixmatch_adam": dict(optimizer="adam", lr=0.002),
+    "fixmatch_momentum": dict(nesterov=False),
+    "fixmatch_linearlr": dict(lr_schedule="linear", lr_end=0.02),
+    "fixmatch_meanteacher": dict(teacher="ema"),
+    "fixmatch_meanteacher_train": dict(teacher="ema_train"),
+    "fixmatch_anchoring_weak_weak": dict(anchoring="weak.weak"),
+    "fixmatch_anchoring_strong_strong": dict(anchoring="strong.strong"),
+    "fixmatch_anchoring_strong_weak": dict(anchoring="strong.weak"),
+}
+
+
+def _fixmatch_forwards(cfg) -> float:
+    """One training pass of B + 2 * uratio * B images, forward and backward (3 units each B),
+    CTAugment's probe (one forward of B by the EMA model) and, for a mean-teacher variant, the
+    teacher's forward of the uratio * B anchor images: 46 at the defaults (4.2x MixMatch's 11)."""
+    teacher = cfg.uratio if cfg.teacher != "live" else 0
+    return 3.0 * (1 + 2 * cfg.uratio) + (cfg.augment == "ctaugment") + teacher
+
+
+# Order = table row order: the full method first, FixMatch, then the baselines in the paper's Table 5
 # order (Pi-Model, PseudoLabel, MixUp, VAT, Mean Teacher), ICT (Table 4), then supervised.
 METHODS: dict[str, Method] = {
     "mixmatch": Method("MixMatch", "mixmatch.py", MIXMATCH_KNOBS, variants=MIXMATCH_VARIANTS,
                        # 2 guesses + 3 x (forward + backward) = 11 at K = 2, scaling with the K + 1
                        # mixed chunks (the dry-run estimates since release 0.1)
                        forwards_per_step=lambda cfg: 11.0 * (1 + cfg.K) / 3, legacy=True),
+    "fixmatch": Method("FixMatch", "fixmatch.py", FIXMATCH_KNOBS, {"lr": 0.03, "wd": 0.0005},
+                       FIXMATCH_VARIANTS, forwards_per_step=_fixmatch_forwards),
     "pi_model": Method("Pi-Model", "pi_model.py", {"consistency_weight": _consistency(10.0), "warmup_pos": _WARMUP},
                        {"wd": 0.02, "consistency_weight": 20.0}, forwards_per_step=lambda cfg: 7.0),
     "pseudo_label": Method(
