@@ -28,15 +28,13 @@ is about 10x slower than fp32 (see the printed `bf16 native`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
-from pathlib import Path
-
 import torch
 
+from .results import write_result
 from .step_time import CIFAR_NPZ, SETTINGS, bf16_native
 
 BF16_ERROR_TOLERANCE_PCT = 1.0   # allowed |error - fp32 error| beyond the seed-to-seed spread
@@ -57,7 +55,7 @@ def run_config(args, setting: str, seed: int, out_dir: str):
                     "progress": False, "out_dir": out_dir})
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.amp_accuracy", description=__doc__.splitlines()[0])
     p.add_argument("--settings", default="all", help="all, or a comma list of " + ", ".join(SETTINGS))
     p.add_argument("--method", default="mixmatch", choices=("mixmatch", "supervised"))
@@ -74,19 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
-    names = list(SETTINGS) if args.settings == "all" else [s.strip() for s in args.settings.split(",") if s.strip()]
+    return p
+
+
+def chosen_settings(p: argparse.ArgumentParser, settings: str) -> list[str]:
+    """The settings to train, fp32 (the reference) first when not asked for."""
+    names = list(SETTINGS) if settings == "all" else [s.strip() for s in settings.split(",") if s.strip()]
     bad = [n for n in names if n not in SETTINGS]
     if bad:
         p.error(f"unknown setting(s) {', '.join(bad)}; allowed: {', '.join(SETTINGS)}")
     if "fp32" not in names:
         names.insert(0, "fp32")   # the reference every other setting is compared with
+    return names
 
-    from mixmatch_core.train import resolve_device, train
-    device = resolve_device(args.device)
-    runs = [(n, args.seed) for n in names] + ([("fp32", args.noise_seed)] if args.noise_seed else [])
+
+def train_runs(args, runs: list[tuple[str, int]]) -> list[dict]:
+    """One untracked training run per (setting, seed); its final EMA and live test errors."""
+    from mixmatch_core.train import train
     results = []
-    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mm-amp-") as tmp:
         for setting, seed in runs:
             cfg = run_config(args, setting, seed, f"{tmp}/{setting}-s{seed}")
@@ -101,22 +104,24 @@ def main(argv: list[str] | None = None) -> int:
                             "wall_s": wall, "train_s_per_step": 1.0 / r.steps_per_s if r.steps_per_s else None})
             print(f"  error {h['test_error_ema']:.2f}% (EMA), {h['test_error_raw']:.2f}% (live); {wall:.0f} s",
                   file=sys.stderr, flush=True)
+    return results
 
+
+def compare_with_fp32(args, results: list[dict]) -> tuple[float | None, float]:
+    """Each run's delta to the fp32 run of --seed and whether it is within the seed-to-seed
+    spread + tolerance (set on the rows); returns (spread, allowed delta)."""
     ref = next(x for x in results if x["setting"] == "fp32" and x["seed"] == args.seed)
-    chance = 100.0 * (1 - 1 / 10) - 2.0   # 10 classes in both CIFAR-10 and digits; 2 points of slack
     noise = next((x for x in results if x["seed"] == args.noise_seed and args.noise_seed), None)
     spread = abs(noise["error_ema"] - ref["error_ema"]) if noise else None
     allowed = (spread or 0.0) + BF16_ERROR_TOLERANCE_PCT
     for x in results:
         x["delta_vs_fp32_pct"] = x["error_ema"] - ref["error_ema"]
         x["within_noise"] = abs(x["delta_vs_fp32_pct"]) <= allowed
-    out = {"benchmark": "amp_accuracy", "dataset": run_config(args, "fp32", args.seed, "x").dataset,
-           "method": args.method, "model": args.model, "steps": args.steps, "n_labeled": args.n_labeled,
-           "ema_decay": args.ema_decay, "device": str(device), "threads": torch.get_num_threads(),
-           "bf16_native": bf16_native(device), "seed": args.seed, "noise_seed": args.noise_seed or None,
-           "seed_spread_pct": spread, "allowed_delta_pct": allowed, "runs": results,
-           "load_avg_before": load0, "load_avg_after": os.getloadavg()}
+    return spread, allowed
 
+
+def print_report(args, device, out: dict) -> None:
+    results, spread, allowed = out["runs"], out["seed_spread_pct"], out["allowed_delta_pct"]
     print(f"amp_accuracy: {args.method} {args.model}, {args.steps} steps, {out['dataset']}, seed {args.seed}; "
           f"{device} ({out['threads']} threads, bf16 native: {out['bf16_native']})")
     print(f"{'setting':<20} {'seed':>4} {'error EMA %':>11} {'error live %':>12} {'vs fp32':>8} {'s/step':>7} "
@@ -131,12 +136,31 @@ def main(argv: list[str] | None = None) -> int:
     for x in results:
         if x["setting"] != "fp32":
             print(f"  {x['setting']}: {'same as fp32 within noise' if x['within_noise'] else 'DIFFERS from fp32'}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-        print(f"wrote {args.out}")
-    if ref["error_ema"] >= chance:
-        print(f"VOID: the fp32 reference run ended at {ref['error_ema']:.1f}% error (chance level): it did not "
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    names = chosen_settings(p, args.settings)
+
+    from mixmatch_core.train import resolve_device
+    device = resolve_device(args.device)
+    runs = [(n, args.seed) for n in names] + ([("fp32", args.noise_seed)] if args.noise_seed else [])
+    load0 = os.getloadavg()
+    results = train_runs(args, runs)
+    spread, allowed = compare_with_fp32(args, results)
+    out = {"benchmark": "amp_accuracy", "dataset": run_config(args, "fp32", args.seed, "x").dataset,
+           "method": args.method, "model": args.model, "steps": args.steps, "n_labeled": args.n_labeled,
+           "ema_decay": args.ema_decay, "device": str(device), "threads": torch.get_num_threads(),
+           "bf16_native": bf16_native(device), "seed": args.seed, "noise_seed": args.noise_seed or None,
+           "seed_spread_pct": spread, "allowed_delta_pct": allowed, "runs": results,
+           "load_avg_before": load0, "load_avg_after": os.getloadavg()}
+    print_report(args, device, out)
+    write_result(out, args.out)
+    ref_error = next(x["error_ema"] for x in results if x["setting"] == "fp32" and x["seed"] == args.seed)
+    chance = 100.0 * (1 - 1 / 10) - 2.0   # 10 classes in both CIFAR-10 and digits; 2 points of slack
+    if ref_error >= chance:
+        print(f"VOID: the fp32 reference run ended at {ref_error:.1f}% error (chance level): it did not "
               "learn, so equal errors say nothing; use a schedule that trains (--lambda-u, --lr, --steps)")
         return 1
     return 0

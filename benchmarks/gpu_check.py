@@ -69,7 +69,8 @@ def child_step(args) -> int:
 
     from benchmarks import step_time as st
     from mixmatch_core.data import DeviceData, split_labeled
-    from mixmatch_core.train import device_name, seed_everything, set_fp32_precision
+    from mixmatch_core.precision import set_fp32_precision
+    from mixmatch_core.train import device_name, seed_everything
     mode = None if args.mode == "eager" else args.mode
     out, device, naive = {"mode": args.mode, "note": None}, torch.device(args.device), []
 
@@ -223,7 +224,8 @@ def child_train(args) -> int:
     """MixMatch on digits-32 with the trainer's step for `--seconds`; evaluations every ~10 s."""
     from benchmarks import step_time as st
     from mixmatch_core.data import DeviceData
-    from mixmatch_core.train import evaluate_all, resolve_device, seed_everything, set_fp32_precision
+    from mixmatch_core.precision import set_fp32_precision
+    from mixmatch_core.train import evaluate_all, resolve_device, seed_everything
     device = resolve_device(args.device)
     seed_everything(1)
     ds = digits32(args.n_train if args.tiny else None)

@@ -99,11 +99,11 @@ def child_packed(args) -> int:
 def child_equal(args) -> int:
     """The equality check on the device, fp32 with TF32 off: a packed step against N separate ones."""
     from benchmarks import packed as pk
-    from benchmarks.vat_probe import strict_fp32
+    from mixmatch_core.precision import strict_fp32
     from mixmatch_core.train import resolve_device
     device = resolve_device(args.device)
     try:
-        with strict_fp32(device.type):
+        with strict_fp32():
             out = pk.equality_check(args.model, int(args.packed_list), 2, args.batch, device)
         out["device"] = device.type
     except Exception as e:  # noqa: BLE001 - reported in the JSON
@@ -162,10 +162,11 @@ def child_vat(args) -> int:
     from benchmarks.digits32 import digits32
     from mixmatch_core.config import resolve
     from mixmatch_core.data import DeviceData
+    from mixmatch_core.precision import tf32_state
     from mixmatch_core.train import resolve_device, seed_everything
     device = resolve_device(args.device)
     out = {"model": args.model, "trained_steps": args.vat_steps, "batch": args.batch, "train_amp": args.amp,
-           "tf32_defaults": vp.tf32_state()}
+           "tf32_defaults": tf32_state()}
     try:
         seed_everything(1)
         cfg = resolve({"dataset": "cifar10", "method": "vat", "model": args.model, "batch_size": args.batch,

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import statistics
 import sys
@@ -57,6 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .results import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO / ".." / "shared" / "datasets" / "cifar10.npz"
@@ -158,7 +159,8 @@ class ProjectStep:
     channels_last, Adam) and the same loop body, one call = one optimiser step."""
 
     def __init__(self, cfg, data, compile_mode: str | None = None):
-        from mixmatch_core.train import _amp_context, build_models, decay_params, make_optimizer
+        from mixmatch_core.optim import build_optimizer, update_rule
+        from mixmatch_core.train import _amp_context, build_models, decay_params
         self.cfg, self.data = cfg, data
         device = data.device
         n_classes = data.n_classes
@@ -167,12 +169,13 @@ class ProjectStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema_params = list(ema_model.parameters())
         self.wd_params = decay_params(model)
-        self.opt = make_optimizer(self.params, cfg.lr)
-        self.wd_factor = 1.0 - cfg.wd * cfg.lr
+        self.opt = build_optimizer(cfg, self.params)
+        self.rule = update_rule(cfg)                   # the trainer's wd rule (optim.py)
         mode = compile_mode or (cfg.compile_mode if cfg.compile else None)
         self.fwd, self.fwd_ema = compile_model(model, mode), compile_model(ema_model, mode)
-        from mixmatch_core import methods
+        from mixmatch_core import methods, strong
         self.method = methods.load(cfg.method)
+        self.strong = strong.build(cfg, self.method.views(cfg), device)   # the run's strong view, if any
         self.amp_ctx = _amp_context(cfg, device)
         self.n_classes = n_classes
         self.acc = torch.zeros(3, device=device)
@@ -180,12 +183,14 @@ class ProjectStep:
         self.step = 0
 
     def __call__(self) -> None:
+        from mixmatch_core.optim import lr_at
         from mixmatch_core.train import optimizer_update, train_step
         cfg = self.cfg
         w = self.method.unlabeled_weight(cfg, self.step)
-        loss, lx, lu = train_step(cfg, self.method, self.fwd, self.fwd_ema, self.data, self.amp_ctx, w)
-        optimizer_update(self.opt, loss, self.params, self.ema_params, self.wd_params, self.wd_factor,
-                         cfg.ema_decay)
+        self.opt.set_lr(lr_at(cfg, self.step))
+        loss, lx, lu = train_step(cfg, self.method, self.fwd, self.fwd_ema, self.data, self.amp_ctx, w, self.strong)
+        optimizer_update(self.opt, loss, self.params, self.ema_params, self.wd_params, self.rule.wd_factor,
+                         cfg.ema_decay, self.rule.l2)
         with torch.no_grad():
             self.acc += torch.stack([loss.detach(), lx.detach(), lu.detach()])
             self.bad |= ~torch.isfinite(loss.detach())
@@ -346,13 +351,8 @@ def time_round_robin(fns: dict[str, callable], steps: int, warmup: int, repeats:
     return out
 
 
-def run(args) -> dict:
-    from mixmatch_core.data import DeviceData, split_labeled
-    from mixmatch_core.train import device_name, resolve_device, seed_everything, set_fp32_precision
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else (lambda m: None)
+def chosen_settings(args, device) -> tuple[list[str], list[str]]:
+    """The settings to measure and those skipped (bf16 where it is not native, unless asked)."""
     skipped: list[str] = []
     if args.amp is not None or args.channels_last:
         names = [setting_name(args.amp or "none", args.channels_last)]
@@ -366,18 +366,13 @@ def run(args) -> dict:
     bad = [n for n in names + [args.naive_setting] if n not in SETTINGS]
     if bad:
         raise SystemExit(f"step_time: unknown setting(s) {', '.join(bad)}; allowed: {', '.join(SETTINGS)}")
+    return names, skipped
 
-    load0 = os.getloadavg()
-    seed_everything(0)
-    t0 = time.perf_counter()
-    ds, ds_name, data_desc = load_data(args.data)
-    base_cfg = make_config(ds_name, args.model, args.batch, args.K, args.n_labeled, "none", False, str(device),
-                           args.compile)
-    set_fp32_precision(base_cfg.tf32, device)   # the trainer's arithmetic (strict fp32 on CUDA) for every step
-    data = DeviceData.build(ds, args.n_labeled, 1, 0, device, False)
-    log(f"data: {data_desc}; on {device} in {time.perf_counter() - t0:.1f} s")
+
+def build_steps(args, names: list[str], ds, ds_name: str, data, base_cfg, device) -> dict[str, callable]:
+    """(a) the project's step and (b) the floor per setting, then (c) the naive port: name -> step."""
+    from mixmatch_core.data import split_labeled
     hw, cin, ncls = data.image_size, data.in_channels, data.n_classes
-
     fns: dict[str, callable] = {}
     for n in names:
         amp, cl = SETTINGS[n]
@@ -388,15 +383,12 @@ def run(args) -> dict:
         lab, unl, _ = split_labeled(ds.y_train, args.n_labeled, ds.n_classes, 1, 0)
         amp, cl = SETTINGS[args.naive_setting]
         fns[f"c:{args.naive_setting}"] = NaiveStep(base_cfg, ds, lab, unl, device, amp, cl)
+    return fns
 
-    t0 = time.perf_counter()
-    per_rep = time_round_robin(fns, args.steps, args.warmup, args.repeats, device, log)
-    wall = time.perf_counter() - t0
-    med = {k: statistics.median(v) for k, v in per_rep.items()}
-    images = args.batch * (1 + args.K)  # labeled + K unlabeled views per step
 
+def setting_rows(names: list[str], med: dict[str, float], images: int, c_key: str) -> list[dict]:
+    """One row per setting: (a), (b), their ratio and difference, images/s, and (c)/(a)."""
     rows = []
-    c_key = f"c:{args.naive_setting}"
     for n in names:
         a, b = med[f"a:{n}"], med[f"b:{n}"]
         row = {"setting": n, "a_project_s": a, "b_floor_s": b, "a_over_b": a / b, "a_minus_b_s": a - b,
@@ -404,6 +396,17 @@ def run(args) -> dict:
         if c_key in med:
             row["c_over_a"] = med[c_key] / a
         rows.append(row)
+    return rows
+
+
+def result_record(args, device, data_desc: str, names: list[str], skipped: list[str], timing: dict,
+                  fns: dict) -> dict:
+    """The JSON record: the machine, the setup, the timings (`timing`: per_rep, med, wall,
+    load0) and one row per setting in `names`."""
+    from mixmatch_core.train import device_name
+    per_rep, med = timing["per_rep"], timing["med"]
+    c_key = f"c:{args.naive_setting}"
+    rows = setting_rows(names, med, args.batch * (1 + args.K), c_key)   # images: labeled + K unlabeled views
     result = {
         "benchmark": "step_time",
         "model": args.model, "device": str(device), "device_name": device_name(device),
@@ -417,7 +420,7 @@ def run(args) -> dict:
         "naive_definition": "DataLoader(num_workers=0) + per-image torchvision transforms (PIL), persistent "
                             "iterator, one lambda per batch, .item() of 3 losses per step, default Adam, "
                             f"per-tensor EMA loop; setting {args.naive_setting}",
-        "load_avg_before": load0, "load_avg_after": os.getloadavg(), "timed_wall_s": wall,
+        "load_avg_before": timing["load0"], "load_avg_after": os.getloadavg(), "timed_wall_s": timing["wall"],
         "skipped_settings": skipped,
         "seconds_per_step_per_repeat": per_rep, "median_seconds_per_step": med,
         "naive_s": med.get(c_key),
@@ -431,6 +434,36 @@ def run(args) -> dict:
         result["best_setting"] = best["setting"]
         result["c_over_best_a"] = med[c_key] / best["a_project_s"]
     return result
+
+
+def run(args) -> dict:
+    """Load the data, build every step, time them round-robin; the JSON record."""
+    from mixmatch_core.data import DeviceData
+    from mixmatch_core.precision import set_fp32_precision
+    from mixmatch_core.train import resolve_device, seed_everything
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else (lambda m: None)
+    names, skipped = chosen_settings(args, device)
+
+    load0 = os.getloadavg()
+    seed_everything(0)
+    t0 = time.perf_counter()
+    ds, ds_name, data_desc = load_data(args.data)
+    base_cfg = make_config(ds_name, args.model, args.batch, args.K, args.n_labeled, "none", False, str(device),
+                           args.compile)
+    set_fp32_precision(base_cfg.tf32, device)   # the trainer's arithmetic (strict fp32 on CUDA) for every step
+    data = DeviceData.build(ds, args.n_labeled, 1, 0, device, False)
+    log(f"data: {data_desc}; on {device} in {time.perf_counter() - t0:.1f} s")
+    fns = build_steps(args, names, ds, ds_name, data, base_cfg, device)
+
+    t0 = time.perf_counter()
+    per_rep = time_round_robin(fns, args.steps, args.warmup, args.repeats, device, log)
+    wall = time.perf_counter() - t0
+    med = {k: statistics.median(v) for k, v in per_rep.items()}
+    timing = {"per_rep": per_rep, "med": med, "wall": wall, "load0": load0}
+    return result_record(args, device, data_desc, names, skipped, timing, fns)
 
 
 def print_table(r: dict) -> None:
@@ -493,10 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{k} must be >= 1")
     r = run(args)
     print_table(r)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(r, indent=1))
-        print(f"wrote {args.out}")
+    write_result(r, args.out)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from .results import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = "overhead"
@@ -104,17 +105,18 @@ def mlflow_breakdown(root: Path, span: tuple[float, float]) -> dict:
             "last_run_to_exit_s": span[1] - spans[-1][1] / 1000 if spans else None}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sweep_overhead", description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=10, help="one-step cells in the sweep")
     p.add_argument("--train-repeats", type=int, default=3, help="timed in-process train() calls")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
-    if args.cells < 1:
-        p.error("--cells must be >= 1")
-    threads = max(1, os.cpu_count() or 1)   # what `mixmatch sweep --workers 1` gives its worker
+    return p
 
+
+def measure(args, threads: int) -> dict:
+    """The sweep, its relaunch, MLflow's breakdown of the runs and in-process train() times, in
+    a fresh directory (--keep, or a temporary one)."""
     with tempfile.TemporaryDirectory(prefix="mm-overhead-") as tmp:
         root = Path(args.keep).absolute() if args.keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -132,39 +134,54 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"sweep_overhead: {breakdown['finished']} of {args.cells} cells FINISHED:\n"
                              f"{stderr[-3000:]}")
         t_train = train_seconds(root, args.train_repeats, threads)
+    return {"wall": wall, "relaunch": relaunch, "breakdown": breakdown, "t_train": t_train, "load0": load0}
 
+
+def result_record(args, threads: int, m: dict) -> dict:
+    """The overheads: amortised per cell (sweep wall minus train() time), in the worker, fixed."""
+    wall, b, t_train = m["wall"], m["breakdown"], m["t_train"]
     train_s = statistics.median(t_train)
     per_cell = (wall - args.cells * train_s) / args.cells
-    b = breakdown
     in_worker = (b["mean_run_s"] + (b["mean_gap_between_runs_s"] or 0.0) - train_s) if b["mean_run_s"] else None
     fixed = b["startup_to_first_run_s"] + b["last_run_to_exit_s"] if b["mean_run_s"] else None
-    result = {
+    return {
         "benchmark": "sweep_overhead", "cells": args.cells, "workers": 1, "worker_threads": threads,
-        "cell": CELL_BASE, "sweep_wall_s": wall, "relaunch_wall_s": relaunch,
+        "cell": CELL_BASE, "sweep_wall_s": wall, "relaunch_wall_s": m["relaunch"],
         "train_s_per_cell": train_s, "train_s_repeats": t_train,
         "overhead_s_per_cell": per_cell, "in_worker_overhead_s_per_cell": in_worker,
-        "fixed_s_per_sweep": fixed, "mlflow": breakdown, "target_s_per_cell": TARGET_S_PER_CELL,
-        "load_avg_before": load0, "load_avg_after": os.getloadavg(),
+        "fixed_s_per_sweep": fixed, "mlflow": b, "target_s_per_cell": TARGET_S_PER_CELL,
+        "load_avg_before": m["load0"], "load_avg_after": os.getloadavg(),
     }
-    print(f"sweep_overhead: {args.cells} one-step digits cells, 1 worker ({threads} threads), own SQLite MLflow + "
-          f"Optuna stores; load avg before {load0[0]:.1f}, after {result['load_avg_after'][0]:.1f}")
-    rows = [("sweep wall (s)", wall), ("relaunch, nothing to do (s)", relaunch),
-            ("train() per cell, in-process (s)", train_s),
-            ("start to first cell's MLflow run (s)", breakdown["startup_to_first_run_s"]),
-            ("MLflow cell run duration, mean (s)", breakdown["mean_run_s"]),
-            ("gap between cell runs, mean (s)", breakdown["mean_gap_between_runs_s"]),
-            ("last cell's run end to exit (s)", breakdown["last_run_to_exit_s"]),
-            ("fixed per sweep (start + tail) (s)", fixed),
-            ("in-worker overhead per cell (s)", in_worker),
-            ("overhead per cell, amortised (s)", per_cell)]
+
+
+def print_report(r: dict) -> None:
+    b = r["mlflow"]
+    print(f"sweep_overhead: {r['cells']} one-step digits cells, 1 worker ({r['worker_threads']} threads), own SQLite "
+          f"MLflow + Optuna stores; load avg before {r['load_avg_before'][0]:.1f}, after {r['load_avg_after'][0]:.1f}")
+    rows = [("sweep wall (s)", r["sweep_wall_s"]), ("relaunch, nothing to do (s)", r["relaunch_wall_s"]),
+            ("train() per cell, in-process (s)", r["train_s_per_cell"]),
+            ("start to first cell's MLflow run (s)", b["startup_to_first_run_s"]),
+            ("MLflow cell run duration, mean (s)", b["mean_run_s"]),
+            ("gap between cell runs, mean (s)", b["mean_gap_between_runs_s"]),
+            ("last cell's run end to exit (s)", b["last_run_to_exit_s"]),
+            ("fixed per sweep (start + tail) (s)", r["fixed_s_per_sweep"]),
+            ("in-worker overhead per cell (s)", r["in_worker_overhead_s_per_cell"]),
+            ("overhead per cell, amortised (s)", r["overhead_s_per_cell"])]
     for name, v in rows:
         print(f"  {name:<38} {'-' if v is None else f'{v:8.2f}'}")
-    ok = per_cell < TARGET_S_PER_CELL
+    ok = r["overhead_s_per_cell"] < TARGET_S_PER_CELL
     print(f"target: < {TARGET_S_PER_CELL:.0f} s per cell (amortised): {'met' if ok else 'NOT met'}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.cells < 1:
+        p.error("--cells must be >= 1")
+    threads = max(1, os.cpu_count() or 1)   # what `mixmatch sweep --workers 1` gives its worker
+    result = result_record(args, threads, measure(args, threads))
+    print_report(result)
+    write_result(result, args.out)
     return 0
 
 

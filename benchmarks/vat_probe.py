@@ -1,8 +1,7 @@
 """The VAT probe: how much the adversarial direction r_adv moves when the power iteration runs in
 reduced precision (TF32 convolutions, bf16 autocast) instead of strict fp32.
 
-Owns: the strict-fp32 context of the probe's reference (no TF32 in cuDNN or matmuls, autocast
-off), one r_adv per precision setting from the same model, batch and Gaussian probe, and their
+Owns: one r_adv per precision setting from the same model, batch and Gaussian probe, and their
 comparison per image (cosine similarity, norm ratio). Used by benchmarks/gpu_check.py.
 
 Why it matters: VAT's probe has norm xi = 1e-6 over a whole image (about 2e-8 per pixel), far
@@ -29,40 +28,13 @@ import torch
 from torch import Tensor
 
 from mixmatch_core.methods.common import frozen_bn_stats
+from mixmatch_core.precision import strict_fp32
 
 
-def _tf32_switches() -> list[tuple[str, object, str, object]]:
-    """(name, object, attribute, strict value) of the switches that let fp32 convolutions and
-    matmuls use TF32: torch >= 2.9's fp32_precision API where present (reading the legacy
-    allow_tf32 flags after anyone used the new API can raise), else the legacy flags."""
-    b = torch.backends
-    conv = getattr(b.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        return [("cudnn.conv.fp32_precision", conv, "fp32_precision", "ieee"),
-                ("cuda.matmul.fp32_precision", b.cuda.matmul, "fp32_precision", "ieee")]
-    return [("cudnn.allow_tf32", b.cudnn, "allow_tf32", False),
-            ("cuda.matmul.allow_tf32", b.cuda.matmul, "allow_tf32", False)]
-
-
-def tf32_state() -> dict[str, object]:
-    """The TF32 switches as they are now, for the JSON (PyTorch's defaults: TF32 in cuDNN
-    convolutions, not in matmuls)."""
-    return {name: getattr(obj, attr) for name, obj, attr, _ in _tf32_switches()}
-
-
-@contextlib.contextmanager
-def strict_fp32(device_type: str):
-    """Full fp32 in convolutions and matmuls: TF32 off in cuDNN and cuBLAS, autocast off."""
-    switches = _tf32_switches()
-    saved = [getattr(obj, attr) for _, obj, attr, _ in switches]
-    for _, obj, attr, strict in switches:
-        setattr(obj, attr, strict)
-    try:
-        with torch.autocast(device_type=device_type, enabled=False):
-            yield
-    finally:
-        for (_, obj, attr, _), value in zip(switches, saved):
-            setattr(obj, attr, value)
+def strict(device_type: str):
+    """Plain fp32 (mixmatch_core.precision.strict_fp32: autocast off on every device, TF32 off),
+    as a setting of `perturbation`."""
+    return strict_fp32()
 
 
 def bf16_autocast(device_type: str):
@@ -105,11 +77,11 @@ def probe_rows(model, u: Tensor, eps: float, xi: float, seed: int = 0) -> tuple[
     note = None if raw else ("mixmatch_core.methods.vat has no power_iteration yet: the raw probe is "
                              "adversarial_perturbation (unguarded today); no guarded row")
     raw = raw or vat.adversarial_perturbation
-    ref = perturbation(raw, model, u, eps, xi, seed, strict_fp32)
+    ref = perturbation(raw, model, u, eps, xi, seed, strict)
     cases = [("raw", "TF32 defaults", raw, ambient, None), ("raw", "bf16 autocast", raw, bf16_autocast, None)]
     if note is None:      # as vat.losses calls it: clean logits in strict fp32, the rest in the run's precision
         cases.append(("guarded", "TF32 defaults + bf16 autocast", vat.adversarial_perturbation, bf16_autocast,
-                      strict_fp32))
+                      strict))
     rows = [{"function": f, "setting": s, "clean_logits": "strict fp32" if clean else s, "vs": "raw, strict fp32",
              **compare(perturbation(fn, model, u, eps, xi, seed, ctx, clean), ref)} for f, s, fn, ctx, clean in cases]
     return rows, note

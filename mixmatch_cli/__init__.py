@@ -30,6 +30,7 @@ COMMANDS = {
     "slurm": ("mixmatch_cli.slurm", "main", "build_parser",
               "submit a sweep's workers as one Slurm job array (submitit)"),
     "ui": ("mixmatch_cli.ui", "main", "build_parser", "start the MLflow UI (127.0.0.1)"),
+    "data": ("mixmatch_cli.data", "main", "build_parser", "make data files (CIFAR-10 as npz)"),
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from mixmatch_core.config import ConfigError, help_text, load_config
+from mixmatch_core.config import FIELDS, ConfigError, help_text, load_config
 
 from .errors import EXIT_RUN_FAILED, ArgumentParser, die
 
@@ -24,8 +24,27 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def field_given_as_option(argv: list[str], options: set[str]) -> str | None:
+    """The error line for a config field written as an option (`--n_labeled 30`, which argparse
+    would only call an unrecognized argument): fields are key=value. None when there is none."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        key = name[2:].replace("-", "_")
+        if not arg.startswith("--") or name in options or key not in FIELDS:
+            continue
+        if not eq and i + 1 < len(argv) and "=" not in argv[i + 1] and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+        return (f"mixmatch train: '{name}' is not an option: config fields are given as key=value "
+                f"(did you mean {key}={value or 'VALUE'}?)")
+    return None
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    hint = field_given_as_option(argv, set(parser._option_string_actions))
+    if hint:
+        die(hint)
+    args = parser.parse_args(argv)
     # Lazy: torch and MLflow take seconds to import; `--help` and config errors need neither.
     from mixmatch_core.tracking import RunTracker, TrackingError, check_reachable
     from mixmatch_core.train import CheckpointError, TrainingFailed, train

@@ -20,7 +20,7 @@ from .errors import ArgumentParser, user_errors
 
 def spec_experiment(path: str) -> str:
     """The MLflow experiment of a sweep or search spec: its `experiment`, else its base's."""
-    raw = load_yaml(path)
+    raw = load_yaml(path, "spec")
     return str(raw.get("experiment") or (raw.get("base") or {}).get("experiment") or "mixmatch")
 
 
@@ -99,7 +99,7 @@ def runs_table_urls(base: str, experiment: str | None, uri: str) -> tuple[str, l
 
 def spec_sweep(path: str) -> str:
     """The sweep of a sweep spec: its `name`, else the file's stem (a search spec names none)."""
-    return str(load_yaml(path).get("name") or Path(path).stem)
+    return str(load_yaml(path, "spec").get("name") or Path(path).stem)
 
 
 OPEN_WHEN_UP = """

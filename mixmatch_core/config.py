@@ -18,6 +18,7 @@ Resolution order (later wins):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import re
@@ -201,10 +202,22 @@ CHOICES = {
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
+def did_you_mean(word: str, choices) -> str:
+    """" (did you mean 'x'?)" for the closest of `choices` to a misspelt `word` (difflib's
+    ratio >= 0.6), or "" when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def name_unknown(unknown, allowed) -> str:
+    """The unknown names, sorted, each with its "did you mean" (for one-line errors)."""
+    return ", ".join(f"{u}{did_you_mean(u, allowed)}" for u in sorted(unknown))
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise a one-line error."""
     if name not in FIELDS:
-        raise ConfigError(f"unknown config key '{name}'; known keys: {', '.join(FIELDS)}")
+        raise ConfigError(f"unknown config key '{name}'{did_you_mean(name, FIELDS)}; known keys: {', '.join(FIELDS)}")
     typ = FIELDS[name].metadata.get("kind") or type(getattr(DEFAULTS, name))
     if typ is bool:
         if isinstance(value, bool):
@@ -252,27 +265,27 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str) -> dict[str, Any]:
-    """Read a YAML mapping with `yaml.safe_load`; errors name the file."""
+def load_yaml(path: str, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML mapping with `yaml.safe_load`; errors name the file as `what` (e.g. "spec")."""
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
+        raise ConfigError(f"{what} '{path}' does not exist") from None
     except IsADirectoryError:
         yamls = sorted(p.name for p in Path(path).glob("*.y*ml"))
         example = f", e.g. {Path(path) / yamls[0]} (it holds {', '.join(yamls)})" if yamls else ""
-        raise ConfigError(f"config file '{path}' is a directory; give one file{example}") from None
+        raise ConfigError(f"{what} '{path}' is a directory; give one file{example}") from None
     except OSError as e:
-        raise ConfigError(f"config file '{path}' cannot be read ({e.strerror or e})") from None
+        raise ConfigError(f"{what} '{path}' cannot be read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
+        raise ConfigError(f"{what} '{path}' is not valid YAML{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must be a mapping of key: value")
+        raise ConfigError(f"{what} '{path}' must be a mapping of key: value")
     return data
 
 

@@ -155,49 +155,61 @@ def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.uint8).transpose(0, 2, 3, 1))
 
 
-def load_torchvision(info: DatasetInfo, data_dir: str, download: bool = True) -> Dataset:
-    """CIFAR-10/100, SVHN (+extra) and STL-10 via torchvision (download=True: a no-op when the
-    files are already in `data_dir` and pass their checksum)."""
+def _torchvision_split(info: DatasetInfo, data_dir: str, download: bool, cls_name: str, **kw):
+    """One split of torchvision's `cls_name` dataset in `data_dir` (download=True: a no-op when
+    the files are already there and pass their checksum); failures are one-line errors."""
     import torchvision.datasets as tvd   # lazy: only these datasets need torchvision
-    name, augment = info.name, augment_spec(info, info.image_px, info.image_px)
+    try:
+        return getattr(tvd, cls_name)(root=data_dir, download=download, **kw)
+    except (OSError, RuntimeError, EOFError, tarfile.TarError):
+        if not download:
+            raise DatasetNotLocal(f"dataset: '{info.name}' is not in '{data_dir}' (a launch downloads it)") from None
+        # URLError is an OSError; torchvision raises RuntimeError on a bad checksum.
+        raise ConfigError(f"dataset: cannot download '{info.name}' into '{data_dir}' (offline?); "
+                          "put the files there or use npz:PATH") from None
 
-    def get(cls, **kw):
-        try:
-            return cls(root=data_dir, download=download, **kw)
-        except (OSError, RuntimeError, EOFError, tarfile.TarError):
-            if not download:
-                raise DatasetNotLocal(f"dataset: '{name}' is not in '{data_dir}' (a launch downloads it)") from None
-            # URLError is an OSError; torchvision raises RuntimeError on a bad checksum.
-            raise ConfigError(f"dataset: cannot download '{name}' into '{data_dir}' (offline?); "
-                              "put the files there or use npz:PATH") from None
 
-    if name in ("cifar10", "cifar100"):
-        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        tr, te = get(cls, train=True), get(cls, train=False)  # .data is uint8 NHWC already
-        return Dataset(name, np.ascontiguousarray(tr.data), np.asarray(tr.targets, np.int64),
-                       np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64),
-                       info.n_classes, augment)
-    if name in ("svhn", "svhn_extra"):
-        # SVHN .data is uint8 NCHW; torchvision already maps the '10' label of digit 0 to 0.
-        splits = ["train", "extra"] if name == "svhn_extra" else ["train"]
-        trs = [get(tvd.SVHN, split=s) for s in splits]
-        te = get(tvd.SVHN, split="test")
-        # svhn_extra: the extra images join the training set, labels and all, as in the
-        # official 'svhn' (with extra) dataset, whose labeled split is drawn from train+extra
-        # (create_split.py svhn-train.tfrecord svhn-extra.tfrecord: the same image order).
-        y = np.concatenate([np.asarray(t.labels, np.int64) for t in trs])
-        return Dataset(name, np.concatenate([_nchw_to_nhwc(t.data) for t in trs]), y,
-                       _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes, augment,
-                       split_labels=svhn_official_classes(y))
-    # stl10: labels from 'train' (5000), 'unlabeled' (100,000) only joins the unlabeled pool.
-    tr, te = get(tvd.STL10, split="train"), get(tvd.STL10, split="test")
-    unl = get(tvd.STL10, split="unlabeled")
-    folds_file = os.path.join(data_dir, getattr(tvd.STL10, "base_folder", "stl10_binary"),
-                              getattr(tvd.STL10, "folds_list_file", "fold_indices.txt"))
-    return Dataset(name, _nchw_to_nhwc(tr.data), np.asarray(tr.labels, np.int64),
-                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes, augment,
-                   x_unlabeled_extra=_nchw_to_nhwc(unl.data), label_folds=read_folds(folds_file),
-                   equal_class_draw=True)
+def _torchvision_class(info: DatasetInfo) -> str:
+    if not info.torchvision_class:
+        raise ConfigError(f"dataset: the record of '{info.name}' names a torchvision loader but no "
+                          "torchvision_class (mixmatch_core/datasets.py)")
+    return info.torchvision_class
+
+
+def load_cifar(info: DatasetInfo, data_dir: str, download: bool = True) -> Dataset:
+    """CIFAR-10 or CIFAR-100 (the record's `torchvision_class`): .data is uint8 NHWC already."""
+    cls = _torchvision_class(info)
+    tr, te = (_torchvision_split(info, data_dir, download, cls, train=t) for t in (True, False))
+    return Dataset(info.name, np.ascontiguousarray(tr.data), np.asarray(tr.targets, np.int64),
+                   np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64),
+                   info.n_classes, augment_spec(info, info.image_px, info.image_px))
+
+
+def load_svhn(info: DatasetInfo, data_dir: str, download: bool = True) -> Dataset:
+    """SVHN with the record's `train_splits` ("train", or "train" + "extra"): .data is uint8
+    NCHW; torchvision already maps the '10' label of digit 0 to 0. The extra images join the
+    training set, labels and all, as in the official 'svhn' (with extra) dataset, whose labeled
+    split is drawn from train+extra (create_split.py svhn-train.tfrecord svhn-extra.tfrecord:
+    the same image order)."""
+    cls = _torchvision_class(info)
+    trs = [_torchvision_split(info, data_dir, download, cls, split=s) for s in info.train_splits]
+    te = _torchvision_split(info, data_dir, download, cls, split="test")
+    y = np.concatenate([np.asarray(t.labels, np.int64) for t in trs])
+    return Dataset(info.name, np.concatenate([_nchw_to_nhwc(t.data) for t in trs]), y,
+                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes,
+                   augment_spec(info, info.image_px, info.image_px), split_labels=svhn_official_classes(y))
+
+
+def load_stl10(info: DatasetInfo, data_dir: str, download: bool = True) -> Dataset:
+    """STL-10: labels from 'train' (5000); 'unlabeled' (100,000) only joins the unlabeled pool;
+    the predefined folds from the record's `folds_file` (relative to data_dir)."""
+    cls = _torchvision_class(info)
+    tr, te, unl = (_torchvision_split(info, data_dir, download, cls, split=s) for s in ("train", "test", "unlabeled"))
+    return Dataset(info.name, _nchw_to_nhwc(tr.data), np.asarray(tr.labels, np.int64),
+                   _nchw_to_nhwc(te.data), np.asarray(te.labels, np.int64), info.n_classes,
+                   augment_spec(info, info.image_px, info.image_px), x_unlabeled_extra=_nchw_to_nhwc(unl.data),
+                   label_folds=read_folds(os.path.join(data_dir, info.folds_file)),
+                   equal_class_draw=info.equal_class_draw)
 
 
 def svhn_official_classes(y: np.ndarray) -> np.ndarray:

@@ -33,10 +33,16 @@ class DatasetInfo:
     # then be a multiple of the class count; SVHN's follows the class frequencies.
     balanced_split: bool = True
     fold_size: int | None = None      # predefined labeled folds of this size (STL-10: 1000)
+    folds_file: str = ""              # those folds, relative to data_dir (one line of indices per fold)
+    # create_split.py draws as if every class had equal counts (STL-10: its 100,000 unlabeled
+    # images join the pool with label 0, and each class still gets n_labeled / 10 labels)
+    equal_class_draw: bool = False
     labeled_pool_extra: bool = False  # an unlabeled split that config labeled_pool=train+unlabeled can add
     paper_name: str | None = None     # the paper's dataset our numbers are compared with
     cost_factor: float = 1.0          # step cost relative to a 32x32 image (dry-run estimates)
     source: str = "torchvision"       # MLflow dataset input: torchvision | code | local
+    torchvision_class: str = ""       # the torchvision.datasets class a torchvision loader reads
+    train_splits: tuple[str, ...] = ("train",)   # the splits that make the training set (SVHN+extra)
     source_uri: str = ""              # for source "code": what produces the images
 
 
@@ -48,7 +54,6 @@ class DatasetInfo:
 # airplanes and 497 unlabeled images trained as airplane. The paper's 5.59% was measured so.
 LABELED_POOLS = ("train", "train+unlabeled")
 
-_TORCHVISION = "mixmatch_core.data:load_torchvision"
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
         "digits", "mixmatch_core.data:load_digits", image_px=8, flip=False, shift_px=1,  # 8x8: 1 px shift, no flip
@@ -59,19 +64,23 @@ DATASETS: dict[str, DatasetInfo] = {
         preset=dict(model="small_cnn16", n_labeled=50, steps=500, eval_every=50, median_of=5, log_every=50,
                     lambda_u=75.0, alpha=0.75, rampup_steps=200, ema_decay=0.99),
         cost_factor=0.1, source="code", source_uri="sklearn.datasets.load_digits"),   # measured
-    "cifar10": DatasetInfo("cifar10", _TORCHVISION, preset=dict(lambda_u=75.0, alpha=0.75), paper_name="cifar10"),
-    "cifar100": DatasetInfo("cifar100", _TORCHVISION, n_classes=100, preset=dict(lambda_u=150.0, alpha=0.75),
-                            paper_name="cifar100"),
+    "cifar10": DatasetInfo("cifar10", "mixmatch_core.data:load_cifar", torchvision_class="CIFAR10",
+                           preset=dict(lambda_u=75.0, alpha=0.75), paper_name="cifar10"),
+    "cifar100": DatasetInfo("cifar100", "mixmatch_core.data:load_cifar", torchvision_class="CIFAR100",
+                            n_classes=100, preset=dict(lambda_u=150.0, alpha=0.75), paper_name="cifar100"),
     # SVHN: shift only, digits are not mirror-symmetric; labels drawn by class frequency.
-    "svhn": DatasetInfo("svhn", _TORCHVISION, flip=False, preset=dict(lambda_u=250.0, alpha=0.75),
-                        balanced_split=False, paper_name="svhn"),
-    "svhn_extra": DatasetInfo("svhn_extra", _TORCHVISION, flip=False, preset=dict(lambda_u=250.0, alpha=0.25),
+    "svhn": DatasetInfo("svhn", "mixmatch_core.data:load_svhn", torchvision_class="SVHN", flip=False,
+                        preset=dict(lambda_u=250.0, alpha=0.75), balanced_split=False, paper_name="svhn"),
+    "svhn_extra": DatasetInfo("svhn_extra", "mixmatch_core.data:load_svhn", torchvision_class="SVHN",
+                              train_splits=("train", "extra"), flip=False, preset=dict(lambda_u=250.0, alpha=0.25),
                               balanced_split=False, paper_name="svhn_extra"),
     # STL-10, 96x96: flip + shift up to 12 px; runs/table2.sh --scales=4 (auto would give 5 at
-    # 96 px); 9x the pixels of 32x32 (cost estimate).
-    "stl10": DatasetInfo("stl10", _TORCHVISION, image_px=96, shift_px=12,
-                         preset=dict(lambda_u=50.0, alpha=0.75, scales=4), fold_size=1000, labeled_pool_extra=True,
-                         paper_name="stl10", cost_factor=9.0),
+    # 96 px); 9x the pixels of 32x32 (cost estimate). Its ten predefined 1000-image folds are
+    # torchvision's stl10_binary/fold_indices.txt.
+    "stl10": DatasetInfo("stl10", "mixmatch_core.data:load_stl10", torchvision_class="STL10", image_px=96,
+                         shift_px=12, preset=dict(lambda_u=50.0, alpha=0.75, scales=4), fold_size=1000,
+                         folds_file="stl10_binary/fold_indices.txt", equal_class_draw=True,
+                         labeled_pool_extra=True, paper_name="stl10", cost_factor=9.0),
 }
 # A user's numpy file `npz:PATH` (x_train, y_train, x_test, y_test): classes and augmentation
 # come from the data; compared with the paper when the file is named after a paper dataset.

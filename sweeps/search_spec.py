@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixmatch_core.config import FIELDS, ConfigError, load_yaml, resolve
+from mixmatch_core.config import FIELDS, ConfigError, did_you_mean, load_yaml, name_unknown, resolve
+
+from .spec import SPEC_KEYS
 
 SEARCH_KEYS = {"name", "experiment", "base", "space", "sampler", "pruner", "trials", "timeout_seconds",
                "objective", "seed", "description"}
@@ -137,7 +139,7 @@ def _named(value, what: str, options: dict[str, set], default: str, err) -> dict
 def _dimension(name: str, raw, base: dict[str, Any], err) -> Dimension:
     where = f"space.{name}"
     if name not in FIELDS:
-        err(f"space: unknown config field '{name}'; known fields: {', '.join(FIELDS)}")
+        err(f"space: unknown config field '{name}'{did_you_mean(name, FIELDS)}; known fields: {', '.join(FIELDS)}")
     if FIELDS[name].metadata.get("runtime") or name in NOT_SEARCHABLE:
         err(f"space: '{name}' cannot be searched ("
             + ("it changes the data the objective is measured on)" if name in NOT_SEARCHABLE
@@ -208,14 +210,18 @@ def _numeric(name: str, raw: dict, where: str, err) -> Dimension:
 
 def load_search_spec(path: str) -> SearchSpec:
     """Read and validate a search spec; every problem is one ConfigError line naming the key."""
-    raw = load_yaml(path)
+    raw = load_yaml(path, "search spec")
 
     def err(msg: str):
         raise ConfigError(f"search spec '{path}': {msg}")
 
     unknown = set(raw) - SEARCH_KEYS
+    sweep_keys = sorted(unknown & SPEC_KEYS)
+    if sweep_keys and "space" not in raw:
+        raise ConfigError(f"'{path}' is a sweep spec (it has {', '.join(sweep_keys)}), not a search spec: "
+                          f"run it with `mixmatch sweep {path}`")
     if unknown:
-        err(f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SEARCH_KEYS))}")
+        err(f"unknown key(s) {name_unknown(unknown, SEARCH_KEYS)}; allowed: {', '.join(sorted(SEARCH_KEYS))}")
     base = raw.get("base") or {}
     if not isinstance(base, dict):
         err("base must be a mapping of config fields")

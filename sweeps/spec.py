@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixmatch_core.config import FIELDS, Config, ConfigError, load_yaml, resolve
+from mixmatch_core.config import FIELDS, Config, ConfigError, did_you_mean, load_yaml, name_unknown, resolve
 
 SPEC_KEYS = {"name", "experiment", "base", "variants", "grid", "grids", "retries", "layout", "description", "notes"}
 LAYOUTS = ("auto", "labels", "ablation")
@@ -75,10 +75,13 @@ class Spec:
 
 def load_spec(path: str) -> Spec:
     """Read and validate a spec file; every problem is one ConfigError line naming the key."""
-    raw = load_yaml(path)
+    raw = load_yaml(path, "spec")
     unknown = set(raw) - SPEC_KEYS
+    if "space" in unknown and not {"grid", "grids"} & set(raw):
+        raise ConfigError(f"'{path}' is a search spec (it has space:), not a sweep spec: run it with "
+                          f"`mixmatch search {path}`")
     if unknown:
-        raise ConfigError(f"spec '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
+        raise ConfigError(f"spec '{path}': unknown key(s) {name_unknown(unknown, SPEC_KEYS)}; "
                           f"allowed: {', '.join(sorted(SPEC_KEYS))}")
     base = raw.get("base") or {}
     if not isinstance(base, dict):
@@ -89,7 +92,7 @@ def load_spec(path: str) -> Spec:
     for vname, diff in variants.items():
         bad = set(diff) - set(FIELDS)
         if bad:
-            raise ConfigError(f"spec '{path}': variant '{vname}' has unknown config key(s) {', '.join(sorted(bad))}")
+            raise ConfigError(f"spec '{path}': variant '{vname}' has unknown config key(s) {name_unknown(bad, FIELDS)}")
     if "grid" in raw and "grids" in raw:
         raise ConfigError(f"spec '{path}': give either grid or grids, not both")
     grids = raw.get("grids") if "grids" in raw else [raw.get("grid") or {}]
@@ -98,7 +101,7 @@ def load_spec(path: str) -> Spec:
     for g in grids:
         for axis, values in g.items():
             if axis not in FIELDS:
-                raise ConfigError(f"spec '{path}': unknown axis '{axis}'; axes are config fields")
+                raise ConfigError(f"spec '{path}': unknown axis '{axis}'{did_you_mean(axis, FIELDS)}; axes are config fields")
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"spec '{path}': axis '{axis}' must be a non-empty list of values")
     layout = raw.get("layout", "auto")

@@ -118,6 +118,6 @@ def test_config_is_frozen():
 @pytest.mark.parametrize("errors,median_of,expected", [([30.0, 20.0, 10.0], 1, 10.0), ([30.0, 20.0, 10.0, 14.0], 3, 14.0),
                                                        ([5.0, 9.0], 20, 7.0)])
 def test_reported_error_is_the_median_of_the_last_evaluations(errors, median_of, expected):
-    from mixmatch_core.report import report_errors
+    from mixmatch_core.run_report import report_errors
     r = report_errors(errors, median_of)
     assert r == {"error": expected, "error_last": errors[-1], "error_best": min(errors)}

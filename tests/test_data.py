@@ -1,5 +1,6 @@
 """Specification of data.py: loaders, the official labeled split, and device-resident batches."""
 
+import dataclasses
 import importlib.util
 import io
 import os
@@ -352,6 +353,37 @@ def fake_tv(monkeypatch, tmp_path):
     (tmp_path / "stl10_binary" / "fold_indices.txt").write_text(
         "\n".join(" ".join(map(str, f)) for f in FOLDS) + "\n")
     return tmp_path
+
+
+class FakeCIFAR10:
+    def __init__(self, root, train, download):
+        n = 50 if train else 20
+        self.data, self.targets = np.zeros((n, 32, 32, 3), np.uint8), list(np.arange(n) % 10)
+
+
+def _recording(base, built: list):
+    """`base` that appends its torchvision name to `built` when constructed."""
+    class Recording(base):
+        def __init__(self, *args, **kwargs):
+            built.append(base.__name__.removeprefix("Fake"))
+            super().__init__(*args, **kwargs)
+    return Recording
+
+
+@pytest.mark.parametrize("name, wanted", [("cifar10", "CIFAR10"), ("svhn", "SVHN"), ("stl10", "STL10")])
+def test_a_record_under_a_new_name_loads_what_its_record_says_not_stl10(fake_tv, monkeypatch, name, wanted):
+    """The record names the loader and its facts; the name is only a key. A copy of a record
+    under a name no loader has heard of loads the same torchvision dataset (it once fell into
+    the STL-10 branch of a loader that switched on the name)."""
+    import torchvision.datasets as tvd
+    from mixmatch_core import datasets
+    built = []
+    for base in (FakeCIFAR10, FakeSVHN, FakeSTL10):
+        monkeypatch.setattr(tvd, base.__name__.removeprefix("Fake"), _recording(base, built))
+    monkeypatch.setitem(datasets.DATASETS, "mnist", dataclasses.replace(datasets.DATASETS[name], name="mnist"))
+    ds = load_dataset("mnist", str(fake_tv))
+    assert set(built) == {wanted} and ds.name == "mnist"
+    assert (ds.label_folds is not None) == (wanted == "STL10")
 
 
 @pytest.mark.parametrize("name, n_train", [("svhn", 300), ("svhn_extra", 500)])

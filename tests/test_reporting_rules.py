@@ -11,7 +11,7 @@ import mpmath
 import pytest
 import torch
 
-from mixmatch_core.report import final_metrics, report_errors
+from mixmatch_core.run_report import final_metrics, report_errors
 from mixmatch_core.train import ema_update
 from sweeps.table import _welch
 

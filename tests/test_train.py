@@ -226,7 +226,7 @@ def test_a_cuda_run_computes_strict_fp32_unless_tf32_is_set(precision_flags):
 @pytest.mark.parametrize("tf32", [False, True])
 def test_before_torch_2_9_the_legacy_tf32_switch_is_set(precision_flags, monkeypatch, tf32):
     """torch < 2.9 has no per-operator fp32_precision: the run sets cudnn.allow_tf32 instead of
-    failing (pyproject admits torch >= 2.4)."""
+    failing (mixmatch_core/precision.py keeps that fallback)."""
     from mixmatch_core.train import set_fp32_precision
     with monkeypatch.context() as m:
         m.setattr(torch.backends.cudnn, "conv", None, raising=False)      # as on torch < 2.9

@@ -11,6 +11,7 @@ from torch import nn
 
 from mixmatch_core.config import resolve
 from mixmatch_core.methods import vat
+from mixmatch_core.precision import strict_fp32
 from mixmatch_core.views import Unlabeled
 
 
@@ -59,7 +60,7 @@ def test_in_bf16_the_probe_pass_equals_the_clean_pass_and_in_strict_fp32_it_does
     d = 1e-6 * vat.normalize(torch.randn_like(u))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(u), model(u + d))
-        with vat.strict_fp32():
+        with strict_fp32():
             assert not torch.equal(model(u), model(u + d))
 
 
@@ -68,7 +69,7 @@ def test_strict_fp32_turns_autocast_and_tf32_off_inside_and_restores_them():
     torch.set_float32_matmul_precision("high")
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            with vat.strict_fp32():
+            with strict_fp32():
                 assert not torch.is_autocast_enabled("cpu")
                 assert torch.get_float32_matmul_precision() == "highest"
                 assert torch.backends.cudnn.conv.fp32_precision == "ieee"
@@ -87,3 +88,26 @@ def test_adversarial_perturbation_keeps_fp32_or_wider(dtype):
     u = torch.randn(4, 3, dtype=dtype)
     r = vat.adversarial_perturbation(lambda t: t @ w, u, u @ w, eps=6.0, xi=1e-6)
     assert r.dtype == dtype
+
+
+def test_the_probe_runs_on_a_torch_before_2_9_and_restores_its_legacy_tf32_switch(monkeypatch):
+    """torch < 2.9 has no per-operator fp32_precision, only cudnn.allow_tf32 (pyproject's lower
+    bound once admitted it): the strict-fp32 region turns the legacy switch off and back on."""
+    saved = [k.fp32_precision for k in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn)]
+    monkeypatch.setattr(torch.backends.cudnn, "conv", None, raising=False)     # as on torch < 2.9
+    torch.backends.cudnn.allow_tf32 = True                                    # the legacy default
+    seen = []
+    w = torch.randn(3, 2)
+
+    def forward(t):
+        seen.append(torch.backends.cudnn.allow_tf32)
+        return t @ w
+    try:
+        u = torch.randn(4, 3)
+        r = vat.adversarial_perturbation(forward, u, u @ w, eps=6.0, xi=1e-6)
+        assert seen == [False] and torch.backends.cudnn.allow_tf32 is True
+        assert r.norm(dim=1).sub(6.0).abs().max() < 1e-4
+    finally:
+        monkeypatch.undo()
+        for knob, value in zip((torch.backends.cudnn.conv, torch.backends.cudnn.rnn), saved):
+            knob.fp32_precision = value

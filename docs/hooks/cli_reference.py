@@ -7,6 +7,7 @@ from what the commands print. Registered in mkdocs.yml under `hooks:`.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -27,7 +28,15 @@ def reference() -> str:
     parts = ["## mixmatch", "", "```text", mixmatch_cli.usage(), "```", ""]
     for name, parser in mixmatch_cli.parsers().items():
         parts += [f"## mixmatch {name}", "", "```text", parser.format_help().rstrip(), "```", ""]
+        for sub, subparser in subcommands(parser).items():     # e.g. mixmatch data cifar10-npz
+            parts += [f"### mixmatch {name} {sub}", "", "```text", subparser.format_help().rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict:
+    """A command's subcommands (name -> parser), from argparse's subparsers action if it has one."""
+    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:

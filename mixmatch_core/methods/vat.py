@@ -22,20 +22,18 @@ pixel of a 32x32x3 image. Under bf16 autocast (8 mantissa bits) or TF32 convolut
 u + d as u: the probe's forward equals the clean one, the KL's gradient is zero or rounding
 noise, and VAT silently becomes entropy minimisation plus a random eps-sized perturbation. So
 the clean pass that the probe is compared with and the probe's forward and backward run in
-strict fp32 (`strict_fp32`: autocast off, TF32 off for cuDNN and matmul), for that region
+strict fp32 (precision.strict_fp32: autocast off, TF32 off for cuDNN and matmul), for that region
 only; the adversarial pass and the labeled pass keep the run's precision (r_adv has norm
 vat_eps = 6, far above any rounding). `power_iteration` is the raw math in the ambient
 precision (for benchmarks comparing the two).
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import strict_fp32
 from ..views import Unlabeled, Views
 from .common import consistency_warmup, frozen_bn_stats, xent
 
@@ -66,33 +64,6 @@ def kl_from_logits(a: Tensor, b: Tensor) -> Tensor:
     under autocast are promoted)."""
     la, lb = F.log_softmax(at_least_fp32(a), dim=-1), F.log_softmax(at_least_fp32(b), dim=-1)
     return (la.exp() * (la - lb)).sum(dim=-1)
-
-
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """Inside: plain fp32 arithmetic. Autocast is off (on every device type where it is on), and
-    TF32 is off for cuDNN convolutions/RNNs and for matmuls; everything is restored on exit.
-    cuDNN through the per-operator flags (what convolutions read); matmuls through
-    set_float32_matmul_precision, which keeps the legacy and the per-backend flags that cuBLAS
-    checks against each other consistent. Process-wide flags: not for concurrent threads."""
-    cudnn = (torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
-    matmul = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
-    saved_cudnn = [k.fp32_precision for k in cudnn]
-    saved_matmul = [k.fp32_precision for k in matmul]
-    saved_precision = torch.get_float32_matmul_precision()
-    with contextlib.ExitStack() as stack:
-        for device_type in ("cpu", "cuda"):
-            if torch.is_autocast_enabled(device_type):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
-        try:
-            torch.set_float32_matmul_precision("highest")
-            for knob in cudnn:
-                knob.fp32_precision = "ieee"
-            yield
-        finally:
-            torch.set_float32_matmul_precision(saved_precision)
-            for knob, value in (*zip(matmul, saved_matmul), *zip(cudnn, saved_cudnn)):
-                knob.fp32_precision = value
 
 
 def power_iteration(forward, u: Tensor, logits_u: Tensor, eps: float, xi: float) -> Tensor:

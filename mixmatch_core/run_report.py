@@ -1,4 +1,5 @@
-"""The reporting rule and a run's report artifacts.
+"""A run's report: the reporting rule and the artifacts of one finished run (the sweep's
+tables and HTML page are sweeps/report.py's).
 
 Owns: `report_errors` (the paper's number: the median of the last N evaluation errors, i.e.
 100 - median accuracy; plus the last and the best, clearly labeled), `final_metrics` over an
