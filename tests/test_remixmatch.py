@@ -119,6 +119,16 @@ def remix_cfg(**kw):
     return resolve({"variant": "remixmatch", "dataset": "digits", **kw})
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (conv passes this small cost several times more with two
+    threads on a shared machine); a run's num_threads is process-wide: put it back afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(n)
+
+
 # ---- distribution alignment -------------------------------------------------------------------
 @pytest.mark.parametrize("use_dm", [True, False])
 def test_guess_label_aligns_by_p_data_over_p_model_then_sharpens(use_dm):
@@ -286,7 +296,7 @@ def np_interleave(chunks, batch):
     return [np.concatenate(g) for g in groups]
 
 
-def test_only_the_last_interleaved_pass_updates_batch_norm_statistics(monkeypatch):
+def test_only_the_last_interleaved_pass_updates_batch_norm_statistics(monkeypatch, one_thread):
     """post_ops = the UPDATE_OPS of classifier(batches[-1]) only: rotation, guessing, KL and the
     first K + 1 interleaved mixed passes leave the running statistics as they were."""
     torch.manual_seed(0)
@@ -383,20 +393,13 @@ def test_dry_run_cost_counts_the_passes_of_a_step(user, forwards):
 
 
 # ---- a run, killed and resumed ------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    """A run's num_threads sets torch's process-wide thread count: put it back afterwards."""
-    n = torch.get_num_threads()
-    yield 1
-    torch.set_num_threads(n)
 
 
-def test_a_weak_only_run_resumes_to_exactly_the_numbers_of_an_uninterrupted_one(tmp_path, one_thread):
-    """The rotation head, p_model and p_data are saved and restored with the model (augment=none:
-    the weak-only path, which needs no strong augmentation). One thread: the tiny evaluations
-    cost 10x more with two threads on a shared machine."""
+def test_a_run_resumes_to_exactly_the_numbers_of_an_uninterrupted_one(tmp_path, one_thread):
+    """The rotation head, p_model, p_data and CTAugment's rates are saved and restored with the
+    run."""
     def cfg(sub):
-        return resolve(dict(variant="remixmatch_only_weak_k1", dataset="digits", n_labeled=50, steps=4, eval_every=2,
+        return resolve(dict(variant="remixmatch", K=2, dataset="digits", n_labeled=50, steps=4, eval_every=2,
                             median_of=2, log_every=2, batch_size=8, rampup_steps=2, progress=False, device="cpu",
                             model="small_cnn4", num_threads=one_thread, out_dir=str(tmp_path / sub)))
 
@@ -418,3 +421,6 @@ def test_a_weak_only_run_resumes_to_exactly_the_numbers_of_an_uninterrupted_one(
     for part in ("model", "ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert a["augment"].keys() == b["augment"].keys() and a["augment"]
+    for k in a["augment"]:
+        assert torch.equal(a["augment"][k], b["augment"][k]), k
