@@ -78,7 +78,7 @@ def _opaque(op: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
 
 
 def _keeps_alpha(op: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
-    """An ImageEnhance op on RGBA (Pillow >= 9 puts the image's alpha on the degenerate)."""
+    """An ImageEnhance op on RGBA (Pillow 13 puts the image's alpha on the degenerate)."""
     return lambda x, m, neg: _with_alpha(op(_color(x), m), x[..., -1:])
 
 
