@@ -72,7 +72,8 @@ def cpu_model() -> dict:
         return {"model": platform.processor() or platform.machine()}
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = fields.get("Flags", "").split()
-    return {"model": fields.get("Model name", "?").strip(), "cores": os.cpu_count(),
+    return {"model": fields.get("Model name", "?").strip(), "family": fields.get("CPU family", "?").strip(),
+            "model_number": fields.get("Model", "?").strip(), "cores": os.cpu_count(),
             "vector_flags": [f for f in flags if f.startswith(("avx", "amx", "fma"))]}
 
 
