@@ -226,11 +226,12 @@ class CTAugment:
         return Policy(ops, torch.where(bins > 0, levels, 0.0).to(torch.float32))
 
     # ---------------------------------------------------------------- applying
-    def apply(self, x: Tensor, policy: Policy, cutout: bool = False) -> Tensor:
+    def apply(self, x: Tensor, policy: Policy, cutout: bool = False, by_index: bool | None = None) -> Tensor:
         """The policy's ops, in order, on uint8 NHWC images [n, H, W, C] (C = 3 or 1); with
-        `cutout`, FixMatch's OP('cutout', (1,)) last (a 16 x 16 gray square on 32 x 32)."""
+        `cutout`, FixMatch's OP('cutout', (1,)) last (a 16 x 16 gray square on 32 x 32).
+        `by_index`: io.apply_per_image's dispatch (None: by the device)."""
         for d in range(policy.ops.shape[1]):
-            x = io.apply_per_image(x, policy.ops[:, d], self._ops, policy.levels[:, d])
+            x = io.apply_per_image(x, policy.ops[:, d], self._ops, policy.levels[:, d], by_index=by_index)
         if cutout:
             x = OPS["cutout"][1](x, torch.ones(x.shape[0], MAX_ARGS, device=x.device))
         return x

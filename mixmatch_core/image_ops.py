@@ -59,8 +59,9 @@ def grayscale(x: Tensor) -> Tensor:
     A 1-channel image is already 'L'."""
     if x.shape[-1] == 1:
         return x
-    w = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=x.device)
-    return ((x.to(torch.int32) * w).sum(-1, keepdim=True) + 0x8000).bitwise_right_shift(16).to(torch.uint8)
+    c = x.to(torch.int32)  # (the weights as Python ints: a weight tensor would be a host-to-device copy)
+    luma = c[..., 0:1] * 19595 + c[..., 1:2] * 38470 + c[..., 2:3] * 7471 + 0x8000
+    return luma.bitwise_right_shift(16).to(torch.uint8)
 
 
 # ------------------------------------------------------------------------------ lookup tables

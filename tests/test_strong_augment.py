@@ -354,3 +354,27 @@ def test_randaugment_draws_two_of_fourteen_ops_with_magnitude_1_to_9_half_applie
 def test_randaugment_wrap_lowers_the_values_the_official_float_round_trip_lowers():
     x = np.arange(256, dtype=np.float32) * np.float32(2.0 / 255) - np.float32(1.0)
     np.testing.assert_array_equal(ra.wrap_lut().numpy(), np.uint8((x * 0.5 + 0.5) * 255.0))
+
+
+# ------------------------------------------------------------------ no host round trip
+
+def test_the_accelerator_path_never_reads_the_device_or_copies_host_data(monkeypatch):
+    """What an accelerator runs (every op on the whole batch, kept by torch.where), after a first
+    call has built the cached tables, makes no host sync and no host-to-device copy."""
+    torch.manual_seed(12)
+    x = torch.from_numpy(IMAGES[:16])
+    aug = CTAugment()
+
+    def step():
+        aug.apply(x, aug.policy(16, probe=False), cutout=True, by_index=False)
+        aug.update_rates(aug.policy(16, probe=True), cta.proximity(torch.rand(16, 10).softmax(1), torch.arange(16) % 10))
+        ra.apply(x, ra.policy(16, 32, 32), by_index=False)
+    step()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a host round trip")
+    for name in ("item", "tolist", "nonzero", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    monkeypatch.setattr(torch, "tensor", forbidden)
+    monkeypatch.setattr(torch, "nonzero", forbidden)
+    step()
