@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from mixmatch_core import image_ops as io
-from mixmatch_core.strong_augment import CTA_DECAY, CTA_DEPTH, CTA_THRESHOLD, check_strong_augment
+from mixmatch_core.strong_augment import CTA_DECAY, CTA_DEPTH, CTA_THRESHOLD, strong_augment_error
 
 VARIANTS = ("fixmatch", "remixmatch")
 CUTOUT_FILL = 127  # libml/ctaugment.py cutout: pixels[i, j] = (127, 127, 127)
@@ -181,7 +181,9 @@ class CTAugment:
 
     def __init__(self, depth: int = CTA_DEPTH, threshold: float = CTA_THRESHOLD, decay: float = CTA_DECAY,
                  device: torch.device | str = "cpu", variant: str = "fixmatch"):
-        check_strong_augment("ctaugment", depth, threshold, decay)
+        error = strong_augment_error("ctaugment", depth, threshold, decay)
+        if error:
+            raise ValueError(error)
         if variant not in VARIANTS:
             raise ValueError(f"CTAugment variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         self.depth, self.threshold, self.decay, self.variant = depth, threshold, decay, variant

@@ -22,9 +22,8 @@ from benchmarks import pil_augment as official
 from mixmatch_core import ctaugment as cta
 from mixmatch_core import image_ops as io
 from mixmatch_core import randaugment as ra
-from mixmatch_core.config import ConfigError
 from mixmatch_core.ctaugment import CTAugment, Policy
-from mixmatch_core.strong_augment import check_strong_augment
+from mixmatch_core.strong_augment import strong_augment_error
 
 CIFAR_NPZ = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "cifar10.npz"
 N_IMAGES = 96
@@ -283,7 +282,7 @@ def test_stats_is_the_official_text():
 
 # ------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("kwargs, field", [
+@pytest.mark.parametrize("kwargs, message", [
     ({"augment": "autoaugment"}, "augment: 'autoaugment' is not one of ctaugment, randaugment"),
     ({"augment": "ctaugment", "cta_depth": 0}, "cta_depth: must be an integer >= 1"),
     ({"augment": "ctaugment", "cta_depth": 1.5}, "cta_depth: must be an integer >= 1"),
@@ -292,15 +291,20 @@ def test_stats_is_the_official_text():
     ({"augment": "ctaugment", "cta_decay": 1.0}, "cta_decay: must be in (0, 1)"),
     ({"augment": "ctaugment", "cta_decay": 0.0}, "cta_decay: must be in (0, 1)"),
 ])
-def test_bad_strong_augment_settings_are_one_line_naming_the_field(kwargs, field):
-    with pytest.raises(ConfigError) as err:
-        check_strong_augment(**kwargs)
-    assert str(err.value).startswith(field) and "\n" not in str(err.value)
+def test_bad_strong_augment_settings_are_one_line_naming_the_field(kwargs, message):
+    error = strong_augment_error(**kwargs)
+    assert error.startswith(message) and "\n" not in error
 
 
-def test_the_official_settings_are_accepted():
-    check_strong_augment("ctaugment", 2, 0.8, 0.99)
-    check_strong_augment("randaugment", 1, 0.0, 0.5)
+def test_the_official_settings_and_unset_fields_are_accepted():
+    assert strong_augment_error("ctaugment", 2, 0.8, 0.99) is None
+    assert strong_augment_error("randaugment", None, None, None) is None
+    assert strong_augment_error() is None
+
+
+def test_ctaugment_refuses_a_bad_setting_with_the_same_line():
+    with pytest.raises(ValueError, match=r"^cta_threshold: must be in \[0, 1\), got 1.5$"):
+        CTAugment(threshold=1.5)
 
 
 # ------------------------------------------------------------ RandAugment (FixMatch RA)
