@@ -188,7 +188,8 @@ def run(args) -> dict:
         if "step" in med:
             ratios[f"{ours}_over_step"] = med[ours] / med["step"]
     return {
-        "benchmark": "strong_augment", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "strong_augment",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_model(), "torch": torch.__version__, "threads": threads,
         "pil_processes": threads if pool is not None else 1, "pillow": official.Image.__version__,

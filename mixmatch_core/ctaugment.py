@@ -145,7 +145,6 @@ OPS: dict[str, tuple[tuple[int, ...], Callable[[Tensor, Tensor], Tensor]]] = {
 OP_NAMES = tuple(OPS)
 MAX_ARGS = 2
 MAX_BINS = 17
-_CUTOUT_ID = OP_NAMES.index("cutout")
 _RESCALE_ID = OP_NAMES.index("rescale")
 
 

@@ -232,7 +232,8 @@ def affine_nearest(x: Tensor, matrix: Tensor, fill: int = 0) -> tuple[Tensor, Te
 
 def affine_matrix(coefficients: Sequence[Tensor | int], like: Tensor) -> Tensor:
     """float64 [n, 6] from six per-image tensors [n] or the constants 0 and 1."""
-    return torch.stack([c.to(torch.float64) if torch.is_tensor(c) else torch.full_like(like, float(c), dtype=torch.float64)
+    return torch.stack([c.to(torch.float64) if torch.is_tensor(c)
+                        else torch.full_like(like, float(c), dtype=torch.float64)
                         for c in coefficients], 1)
 
 

@@ -91,7 +91,8 @@ def test_rescale_equals_pil_for_every_crop_size(method):
     """Every crop the level can produce (scale 0..0.25, 17 bins) with each resampling filter."""
     lv = np.stack([np.linspace(0, 0.999, 48), np.full(48, (method + 0.5) / 6)], 1).astype(np.float32)
     x = IMAGES[:48]
-    ref = np.stack([np.asarray(official.rescale(Image.fromarray(img), float(a), float(b))) for img, (a, b) in zip(x, lv)])
+    ref = np.stack([np.asarray(official.rescale(Image.fromarray(img), float(a), float(b)))
+                    for img, (a, b) in zip(x, lv)])
     ours = cta.OPS["rescale"][1](torch.from_numpy(x), torch.from_numpy(lv)).numpy()
     np.testing.assert_array_equal(ours, ref)
 
@@ -371,7 +372,8 @@ def test_the_accelerator_path_never_reads_the_device_or_copies_host_data(monkeyp
 
     def step():
         aug.apply(x, aug.policy(16, probe=False), cutout=True, by_index=False)
-        aug.update_rates(aug.policy(16, probe=True), cta.proximity(torch.rand(16, 10).softmax(1), torch.arange(16) % 10))
+        probs = torch.rand(16, 10).softmax(1)
+        aug.update_rates(aug.policy(16, probe=True), cta.proximity(probs, torch.arange(16) % 10))
         ra.apply(x, ra.policy(16, 32, 32), by_index=False)
     step()
 
