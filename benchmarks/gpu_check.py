@@ -27,8 +27,10 @@ deadline (benchmarks/gpu_protocol.py), so a hung compile costs its own budget on
 4. packed: N = 1, 2, 4, 8, 16 cells packed into one model (benchmarks/packed.py), eager and
    compiled, against one cell (1.) and N processes (2.), with the equality check of a packed step
    against N separate ones on the device; 5. vat: the VAT probe (benchmarks/vat_probe.py);
-   6. methods: every registered method through the trainer. See benchmarks/gpu_sections.py.
-   Sections 1 and 4 and the probe start together (side by side), then 2, 6 and 3 run in turn.
+   6. methods: every registered method through the trainer; 7. strong augmentation: CTAugment
+   and RandAugment + Cutout of FixMatch's unlabeled batch against one training step. See
+   benchmarks/gpu_sections.py. Sections 1, 4 and 7 and the probe start together (side by
+   side), then 2, 6 and 3 run in turn.
 
 Prints a table and writes DIR/gpu_check.json (docs/gpu_check.md explains how to read it).
 """
@@ -322,7 +324,8 @@ def print_table(r: dict) -> None:
 
 
 CHILDREN = {"step": child_step, "worker": child_worker, "train": child_train, "packed": sections.child_packed,
-            "equal": sections.child_equal, "vat": sections.child_vat, "methods": sections.child_methods}
+            "equal": sections.child_equal, "vat": sections.child_vat, "methods": sections.child_methods,
+            "strong": sections.child_strong}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -383,13 +386,14 @@ def run_all(args: argparse.Namespace, t_start: float) -> dict:
     out = Path(args.out)
     log(f"gpu_check: {args.device}, modes {', '.join(args.modes)}, packed {args.packed_modes} x {args.packed_list}, "
         f"workers {args.workers_list}")
-    log("1. step timings, 4. packed models and 5. the VAT probe (compiling side by side)")
+    log("1. step timings, 4. packed models, 7. strong augmentation and 5. the VAT probe (compiling side by side)")
     commands = {**step_commands(args), **sections.packed_commands(args),
+                "strong augment": sections.child_cmd(args, "strong"),
                 "vat probe": sections.child_cmd(args, "vat", "--vat-steps", str(args.vat_steps))}
     time_s = {name: budget["step_time" if name.startswith("step") else "packed_time"] for name in commands}
     res = run_side_by_side(commands, budget["step_compile"], time_s, t_start + budget["timings_end"])
     steps = [{"mode": m, **res.pop(f"step {m}")} for m in args.modes]
-    vat, equality = res.pop("vat probe"), res.pop("packed equality")
+    vat, equality, strong = res.pop("vat probe"), res.pop("packed equality"), res.pop("strong augment")
     eager = next((r for r in steps if r["mode"] == "eager" and "a_s" in r), None)
     log("2. workers on one GPU")
     # The methods and the training run keep their budgets (and the check stays within TOTAL_S).
@@ -417,7 +421,7 @@ def run_all(args: argparse.Namespace, t_start: float) -> dict:
             "step": steps, "workers": workers, "train": train,
             "packed": {"rows": packed_rows, "equality": equality,
                        "decision": sections.packing_decision(packed_rows, workers, args.tiny)},
-            "vat": vat, "methods": methods, "wall_s": time.monotonic() - t_start}
+            "vat": vat, "methods": methods, "strong_augment": strong, "wall_s": time.monotonic() - t_start}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     sections.print_packed(result)
     sections.print_vat(result)
     sections.print_methods(result)
+    sections.print_strong(result)
     print(f"\nwrote {out}")
     return 0
 

@@ -16,6 +16,10 @@ starts them and turns their results into rows, and its table:
    (mixmatch_core.train.train, no tracker) on the check's digits-32 data; steps per second and the
    test error, or the failure. A child that crashes or hangs loses that one method: the rest
    resume in a new child.
+7. strong augmentation: CTAugment (+ FixMatch's cutout) and RandAugment + Cutout of FixMatch's
+   unlabeled batch (batch x 7 uint8 images) on the device, against one training step of the
+   check's model on FixMatch's whole batch (batch + 2 x 7 batch images), timed alone on the
+   device (benchmarks/strong_augment.py); the goal is under 10% of the step.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from benchmarks.gpu_protocol import REPO, env, error_text, log, read_line, serve_timings
 
 DECISION_RATIO = 1.5     # packing is worth building if it beats processes-per-GPU by this factor
+FIXMATCH_URATIO = 7      # unlabeled images per labeled one in FixMatch's batch (section 7)
 
 
 def tiny_threads(args) -> list[str]:
@@ -209,6 +214,62 @@ def child_methods(args) -> int:
         row["seconds"] = time.perf_counter() - t0
         print("RESULT " + json.dumps(row), flush=True)
     return 0
+
+
+# ---- section 7: strong augmentation --------------------------------------------------------------
+def child_strong(args) -> int:
+    """Time ours (CTAugment, RandAugment) on --batch x 7 images and one step of --model on the
+    FixMatch batch, alone on the device after READY/GO (benchmarks/gpu_protocol.py)."""
+    import torch
+
+    from benchmarks import strong_augment as sa
+    device = torch.device(args.device)
+    n = args.batch * FIXMATCH_URATIO
+    out = {"model": args.model, "amp": args.amp, "images": n, "step_images": args.batch + 2 * n}
+
+    def build():
+        x8, out["data"] = sa.images(n)
+        fns = sa.our_runners(torch.from_numpy(x8).to(device))
+        if device.type == "cuda":    # no host sync per step: a warmed-up call under the sync detector
+            for name, fn in fns.items():
+                fn()
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    fn()
+                    out[f"{name}_host_sync"] = None
+                except RuntimeError as e:
+                    out[f"{name}_host_sync"] = error_text(e)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            for name in ("cta", "ra"):  # the same captured in a CUDA graph (launch overhead gone)
+                try:
+                    fns[f"{name}_graph"] = sa.cuda_graphed(fns[name])
+                except Exception as e:  # noqa: BLE001 - reported; the eager timings go on
+                    out[f"{name}_graph_error"] = error_text(e)
+        fns["step"] = sa.step_runner(device, args.batch + 2 * n, args.amp, True, args.model)
+        return fns
+
+    def finish(o: dict) -> None:
+        med = o["seconds_per_step"]
+        o.update({f"{k}_over_step": v / med["step"] for k, v in med.items() if k != "step"}, goal_max=sa.GPU_GOAL_FRACTION)
+    return serve_timings(out, build, args.steps, args.repeats, args.warmup, device, finish)
+
+
+def print_strong(r: dict) -> None:
+    a = r["strong_augment"]
+    labels = {"cta": "CTAugment + cutout", "ra": "RandAugment + Cutout", "cta_graph": "CTAugment, CUDA graph",
+              "ra_graph": "RandAugment, CUDA graph"}
+    rows = None if "seconds_per_step" not in a else [(k, v) for k, v in labels.items() if k in a["seconds_per_step"]]
+    med = a.get("seconds_per_step", {})
+    print_block(f"\n7. strong augmentation of {a.get('images')} images on the device vs one step of "
+                f"{a.get('model')} on {a.get('step_images')} images ({a.get('amp')}): {_num(med.get('step'), '.4f')} s",
+                rows, a.get("error"), f"{'augmentation':<22} {'seconds':>9} {'of the step':>12}",
+                lambda row: f"{row[1]:<22} {med[row[0]]:>9.4f} {a[row[0] + '_over_step']:>11.1%} "
+                            f"(goal < {a['goal_max']:.0%}: {'met' if a[row[0] + '_over_step'] < a['goal_max'] else 'NOT met'})"
+                            + (f"; host sync: {a[row[0] + '_host_sync']}" if a.get(row[0] + "_host_sync") else ""))
+    for name in ("cta", "ra"):
+        if a.get(f"{name}_graph_error"):
+            print(f"   {labels[name]} in a CUDA graph: {a[name + '_graph_error']}")
 
 
 def _exit_code(p: subprocess.Popen) -> int | None:

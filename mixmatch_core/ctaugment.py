@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from mixmatch_core import image_ops as io
-from mixmatch_core.strong_augment import CTA_DECAY, CTA_DEPTH, CTA_THRESHOLD, check_strong_augment
+from mixmatch_core.strong_augment import CTA_DECAY, CTA_DEPTH, CTA_THRESHOLD, strong_augment_error
 
 VARIANTS = ("fixmatch", "remixmatch")
 CUTOUT_FILL = 127  # libml/ctaugment.py cutout: pixels[i, j] = (127, 127, 127)
@@ -145,7 +145,6 @@ OPS: dict[str, tuple[tuple[int, ...], Callable[[Tensor, Tensor], Tensor]]] = {
 OP_NAMES = tuple(OPS)
 MAX_ARGS = 2
 MAX_BINS = 17
-_CUTOUT_ID = OP_NAMES.index("cutout")
 _RESCALE_ID = OP_NAMES.index("rescale")
 
 
@@ -181,7 +180,9 @@ class CTAugment:
 
     def __init__(self, depth: int = CTA_DEPTH, threshold: float = CTA_THRESHOLD, decay: float = CTA_DECAY,
                  device: torch.device | str = "cpu", variant: str = "fixmatch"):
-        check_strong_augment("ctaugment", depth, threshold, decay)
+        error = strong_augment_error("ctaugment", depth, threshold, decay)
+        if error:
+            raise ValueError(error)
         if variant not in VARIANTS:
             raise ValueError(f"CTAugment variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         self.depth, self.threshold, self.decay, self.variant = depth, threshold, decay, variant
@@ -226,11 +227,12 @@ class CTAugment:
         return Policy(ops, torch.where(bins > 0, levels, 0.0).to(torch.float32))
 
     # ---------------------------------------------------------------- applying
-    def apply(self, x: Tensor, policy: Policy, cutout: bool = False) -> Tensor:
+    def apply(self, x: Tensor, policy: Policy, cutout: bool = False, by_index: bool | None = None) -> Tensor:
         """The policy's ops, in order, on uint8 NHWC images [n, H, W, C] (C = 3 or 1); with
-        `cutout`, FixMatch's OP('cutout', (1,)) last (a 16 x 16 gray square on 32 x 32)."""
+        `cutout`, FixMatch's OP('cutout', (1,)) last (a 16 x 16 gray square on 32 x 32).
+        `by_index`: io.apply_per_image's dispatch (None: by the device)."""
         for d in range(policy.ops.shape[1]):
-            x = io.apply_per_image(x, policy.ops[:, d], self._ops, policy.levels[:, d])
+            x = io.apply_per_image(x, policy.ops[:, d], self._ops, policy.levels[:, d], by_index=by_index)
         if cutout:
             x = OPS["cutout"][1](x, torch.ones(x.shape[0], MAX_ARGS, device=x.device))
         return x

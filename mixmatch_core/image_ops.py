@@ -2,15 +2,16 @@
 parameters PER IMAGE.
 
 Owns: the primitives the strong augmentations (CTAugment, RandAugment) are made of, each
-computing what Pillow computes on the same image and parameter (Pillow >= 9, checked against
-13.0 by tests/test_strong_augment.py): `blend` (Image.blend), the lookup-table ops
-(`autocontrast_lut`, `equalize_lut`, `apply_lut`: ImageOps), `grayscale` (convert('L')), the
-3x3 SMOOTH and 5x5 BLUR kernel filters (Image.filter), `affine_nearest` (Image.transform /
-rotate with NEAREST, including Pillow's 16.16 fixed-point coordinates), `rotation_matrices`
-(Image.rotate's matrix), `rescale` (crop, then resize with each of the six resampling filters,
-using Pillow's fixed-point separable kernels), `cutout_box` / `fill_box`, and the per-image
-dispatch `apply_per_image`. Parameters are those PIL receives (an angle in degrees, a shear,
-a blend factor), not augmentation levels: ctaugment.py and randaugment.py map their levels.
+computing what Pillow computes on the same image and parameter (checked bit for bit against
+Pillow 13.0 by tests/test_strong_augment.py): `blend` (Image.blend), the lookup-table ops
+(`autocontrast`, `equalize`, `posterize_lut`, `solarize_lut`, `apply_lut`: ImageOps),
+`grayscale` (convert('L')) and the ImageEnhance degenerates, the 3x3 SMOOTH and 5x5 BLUR
+kernel filters (Image.filter), `affine_nearest` (Image.transform / rotate with NEAREST,
+including Pillow's 16.16 fixed-point coordinates), `rotation_matrices` (Image.rotate's matrix),
+`rescale` (crop, then resize with each of the six resampling filters, using Pillow's
+fixed-point separable kernels), `cutout_box` / `box_mask`, and the per-image dispatch
+`apply_per_image`. Parameters are those PIL receives (an angle in degrees, a shear, a blend
+factor), not augmentation levels: ctaugment.py and randaugment.py map their levels.
 
 Exactness: the integer ops (LUTs, filters, resampling, fixed-point affine maps) are computed in
 int32/int64 or exact float, so they match Pillow bit for bit; `blend` is float32 as Pillow's C
@@ -58,8 +59,9 @@ def grayscale(x: Tensor) -> Tensor:
     A 1-channel image is already 'L'."""
     if x.shape[-1] == 1:
         return x
-    w = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=x.device)
-    return ((x.to(torch.int32) * w).sum(-1, keepdim=True) + 0x8000).bitwise_right_shift(16).to(torch.uint8)
+    c = x.to(torch.int32)  # (the weights as Python ints: a weight tensor would be a host-to-device copy)
+    luma = c[..., 0:1] * 19595 + c[..., 1:2] * 38470 + c[..., 2:3] * 7471 + 0x8000
+    return luma.bitwise_right_shift(16).to(torch.uint8)
 
 
 # ------------------------------------------------------------------------------ lookup tables
@@ -230,7 +232,8 @@ def affine_nearest(x: Tensor, matrix: Tensor, fill: int = 0) -> tuple[Tensor, Te
 
 def affine_matrix(coefficients: Sequence[Tensor | int], like: Tensor) -> Tensor:
     """float64 [n, 6] from six per-image tensors [n] or the constants 0 and 1."""
-    return torch.stack([c.to(torch.float64) if torch.is_tensor(c) else torch.full_like(like, float(c), dtype=torch.float64)
+    return torch.stack([c.to(torch.float64) if torch.is_tensor(c)
+                        else torch.full_like(like, float(c), dtype=torch.float64)
                         for c in coefficients], 1)
 
 
@@ -319,21 +322,23 @@ def _resize_tables(out_size: int, device: torch.device) -> tuple[Tensor, Tensor]
     return torch.tensor(index, device=device), torch.tensor(weight, device=device)
 
 
-def _resample_axis(x: Tensor, axis: int, start: Tensor, size: Tensor, method: Tensor) -> Tensor:
-    """One separable pass of Image.resize on int64 [n, H, W, C] along `axis` (1 = rows, 2 =
-    columns): the crop [start, start + size) of that axis is resized to its full length.
-    Fixed-point accumulate from 1 << 21, >> 22, clip to [0, 255] (Resample.c clip8)."""
-    n, length = x.shape[0], x.shape[axis]
-    index, weight = _resize_tables(length, x.device)
+def _resize_matrices(length: int, start: Tensor, size: Tensor, method: Tensor) -> Tensor:
+    """float64 [n, length, length]: row j holds the fixed-point weights with which output
+    pixel j of Image.resize reads the input pixels [start, start + size) of one axis."""
+    n = start.shape[0]
+    index, weight = _resize_tables(length, start.device)
     index = index[size - 1, method] + start.view(n, 1, 1)                   # [n, L, T]
-    weight = weight[size - 1, method]
-    acc = torch.full_like(x, 1 << (_PRECISION_BITS - 1))
-    shape = [n, 1, 1, 1]
-    shape[axis] = length
-    for t in range(index.shape[-1]):  # the kernel's taps (at most 7), not images
-        src = index[:, :, t].view(shape).expand_as(x)
-        acc += x.gather(axis, src) * weight[:, :, t].view(shape)
-    return (acc >> _PRECISION_BITS).clamp_(0, 255)
+    weight = weight[size - 1, method].to(torch.float64)
+    matrix = torch.zeros(n, length, length, dtype=torch.float64, device=start.device)
+    return matrix.scatter_add_(2, index, weight)  # padded taps have weight 0
+
+
+def _resample(matrix: Tensor, x: Tensor) -> Tensor:
+    """One separable pass: out[i, j, k] = clip8(sum_m matrix[i, j, m] * x[i, m, k]) with
+    Resample.c's fixed point (start at 1 << 21, >> 22, clip to [0, 255]). The products and
+    sums are integers below 2^53, so float64 is exact (float32 or TF32 matmuls would not be)."""
+    acc = torch.bmm(matrix, x) + (1 << (_PRECISION_BITS - 1))
+    return acc.mul_(2.0 ** -_PRECISION_BITS).floor_().clamp_(0, 255)  # exact: a power of 2
 
 
 def rescale(x: Tensor, box: Tensor, method: Tensor) -> Tensor:
@@ -343,10 +348,12 @@ def rescale(x: Tensor, box: Tensor, method: Tensor) -> Tensor:
     (Python round of each coordinate), inside the image; method: int64 [n]. Pillow resizes
     horizontally, then vertically, with a uint8 result in between; so does this. A box equal
     to the image is the identity (Pillow copies; the kernels give the same)."""
-    y = x.to(torch.int64)
-    y = _resample_axis(y, 2, box[:, 0], box[:, 2] - box[:, 0], method)
-    y = _resample_axis(y, 1, box[:, 1], box[:, 3] - box[:, 1], method)
-    return y.to(torch.uint8)
+    n, h, w, c = x.shape
+    across = _resize_matrices(w, box[:, 0], box[:, 2] - box[:, 0], method)      # [n, W, W]
+    down = _resize_matrices(h, box[:, 1], box[:, 3] - box[:, 1], method)        # [n, H, H]
+    y = x.to(torch.float64).transpose(1, 2).reshape(n, w, h * c)                 # columns first
+    y = _resample(across, y).view(n, w, h, c).transpose(1, 2).reshape(n, h, w * c)
+    return _resample(down, y).view(n, h, w, c).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------- cutout
@@ -389,6 +396,5 @@ def apply_per_image(x: Tensor, choice: Tensor, ops: Sequence[Callable[..., Tenso
                 out[rows] = op(x[rows], *(p[rows] for p in params))
         return out
     for k, op in enumerate(ops):
-        chosen = (choice == k).view(-1, 1, 1, 1)
-        out = torch.where(chosen, op(x, *params), out)
+        out = torch.where((choice == k).view(-1, 1, 1, 1), op(x, *params), out)
     return out

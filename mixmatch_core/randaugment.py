@@ -78,7 +78,7 @@ def _opaque(op: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
 
 
 def _keeps_alpha(op: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
-    """An ImageEnhance op on RGBA (Pillow >= 9 puts the image's alpha on the degenerate)."""
+    """An ImageEnhance op on RGBA (Pillow 13 puts the image's alpha on the degenerate)."""
     return lambda x, m, neg: _with_alpha(op(_color(x), m), x[..., -1:])
 
 
@@ -159,14 +159,15 @@ def policy(n: int, height: int, width: int, device: torch.device | str = "cpu", 
                       cutout_centre=centre)
 
 
-def apply(x: Tensor, pol: RandPolicy, cutout_size: int = CUTOUT_SIZE) -> Tensor:
-    """The policy's ops (those drawn to apply), then Cutout, on uint8 NHWC [n, H, W, C]."""
+def apply(x: Tensor, pol: RandPolicy, cutout_size: int = CUTOUT_SIZE, by_index: bool | None = None) -> Tensor:
+    """The policy's ops (those drawn to apply), then Cutout, on uint8 NHWC [n, H, W, C].
+    `by_index`: io.apply_per_image's dispatch (None: by the device)."""
     identity = torch.zeros_like(pol.ops)
     y = _with_alpha(io.apply_lut(x, wrap_lut(x.device).expand(x.shape[0], x.shape[-1], 256)),
                     torch.full_like(x[..., :1], 255))
     for k in range(pol.ops.shape[1]):
         chosen = torch.where(pol.applied[:, k], pol.ops[:, k], identity[:, k])
-        y = io.apply_per_image(y, chosen, OPS, pol.magnitudes[:, k], pol.negate[:, k])
+        y = io.apply_per_image(y, chosen, OPS, pol.magnitudes[:, k], pol.negate[:, k], by_index=by_index)
     h, w = x.shape[1:3]
     size = torch.full_like(pol.cutout_centre[:, 0], cutout_size)
     # cutout_numpy: rows around height_loc, columns around width_loc

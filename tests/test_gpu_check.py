@@ -119,11 +119,20 @@ def test_gpu_check_probes_vat_and_trains_every_method(tiny_check):
         assert m["steps_per_s"] > 0 and m["finite"] and 0 <= m["test_error_pct"] <= 100, m
 
 
+def test_gpu_check_times_strong_augmentation_against_the_step(tiny_check):
+    proc, out, _ = tiny_check
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((out / "gpu_check.json").read_text())["strong_augment"]
+    assert a["images"] == 8 * 7 and a["step_images"] == 8 + 2 * 56, a
+    assert all(a["seconds_per_step"][k] > 0 for k in ("cta", "ra", "step"))
+    assert a["cta_over_step"] == pytest.approx(a["seconds_per_step"]["cta"] / a["seconds_per_step"]["step"])
+
+
 def test_gpu_check_prints_one_table_per_section(tiny_check):
     proc, _, _ = tiny_check
     assert proc.returncode == 0, proc.stderr[-3000:]
     for title in ("1. seconds per step", "2. workers on one GPU", "3. training run", "4. packed models",
-                  "5. VAT probe", "6. every method"):
+                  "5. VAT probe", "6. every method", "7. strong augmentation"):
         assert title in proc.stdout
     assert "gpu_check.json" in proc.stdout.splitlines()[-1]
 
