@@ -125,3 +125,30 @@ def test_the_fully_supervised_row_is_fs_mixup_with_its_file_defaults(table):
     (cell,) = cells_of(table, "fs_mixup")
     want = {**COMMON, **FILES["fs_mixup"]}
     assert {k: field_value(cell, k) for k in want} == want
+
+
+# The registry's own defaults: what a method's knob is when no preset and no user sets it. Table
+# lines override some of them (pi_model's consistency_weight 10 -> 20, ict's 50 -> 1000, mixup's
+# and ict's beta 0.5 -> 0.75), so the cells above do not pin these.
+KNOB_OF_FLAG = {"consistency_weight": "consistency_weight", "warmup_pos": "warmup_pos", "threshold": "threshold",
+                "vat": "vat_weight", "vat_eps": "vat_eps", "entmin_weight": "entmin_weight", "beta": "alpha"}
+# Knobs that are not flags of the method file: vat_xi is third_party/vat_utils.py's
+# generate_perturbation(xi=1e-6); pl_mask 'official' is pseudo_label.py's computation.
+KNOB_ONLY = {("vat", "vat_xi"): 1e-6, ("pseudo_label", "pl_mask"): "official"}
+
+
+@pytest.mark.parametrize("method", [m for m in FILES if m != "mixmatch"])   # mixmatch: the cells test above
+def test_every_knob_of_a_method_defaults_to_its_official_files_flag(method):
+    from mixmatch_core.methods import METHODS
+    knobs = METHODS[method].hparams
+    want = {KNOB_OF_FLAG[f]: v for f, v in FILES[method].items() if f in KNOB_OF_FLAG}
+    want.update({k: v for (m, k), v in KNOB_ONLY.items() if m == method})
+    assert set(knobs) == set(want), "a knob without its official default here"
+    assert {k: knobs[k].default for k in knobs} == want
+
+
+def test_mixmatchs_label_guess_and_batch_norm_defaults_are_the_official_ones():
+    """ab_mixmatch.py use_ema_guess=False (the live model guesses); mixmatch.py's interleave, where
+    only the first pass updates batch-norm statistics; every cell of Table 5 keeps them."""
+    for c in cells_of(5, "mixmatch"):
+        assert (c.ema_guess, c.bn_mode, c.ema) == (False, "interleave", True)
