@@ -251,6 +251,21 @@ def test_a_failed_seed_drops_its_partner_and_the_table_counts_both():
                                             "2 pairs, 2 unpaired dropped"]
 
 
+def test_the_error_at_the_last_evaluation_is_exported_beside_the_headline_in_every_format():
+    runs = frame(("mixmatch", 50, 1, 10.0), ("mixmatch", 50, 2, 12.0), ("k1", 50, 1, 11.0), ("k1", 50, 2, 13.0))
+    table = tb.build_table(runs.assign(error_last=[9.0, 15.0, 11.5, 12.5]), None)
+    assert texts(table.main) == [["mixmatch", "11.00 ± 1.41"], ["k1", "12.00 ± 1.41"]]     # the median rule's
+    assert texts(table.last) == [["mixmatch", "12.00 ± 4.24"], ["k1", "12.00 ± 0.71"]]
+    assert table.cells["error_last_mean"].tolist() == [12.0, 12.0]
+    title = "at the last evaluation (not the headline"
+    assert all(title in text for text in (render.to_markdown(table), render.to_html(table), render.to_latex(table)))
+    assert render.cells_csv(table).splitlines()[1].split(",")[16:18] == ["12", "4.24264"]
+
+
+def test_runs_without_a_last_evaluation_metric_get_no_last_evaluation_table():
+    assert tb.build_table(frame(("mixmatch", 50, 1, 10.0)), None).last is None
+
+
 def test_ablation_layout_puts_the_paper_beside_ours_preferring_table4(store):
     table = tb.build_table(load_runs("c10", experiment="mixmatch-c10"), None, layout="ablation")
     assert table.main.header == ["variant", "250", "paper", "Δ", "500", "paper", "Δ", "4000", "paper", "Δ"]
