@@ -33,6 +33,7 @@ import time
 
 from mixmatch_core.tracking import client, experiment_id   # cheap: it imports MLflow only when called
 
+UI_PORT = 5000                                 # `mixmatch ui`'s default port (the report's links)
 SHARED_VIEW_TAG = "mlflow.sharedViewState."   # + key: the experiment tag the UI reads a view from
 SHARE_KEY_PARAM = "viewStateShareKey"          # the URL parameter that opens it
 ORDER_TAG = "table_order"                      # a cell run's sort key in the sweep's views

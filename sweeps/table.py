@@ -556,4 +556,4 @@ def table_of(src: Source, layout: str = "auto", reference: str = "paper", states
     where known) say which cells without a run failed."""
     failed = {k: s.reason for k, s in (states or {}).items() if s.state == "failed"}
     return build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
-                       sweep=src.sweep, notes=src.spec.notes if src.spec is not None else (), queue_failed=failed)
+                       sweep=src.sweep, notes=src.notes(), queue_failed=failed)

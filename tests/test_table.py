@@ -43,6 +43,11 @@ C10_RUNS = [("mixmatch", 250, 1, 11.0), ("mixmatch", 250, 2, 11.4), ("mixmatch",
 PAIRED_RUNS = [("mixmatch", 50, 1, 10.0), ("mixmatch", 50, 2, 14.0), ("mixmatch", 50, 3, 30.0),
                ("no_sharpen", 50, 3, 30.9), ("no_sharpen", 50, 1, 10.5), ("no_sharpen", 50, 2, 14.6)]
 
+# `other` (no spec, another experiment): the supervised baseline on the same three splits, worse by
+# 2, 2 and 1 points (seed 4 has no partner in `paired`).
+OTHER_RUNS = [("supervised", 50, 1, 12.0), ("supervised", 50, 2, 16.0), ("supervised", 50, 3, 31.0),
+              ("supervised", 50, 4, 20.0)]
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -61,6 +66,10 @@ def store(tmp_path_factory):
             cfg = resolve({"dataset": "cifar10", "variant": v, "n_labeled": n, "seed": s, "steps": 4096,
                            "experiment": "mixmatch-c10"})
             log_cell(c, "c10", parents["c10"], cfg, err)
+        parents["other"] = start_parent_run("mixmatch-other", "other", {"sweep": "other", "mixmatch.role": "sweep"})
+        for v, n, s, err in OTHER_RUNS:
+            cfg = resolve({"dataset": "digits", "variant": v, "n_labeled": n, "seed": s, "experiment": "mixmatch-other"})
+            log_cell(c, "other", parents["other"], cfg, err)
         parents["paired"] = start_parent_run("mixmatch-paired", "paired", {"sweep": "paired", "mixmatch.role": "sweep"})
         for v, n, s, err in PAIRED_RUNS:
             cfg = resolve({"dataset": "digits", "variant": v, "n_labeled": n, "seed": s, "experiment": "mixmatch-paired"})
@@ -241,6 +250,23 @@ def test_a_variant_worse_on_every_split_is_significant_paired_though_welch_sees_
     assert (cell["p_better"], cell["n_pairs"], cell["n_dropped"]) == (0.0, 3, 0)
 
 
+def test_a_table_of_two_sweeps_pairs_their_cells_that_share_dataset_labels_and_seed(store, capsys):
+    assert main(["table", "paired", "other"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("### Sweep paired+other: test error (%) on digits")
+    # Across the sweeps: differences 2, 2, 1 (t = 5 with 2 dof: p = 1 - 5 / sqrt(27)); seed 4 has no partner.
+    assert "| supervised | 50 | +1.67 | [+0.23, +3.10] | paired t | 0.038 | 3 pairs, 1 unpaired dropped | 0.00 | — |" in out
+    assert "| no_sharpen | 50 | +0.67 | [+0.15, +1.18] | paired t | 0.031 | 3 pairs | 0.00 | — |" in out
+
+
+def test_a_report_of_two_sweeps_holds_their_paired_table_and_each_sweeps_command(store, tmp_path, capsys):
+    assert main(["report", "paired", "other", "--out", str(tmp_path), "--ui-port", "5123"]) == 0
+    page = (tmp_path / "paired_other_report.html").read_text()
+    assert "<td>supervised</td><td>50</td><td>+1.67</td>" in page
+    assert "<code>mixmatch table paired</code><br><code>mixmatch table other</code>" in page
+    assert "http://127.0.0.1:5123/#/experiments/" in page and "127.0.0.1:5000" not in page
+
+
 def test_a_failed_seed_drops_its_partner_and_the_table_counts_both():
     runs = frame(*[("mixmatch", 50, s, e) for s, e in FULL_SEEDS.items()],
                  ("k1", 50, 1, 10.5), ("k1", 50, 2, 14.6), ("k1", 50, 3, None, "FAILED"))
@@ -327,7 +353,7 @@ def test_cli_prints_the_markdown_table_of_a_spec(store, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["table", "nope"], "mixmatch: error: sweep: no cell runs tagged sweep='nope' in any experiment; "
-                        "known sweeps: c10, paired, quick (or pass the spec file)"),
+                        "known sweeps: c10, other, paired, quick (or pass the spec file)"),
     (["table", "quick", "--format", "pdf"], "mixmatch: error: mixmatch table: argument --format: invalid choice: "
                                             "'pdf' (choose from 'markdown', 'latex', 'csv', 'html', 'all')"),
     (["table", "quick", "--experiment", "nope"], "mixmatch: error: experiment: no MLflow experiment named 'nope' in "),
