@@ -43,7 +43,7 @@ from .plot import plot_table
 from .render import FORMATS, TABLE_CSS, html_body, write_table
 from .runs import Source, load_sources, source_of_spec, spec_from_parent_run, storage_states
 from .spec import Spec, file_stem
-from .table import Table, table_of
+from .table import Table, table_of, variant_rank
 
 ML_VIEW = "workflowType=machine_learning"  # MLflow 3's model-training view (its default is GenAI)
 
@@ -174,7 +174,8 @@ def _duration(seconds: float) -> str:
 
 def config_diffs(spec: Spec) -> tuple[dict, dict[str, dict]]:
     """The spec's base config resolved (every field), and for each variant in the sweep the
-    fields its cells change against the full method's cell with the same labels and seed."""
+    fields its cells change against the full method's cell with the same labels and seed, in the
+    table's row order."""
     # The base as the full method's cell sees it (a method field in the base reaches only the
     # cells whose method owns it); a baseline's diff then shows its own fields, MixMatch's unset.
     base = resolve({"experiment": spec.experiment}, spec.variants, base=spec.base).to_dict()
@@ -185,7 +186,7 @@ def config_diffs(spec: Spec) -> tuple[dict, dict[str, dict]]:
         ref = full.get((c.n_labeled, c.seed), base)
         d = {k: f"{_yaml(ref[k])} → {_yaml(v)}" for k, v in c.to_dict().items() if ref.get(k) != v and k != "variant"}
         diffs.setdefault(c.variant, d)
-    return base, diffs
+    return base, dict(sorted(diffs.items(), key=lambda kv: variant_rank(kv[0])))     # the table's order
 
 
 def _yaml(v) -> str:

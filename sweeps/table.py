@@ -48,7 +48,7 @@ from mixmatch_core.methods import FULL_METHOD, row_order
 from .paper import REFERENCE_CSV, Paper, paper_numbers
 from .runs import IDENTITY, PARAM_COLUMNS, RUN_COLUMNS, Source
 from .spec import LAYOUTS
-from .stats import PAIRED, Comparison, compare
+from .stats import PAIRED, Comparison, compare, iqm
 
 REFERENCES = ("paper", "none")
 FULL = FULL_METHOD          # the row every other row is compared against (stats.compare)
@@ -105,10 +105,11 @@ class Table:
     extra_axes: list[str] = field(default_factory=list)
     outcomes: pd.DataFrame | None = None   # one row per cell (planned or seen): state, error, run_id, row
     last: Grid | None = None         # the error at the last evaluation (the headline is the median rule's)
+    iqm: Grid | None = None          # each row's interquartile mean over its grid (>= 2 label counts)
 
     def second_grids(self) -> list[Grid]:
         """The grids printed under the main one and its notes, in order."""
-        return [g for g in (self.last, self.vs_full) if g is not None]
+        return [g for g in (self.last, self.vs_full, self.iqm) if g is not None]
 
 
 def choose_layout(n_label_counts: int, n_rows: int) -> str:
@@ -228,10 +229,14 @@ def _sort_value(v: Any) -> tuple:
         return (1, 0.0, str(v))
 
 
+def variant_rank(variant: str) -> tuple[int, str]:
+    """Where a variant's rows go in every listing of a sweep: the registry's order, then by name."""
+    return (ROW_ORDER.index(variant) if variant in ROW_ORDER else len(ROW_ORDER), str(variant))
+
+
 def _row_sort_key(row: tuple) -> tuple:
     dataset, method, variant, *vals = row
-    order = ROW_ORDER.index(variant) if variant in ROW_ORDER else len(ROW_ORDER)
-    return (str(dataset), order, str(variant), str(method), tuple(_sort_value(v) for v in vals))
+    return (str(dataset), *variant_rank(variant), str(method), tuple(_sort_value(v) for v in vals))
 
 
 def _row_label(row: tuple, extras: list[str], multi_dataset: bool) -> str:
@@ -398,6 +403,24 @@ def _last_grid(p: _Parts) -> Grid | None:
                 ["ours"] * len(p.rows))
 
 
+def _iqm_grid(p: _Parts) -> Grid | None:
+    """Each row's interquartile mean over all its finished (label count, seed) cells with the
+    stratified bootstrap interval (stats.iqm), where the sweep has >= 2 label counts."""
+    if len(p.label_counts) < 2:
+        return None
+    lines = []
+    for r in p.rows:
+        by_count = {n: p.agg[r, n]["errors"] for n in p.label_counts if (r, n) in p.agg and p.agg[r, n]["errors"]}
+        if by_count:
+            point, low, high = iqm(by_count)
+            lines.append([Entry(p.labels[r]), Entry(f"{point:.2f}"), Entry(f"[{low:.2f}, {high:.2f}]"),
+                          Entry(str(sum(map(len, by_count.values())))), Entry(", ".join(map(str, by_count)))])
+    return Grid("Interquartile mean over each row's (label count, seed) cells, test error (%), with a 95% "
+                "stratified bootstrap interval (rliable's; compare rows over the same label counts only)",
+                ["variant", "IQM", "95% interval", "cells", "label counts"], lines, ["ours"] * len(lines)) \
+        if lines else None
+
+
 # Step 7: the notes under the table ---------------------------------------------------------------
 def _notes(p: _Parts, models: dict, reference: str, datasets: list[str], planned, cells: pd.DataFrame,
            has_vs_full: bool, has_last: bool) -> list[str]:
@@ -526,12 +549,13 @@ def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str 
     what = "by number of labels (layout of the paper's Table 5)" if layout == "labels" else \
         "ablations (layout of the paper's Table 4)"
     main = _main_grid(parts, f"Sweep {sweep}: test error (%) on {', '.join(datasets) or 'no data'}, {what}", layout)
-    vs_full, last = _vs_full_grid(parts), _last_grid(parts)
+    vs_full, last, iqm_grid = _vs_full_grid(parts), _last_grid(parts), _iqm_grid(parts)
     all_notes = _notes(parts, models, reference, datasets, planned, cells, vs_full is not None, last is not None) \
         + _pool_notes(runs, bool(notes)) + list(notes)
     outcomes = cells.assign(row=[parts.labels[r] for r in cells["row"]])
     return Table(sweep, layout, main, vs_full, all_notes, _labeled_runs(runs, cells, parts),
-                 _cells_frame(parts, agg, models, extras, sweep), bool(paper.numbers), extras, outcomes, last)
+                 _cells_frame(parts, agg, models, extras, sweep), bool(paper.numbers), extras, outcomes, last,
+                 iqm_grid)
 
 
 def _cells_in_rows(runs_df: pd.DataFrame, planned: list | None,

@@ -121,6 +121,14 @@ def test_the_page_opens_offline(sweep):
     assert not re.search(r'src="(?!data:)', page) and page.count('src="data:image/png;base64,') == 4
 
 
+def test_the_configs_list_the_variants_in_the_tables_order(tmp_path):
+    from sweeps.spec import load_spec
+    (tmp_path / "s.yaml").write_text("name: o\nbase: {dataset: digits}\n"
+                                     "grid: {variant: [supervised, no_mixup, mixmatch, k1], seed: [1]}\n")
+    _, diffs = report.config_diffs(load_spec(str(tmp_path / "s.yaml")))
+    assert list(diffs) == ["mixmatch", "k1", "no_mixup", "supervised"]
+
+
 def test_the_report_draws_the_differences_to_the_full_method(sweep):
     assert '<img alt="tiny_differences" src="data:image/png;base64,' in sweep["page"]
 

@@ -103,6 +103,13 @@ QUICK_MARKDOWN = """\
 |:---|---:|---:|---:|---:|---:|---:|---:|---:|
 | no_sharpen | 50 | +9.00 | — | n too small | — | 1 vs 2 | — | — |
 | no_sharpen | 100 | +2.00 | — | n too small | — | 1 vs 2 | — | — |
+
+#### Interquartile mean over each row's (label count, seed) cells, test error (%), with a 95% stratified bootstrap interval (rliable's; compare rows over the same label counts only)
+
+| variant | IQM | 95% interval | cells | label counts |
+|:---|---:|---:|---:|---:|
+| mixmatch | 17.00 | [16.00, 18.00] | 4 | 50, 100 |
+| no_sharpen | 22.50 | [22.50, 22.50] | 2 | 50, 100 |
 """
 
 
@@ -154,6 +161,19 @@ variant & labels & $\Delta$ error & 95\% interval & test & p & seeds & P(better)
 \midrule
 no\_sharpen & 50 & +9.00 & --- & n too small & --- & 1 vs 2 & --- & --- \\
 no\_sharpen & 100 & +2.00 & --- & n too small & --- & 1 vs 2 & --- & --- \\
+\bottomrule
+\end{tabular}
+\end{table}
+
+\begin{table}[ht]
+\centering
+\caption{Interquartile mean over each row's (label count, seed) cells, test error (\%), with a 95\% stratified bootstrap interval (rliable's; compare rows over the same label counts only)}
+\begin{tabular}{lrrrr}
+\toprule
+variant & IQM & 95\% interval & cells & label counts \\
+\midrule
+mixmatch & 17.00 & [16.00, 18.00] & 4 & 50, 100 \\
+no\_sharpen & 22.50 & [22.50, 22.50] & 2 & 50, 100 \\
 \bottomrule
 \end{tabular}
 \end{table}
@@ -226,6 +246,13 @@ C10_MARKDOWN = """\
 | supervised | 250 | +49.80 | [+39.64, +59.96] | paired t | 0.010 | 2 pairs | 0.00 | — |
 | supervised | 500 | +40.50 | — | n too small | — | 1 vs 2 | — | — |
 | supervised | 4000 | +14.40 | [+9.32, +19.48] | paired t | 0.018 | 2 pairs | 0.00 | — |
+
+#### Interquartile mean over each row's (label count, seed) cells, test error (%), with a 95% stratified bootstrap interval (rliable's; compare rows over the same label counts only)
+
+| variant | IQM | 95% interval | cells | label counts |
+|:---|---:|---:|---:|---:|
+| mixmatch | 9.05 | [8.75, 9.40] | 6 | 250, 500, 4000 |
+| supervised | 43.67 | [43.33, 44.33] | 5 | 250, 500, 4000 |
 """
 
 
@@ -286,6 +313,13 @@ def test_the_error_at_the_last_evaluation_is_exported_beside_the_headline_in_eve
     title = "at the last evaluation (not the headline"
     assert all(title in text for text in (render.to_markdown(table), render.to_html(table), render.to_latex(table)))
     assert render.cells_csv(table).splitlines()[1].split(",")[16:18] == ["12", "4.24264"]
+
+
+def test_the_interquartile_mean_needs_a_grid_of_two_label_counts_or_more():
+    one = frame(("mixmatch", 50, 1, 10.0), ("mixmatch", 50, 2, 12.0))
+    assert tb.build_table(one, None).iqm is None
+    two = tb.build_table(pd.concat([one, frame(("mixmatch", 100, 1, 5.0), ("mixmatch", 100, 2, 30.0))]), None)
+    assert texts(two.iqm) == [["mixmatch", "11.00", "[7.50, 21.00]", "4", "50, 100"]]    # (10 + 12) / 2
 
 
 def test_runs_without_a_last_evaluation_metric_get_no_last_evaluation_table():
