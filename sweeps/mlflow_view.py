@@ -30,8 +30,8 @@ The UI lists these views in its saved-views menu (at most 40 per experiment) und
 
 The runs table sorts on the server, by one key, and MLflow compares tags and params as text
 ("100" < "30"), so each cell run carries `table_order`, e.g. `000000030 000 mixmatch 000001`
-(label count, the variant's place among the table's rows, variant, seed), and the views sort by it. Group rows keep the order of their first run, so the grouped view is in
-the same order.
+(label count, the variant's place among the table's rows, variant, seed), and the views sort by
+it. Group rows keep the order of their first run, so the grouped view is in the same order.
 """
 
 from __future__ import annotations

@@ -204,7 +204,8 @@ def _facts_html(src: Source, table: Table, f: Facts | None, uri: str) -> list[st
     e = html.escape
     commands = [f"mixmatch sweep {p.spec.path}" if p.spec is not None else f"mixmatch table {p.sweep}"
                 for p in src.sources()]
-    rows = [("reproduce", "<br>".join(f"<code>{e(c)}</code>" for c in commands)), ("tracking", f"<code>{e(uri)}</code>")]
+    rows = [("reproduce", "<br>".join(f"<code>{e(c)}</code>" for c in commands)),
+            ("tracking", f"<code>{e(uri)}</code>")]
     if f is not None:
         rows += [("code version", ", ".join(f"<code>{e(v)}</code>" for v in f.code_versions) or "unknown"),
                  ("machines", "<br>".join(e(m) for m in f.machines)),

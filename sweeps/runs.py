@@ -2,8 +2,9 @@
 
 Owns every read of a sweep's runs, shared by the table, the plots, the report and the
 workers: the runs (`load_runs`, one row per run, newest first), the sweep given as a spec or a
-name (`Source`, `load_source`; several sweeps as one, `load_sources`), each cell's result (`finished_results`: its newest FINISHED run
-with an `error`, the run the tables count and the queue adopts), the sweeps a store knows,
+name (`Source`, `load_source`; several sweeps as one, `load_sources`), each cell's result
+(`finished_results`: its newest FINISHED run with an `error`, the run the tables count and the
+queue adopts), the sweeps a store knows,
 metric histories (learning curves), the spec a sweep's parent run logged, and the cell states
 its queue holds (`storage_states`, read-only: which cells failed before a run began).
 

@@ -66,14 +66,12 @@ def store(tmp_path_factory):
             cfg = resolve({"dataset": "cifar10", "variant": v, "n_labeled": n, "seed": s, "steps": 4096,
                            "experiment": "mixmatch-c10"})
             log_cell(c, "c10", parents["c10"], cfg, err)
-        parents["other"] = start_parent_run("mixmatch-other", "other", {"sweep": "other", "mixmatch.role": "sweep"})
-        for v, n, s, err in OTHER_RUNS:
-            cfg = resolve({"dataset": "digits", "variant": v, "n_labeled": n, "seed": s, "experiment": "mixmatch-other"})
-            log_cell(c, "other", parents["other"], cfg, err)
-        parents["paired"] = start_parent_run("mixmatch-paired", "paired", {"sweep": "paired", "mixmatch.role": "sweep"})
-        for v, n, s, err in PAIRED_RUNS:
-            cfg = resolve({"dataset": "digits", "variant": v, "n_labeled": n, "seed": s, "experiment": "mixmatch-paired"})
-            log_cell(c, "paired", parents["paired"], cfg, err)
+        for name, runs in (("other", OTHER_RUNS), ("paired", PAIRED_RUNS)):
+            parents[name] = start_parent_run(f"mixmatch-{name}", name, {"sweep": name, "mixmatch.role": "sweep"})
+            for v, n, s, err in runs:
+                cfg = resolve({"dataset": "digits", "variant": v, "n_labeled": n, "seed": s,
+                               "experiment": f"mixmatch-{name}"})
+                log_cell(c, name, parents[name], cfg, err)
         yield {"root": root, "parents": parents}
 
 
@@ -282,7 +280,8 @@ def test_a_table_of_two_sweeps_pairs_their_cells_that_share_dataset_labels_and_s
     out = capsys.readouterr().out
     assert out.startswith("### Sweep paired+other: test error (%) on digits")
     # Across the sweeps: differences 2, 2, 1 (t = 5 with 2 dof: p = 1 - 5 / sqrt(27)); seed 4 has no partner.
-    assert "| supervised | 50 | +1.67 | [+0.23, +3.10] | paired t | 0.038 | 3 pairs, 1 unpaired dropped | 0.00 | — |" in out
+    assert ("| supervised | 50 | +1.67 | [+0.23, +3.10] | paired t | 0.038 | 3 pairs, 1 unpaired dropped | 0.00 | — |"
+            in out)
     assert "| no_sharpen | 50 | +0.67 | [+0.15, +1.18] | paired t | 0.031 | 3 pairs | 0.00 | — |" in out
 
 
