@@ -228,6 +228,16 @@ def test_ctrl_c_kills_the_trial_run_and_the_rerun_resumes_it(workdir, monkeypatc
     assert parent_runs("exp-ctrlc")[0].info.status == "FINISHED"
 
 
+def go_stale(name: str) -> None:
+    """What another worker does to our running trial once its heartbeat is stale: fail it and
+    re-queue its params (Optuna's RetryHeartbeatStaleTrialCallback)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    study = load_study(name)
+    (t,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(t._trial_id))
+
+
 @pytest.mark.parametrize("stale_at_step", [20, 40])
 def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
         workdir, monkeypatch, capsys, stale_at_step):
@@ -235,7 +245,6 @@ def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
     # stop before writing the next evaluation (Optuna then refuses our tell; the search goes
     # on), and the retry resumes the same config from its checkpoint in the same MLflow run
     # (or, stale after the last evaluation, reports the finished run without training).
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     name = f"stale{stale_at_step}"
     spec = write_spec(workdir, name, pruner="none", trials=1,
                       space={"lr": {"type": "categorical", "choices": [GOOD_LR]}})
@@ -247,10 +256,7 @@ def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
         def on(step, h):
             on_eval(step, h)
             if len(calls) == 1 and step == stale_at_step:
-                study = load_study(name)
-                (t,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(t._trial_id))
+                go_stale(name)
         return real_train(cfg, tracker=tracker, on_eval=on, **kw)
 
     monkeypatch.setattr(mixmatch_core.train, "train", train_and_go_stale_once)
@@ -328,7 +334,6 @@ def test_a_killed_trial_with_seeds_resumes_only_its_unfinished_seed(workdir, mon
     """The worker is lost in seed 2 at step 10 of 20 (its heartbeat goes stale; the trial is failed
     and re-queued): the retry reports seed 1's finished run without training it and resumes seed 2
     from its step-10 checkpoint, in the same MLflow runs."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     spec = write_spec(workdir, "killed", base={**TINY, "steps": 20}, pruner="none", trials=1, seeds=[1, 2],
                       space={"lr": {"type": "categorical", "choices": [GOOD_LR]}})
     real_train, evals = mixmatch_core.train.train, []
@@ -338,10 +343,7 @@ def test_a_killed_trial_with_seeds_resumes_only_its_unfinished_seed(workdir, mon
             evals.append((cfg.seed, step))
             on_eval(step, h)
             if (cfg.seed, step) == (2, 10) and evals.count((2, 10)) == 1:
-                study = load_study("killed")
-                (t,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(t._trial_id))
+                go_stale("killed")
         return real_train(cfg, tracker=tracker, on_eval=on, **kw)
 
     monkeypatch.setattr(mixmatch_core.train, "train", train_and_lose_the_worker_once)
