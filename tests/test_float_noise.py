@@ -31,3 +31,11 @@ def test_error_pct_prints_as_the_decimal_it_is():
     (0.1 + 0.2, "0.3"), (1.2345678901234e-07, "1.23456789012e-07"), (float("nan"), "nan"), (float("inf"), "inf")])
 def test_logged_metrics_keep_twelve_significant_digits(value, text):
     assert repr(shown(value)) == text
+
+
+def test_a_run_logs_its_metrics_as_shown_rounds_them():
+    from mixmatch_core.config import resolve
+    from mixmatch_core.tracking import RunTracker
+    tracker = RunTracker(resolve({"dataset": "digits"}))      # nothing is sent before flush
+    tracker.log_metrics({"error": (4.4 + 4.7) / 2, "test_error": 100 * (1 - 956 / 1000)}, 10)
+    assert [(k, repr(v)) for k, v, *_ in tracker.pending] == [("error", "4.55"), ("test_error", "4.4")]
