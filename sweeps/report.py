@@ -1,7 +1,7 @@
 """One self-contained HTML report of a sweep: `mixmatch report`, also written at the end of
 every `mixmatch sweep` and logged to the sweep's parent run.
 
-Owns the page, not the numbers: the error tables and the Welch comparisons are
+Owns the page, not the numbers: the error tables and the comparisons with the full method are
 `sweeps.table.build_table`'s (the same Table `mixmatch table` renders), the figures are
 `sweeps.plot`'s (embedded as base64 PNG). A cell's state follows store.py's rule: a cell with
 a result (the run the table counts) is finished; any other cell is where the sweep's queue has

@@ -27,6 +27,13 @@ The rules, in one place:
   numbers). `auto` takes the spec's `layout:` if it names one, else `labels` when the sweep
   has >= 3 label counts and <= 4 rows, else `ablation`.
 - Reference matching: same dataset, model, method, variant and n_labeled (paper.py).
+- Under the main grid: the error at the last evaluation (`error_last`, mean ± std; where runs
+  logged it), the difference of each row to the full method's row at the same label count (one
+  line each: Δ, interval, test, p, seeds, P(better), bootstrap; the numbers are stats.py's,
+  paired by seed where the rows share seeds), and, with >= 2 label counts, each row's
+  interquartile mean over its cells with the stratified bootstrap interval.
+- The runs may come from several sweeps (runs.load_sources): rows and pairs do not care which
+  sweep a cell came from.
 - Notes: the table's own (what the numbers are, markers, the paper, which labeled set cells
   drew from when not `train`), then the spec's `notes:`.
 """
@@ -34,7 +41,6 @@ The rules, in one place:
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
