@@ -34,7 +34,7 @@ from .table import FULL, Table, table_of
 
 matplotlib.use("Agg")       # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter, StrMethodFormatter  # noqa: E402
 
 # Stable SVG element ids: re-plotting the same data gives the same file.
 plt.rcParams["svg.hashsalt"] = "mixmatch"
@@ -43,6 +43,7 @@ MAX_CURVES = 200          # learning curves drawn at most (one get_metric_histor
 MAX_PANELS = 6            # label counts shown as separate learning-curve panels
 MARKERS = "osD^vP*X<>ph"  # one per row in error vs labels (coinciding points stay distinguishable)
 DODGE_DECADES = 0.012     # x shift between neighbouring rows in error vs labels, in log10 units
+LOG_TICKS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]     # the learning curves' error axis (%)
 FONT = {"title": 11, "label": 10, "tick": 9, "legend": 9}    # points, learning curves and differences
 
 
@@ -196,11 +197,12 @@ def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) 
 
 
 def _log_y(ax) -> None:
-    """A log y axis labeled in plain numbers (2, 5, 10, 20, 50), errors of 0 clipped to its floor."""
+    """A log y axis labeled in plain numbers (1, 2, 5, 10, 20, 50, 100), errors of 0 clipped to
+    its floor."""
     ax.set_yscale("log", nonpositive="clip")
-    for axis in (ax.yaxis,):
-        axis.set_major_formatter(ScalarFormatter())
-        axis.set_minor_formatter(ScalarFormatter())
+    ax.yaxis.set_major_locator(FixedLocator(LOG_TICKS))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="both", which="both", labelsize=FONT["tick"])
 
 
