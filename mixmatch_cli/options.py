@@ -10,9 +10,15 @@ from __future__ import annotations
 import argparse
 
 
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    """SWEEP_OR_SPEC and --experiment, as every command reading a sweep from MLflow takes them."""
-    p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
+def add_source_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """SWEEP_OR_SPEC and --experiment, as every command reading a sweep from MLflow takes them;
+    `several`: one or more sweeps, read as one (table, report)."""
+    if several:
+        p.add_argument("sweep", metavar="SWEEP_OR_SPEC", nargs="+",
+                       help="sweep spec YAML, or a sweep name; several: their cells in one table, paired across "
+                            "the sweeps where they share (dataset, n_labeled, seed)")
+    else:
+        p.add_argument("sweep", metavar="SWEEP_OR_SPEC", help="sweep spec YAML, or a sweep name")
     p.add_argument("--experiment", metavar="NAME",
                    help="MLflow experiment (default: the spec's; for a sweep name, all experiments)")
 

@@ -30,7 +30,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("experiment", nargs="?", metavar="EXPERIMENT_OR_SPEC",
                    help="MLflow experiment name, or a sweep/search spec (default: the experiment with the newest run)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=mlflow_view.UI_PORT,
+                   help=f"default {mlflow_view.UI_PORT}; a report's MLflow links follow `mixmatch report --ui-port`")
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
     return p
 

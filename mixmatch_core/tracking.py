@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -47,6 +48,17 @@ if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
+SHOWN_DIGITS = 12    # significant digits a logged metric keeps: below a float64's 15-17, above a float32's 7
+
+
+def shown(value) -> float:
+    """A metric as MLflow stores and shows it: rounded to SHOWN_DIGITS significant digits, so
+    binary-float tails (the median (4.4 + 4.5) / 2, a sum of percentages) never reach a user:
+    4.400000000000004 is logged as 4.4."""
+    v = float(value)
+    return float(f"{v:.{SHOWN_DIGITS}g}") if math.isfinite(v) else v
 
 
 class TrackingError(RuntimeError):
@@ -258,9 +270,9 @@ class RunTracker:
             return False
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffer metric points on the host; `flush` sends them in one batch."""
+        """Buffer metric points on the host (as `shown` prints them); `flush` sends them in one batch."""
         ts = int(time.time() * 1000)
-        self.pending.extend((k, float(v), int(step), ts) for k, v in metrics.items())
+        self.pending.extend((k, shown(v), int(step), ts) for k, v in metrics.items())
 
     def flush(self) -> bool:
         """Send buffered points; on failure keep them and return False (training goes on)."""

@@ -175,7 +175,10 @@ def evaluate(model: nn.Module, data: DeviceData, split: str, amp_ctx, n_classes:
 
 
 def error_pct(conf: torch.Tensor) -> float:
-    return float(100.0 * (1.0 - conf.diag().sum().item() / max(conf.sum().item(), 1)))
+    """100 x wrong / n from the confusion matrix's integer counts: one rounding, so 44 wrong of
+    1000 is 4.4 exactly as a float prints it (100 x (1 - correct / n) gave 4.400000000000004)."""
+    n = int(conf.sum().item())
+    return 100.0 * (n - int(conf.diag().sum().item())) / max(n, 1)
 
 
 # ---- the run -----------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Plots of a sweep from MLflow: `mixmatch plot`.
 
-Owns three figures, each written as PNG and SVG with matplotlib's Agg backend (no display):
-- error vs number of labels: log x, mean ± std over seeds, one line per table row, plus the
-  paper's MixMatch CIFAR-10 curve (Table 5) dashed when the sweep is on CIFAR-10;
+Owns four figures, each written as PNG and SVG with matplotlib's Agg backend (no display):
+- error vs number of labels: log x, mean ± std over seeds, one line per table row (each its own
+  marker, dodged a little along x so that equal means stay apart), plus the paper's MixMatch
+  CIFAR-10 curve (Table 5) dashed when the sweep is on CIFAR-10;
 - ablation bars: one bar per (row, label count) at the seed mean with the std as error bar and
   each finished seed as a dot; cells without a finished run are labeled (failed, missing...);
 - learning curves: test error (metric history `test_error`: the EMA model, the live one where
-  ema=false) vs step, one line per
-  cell's run (its counted run, else its newest), colored by row, one panel per label count.
+  ema=false) vs step on a log y axis (the final errors stay apart), one line per cell's run (its
+  counted run, else its newest), colored by row, one panel per label count;
+- differences (a forest plot): each variant's difference to the full method with its 95%
+  interval (thin: the test's, thick: the paired bootstrap's where there is one) and the test,
+  one panel per label count: the table's difference grid drawn.
 
 The numbers come from `sweeps.table.build_table`, so the plots and the tables follow the same
 rules (which run counts for a cell, what is a row). Only the learning curves need one MLflow
@@ -26,17 +30,21 @@ from .paper import load_reference, reference_dataset
 from .parent_run import log_artifacts
 from .runs import load_source, metric_histories, storage_states
 from .spec import file_stem
-from .table import Table, table_of
+from .table import FULL, Table, table_of
 
 matplotlib.use("Agg")       # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter, StrMethodFormatter  # noqa: E402
 
 # Stable SVG element ids: re-plotting the same data gives the same file.
 plt.rcParams["svg.hashsalt"] = "mixmatch"
 
 MAX_CURVES = 200          # learning curves drawn at most (one get_metric_history call each)
 MAX_PANELS = 6            # label counts shown as separate learning-curve panels
+MARKERS = "osD^vP*X<>ph"  # one per row in error vs labels (coinciding points stay distinguishable)
+DODGE_DECADES = 0.012     # x shift between neighbouring rows in error vs labels, in log10 units
+LOG_TICKS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]     # the learning curves' error axis (%)
+FONT = {"title": 11, "label": 10, "tick": 9, "legend": 9}    # points, learning curves and differences
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -69,11 +77,12 @@ def plot_error_vs_labels(table: Table, out: Path) -> list[Path]:
     rows = _rows(table)
     colors = _colors(rows)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in rows:
+    for i, r in enumerate(rows):
         d = cells[(cells["row"] == r) & (cells["n_finished"] > 0)].sort_values("n_labeled")
         if len(d):
-            ax.errorbar(d["n_labeled"], d["error_mean"], yerr=d["error_std"].fillna(0), marker="o", capsize=3,
-                        color=colors[r], label=r)
+            dodge = 10 ** (DODGE_DECADES * (i - (len(rows) - 1) / 2))
+            ax.errorbar(d["n_labeled"] * dodge, d["error_mean"], yerr=d["error_std"].fillna(0),
+                        marker=MARKERS[i % len(MARKERS)], capsize=3, color=colors[r], label=r)
     ticks = sorted(cells["n_labeled"].unique())
     if "cifar10" in {reference_dataset(str(ds)) for ds in cells["dataset"]}:
         ref = load_reference()
@@ -172,23 +181,71 @@ def plot_learning_curves(table: Table, out: Path, max_curves: int = MAX_CURVES) 
             line, = ax.plot(steps, vals, color=colors.get(rec.row, "grey"), lw=1, alpha=0.8,
                             ls="-" if rec.counted is True else "--")
             seen.setdefault(rec.row, line)
-        ax.set_title("all label counts" if n is None else f"{n} labels", fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+        ax.set_title("all label counts" if n is None else f"{n} labels", fontsize=FONT["label"])
+        ax.set_xlabel("step", fontsize=FONT["label"])
+        _log_y(ax)
+        ax.grid(alpha=0.3, which="both")
     for ax in axes[:, 0]:
-        ax.set_ylabel("test error (%), reported model")
+        ax.set_ylabel("test error (%), reported model, log scale", fontsize=FONT["label"])
     shown = f" ({len(reps)} of {total} runs shown)" if total > len(reps) else ""
-    fig.suptitle(f"{table.sweep}: learning curves{shown}; dashed: not finished", fontsize=10)
+    fig.suptitle(f"{table.sweep}: learning curves{shown}; dashed: not finished", fontsize=FONT["title"])
     order = [r for r in rows if r in seen] + [r for r in seen if r not in rows]
-    fig.legend([seen[r] for r in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.legend([seen[r] for r in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5),
+               fontsize=FONT["legend"])
     fig.tight_layout()
     return _save(fig, out, f"{file_stem(table.sweep)}_learning_curves")
+
+
+def _log_y(ax) -> None:
+    """A log y axis labeled in plain numbers (1, 2, 5, 10, 20, 50, 100), errors of 0 clipped to
+    its floor."""
+    ax.set_yscale("log", nonpositive="clip")
+    ax.yaxis.set_major_locator(FixedLocator(LOG_TICKS))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="both", which="both", labelsize=FONT["tick"])
+
+
+def plot_differences(table: Table, out: Path) -> list[Path]:
+    """Forest plot: each variant minus the full method at each label count (one panel each), the
+    point the difference, thin line the test's 95% interval, thick line the paired bootstrap's,
+    the test and p beside it; variants in the table's row order, top to bottom."""
+    d = table.cells[table.cells["test"].notna()] if "test" in table.cells else table.cells.iloc[:0]
+    if d.empty:
+        return []
+    ns = sorted(d["n_labeled"].unique())
+    rows = [r for r in _rows(table) if r in set(d["row"])]
+    fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns) + 1.0, 0.6 * len(rows) + 1.6), sharey=True,
+                             squeeze=False)
+    for ax, n in zip(axes[0], ns):
+        for rec in d[d["n_labeled"] == n].itertuples(index=False):
+            y = rows.index(rec.row)
+            if not np.isnan(rec.diff_low):
+                ax.plot([rec.diff_low, rec.diff_high], [y, y], color="0.25", lw=1.2)
+            if not np.isnan(rec.boot_low):
+                ax.plot([rec.boot_low, rec.boot_high], [y, y], color="tab:blue", lw=4, alpha=0.6)
+            ax.plot(rec.diff_full, y, "o", color="black", ms=5)
+            p = "" if np.isnan(rec.p) else (", p<0.001" if rec.p < 0.001 else f", p={rec.p:.3f}")
+            ax.annotate(f"{rec.test}{p}", (rec.diff_full, y), xytext=(0, 5), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=FONT["tick"] - 1, color="0.3")
+        ax.axvline(0, color="0.5", lw=1, ls="--")
+        ax.set_title(f"{n} labels", fontsize=FONT["label"])
+        ax.set_xlabel(f"error difference to {FULL} (points)", fontsize=FONT["label"])
+        ax.tick_params(labelsize=FONT["tick"])
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(rows)), rows)
+    axes[0, 0].set_ylim(len(rows) - 0.5, -0.5)       # the table's first row on top
+    fig.suptitle(f"{table.sweep}: variant - {FULL}, 95% intervals (thin: t; thick: paired bootstrap)",
+                 fontsize=FONT["title"])
+    fig.tight_layout()
+    return _save(fig, out, f"{file_stem(table.sweep)}_differences")
 
 
 def plot_table(table: Table, out_dir) -> list[Path]:
     """Every plot of a built table into out_dir (PNG and SVG); none when no cell has finished."""
     out = Path(out_dir)
-    return plot_error_vs_labels(table, out) + plot_ablation(table, out) + plot_learning_curves(table, out)
+    return plot_error_vs_labels(table, out) + plot_ablation(table, out) + plot_differences(table, out) \
+        + plot_learning_curves(table, out)
 
 
 def plot_all(sweep_or_spec: str, out_dir, parent_run_id: str | None = None,

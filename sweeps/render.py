@@ -36,10 +36,11 @@ def _md_grid(g: Grid, level: str) -> list[str]:
 
 
 def to_markdown(table: Table) -> str:
-    """GitHub Markdown: the main table, its notes, then the difference to the full method."""
+    """GitHub Markdown: the main table, its notes, then the error at the last evaluation and the
+    difference to the full method."""
     out = _md_grid(table.main, "###") + [""] + [f"- {_md(n)}" for n in table.notes]
-    if table.vs_full is not None:
-        out += [""] + _md_grid(table.vs_full, "####")
+    for g in table.second_grids():
+        out += [""] + _md_grid(g, "####")
     return "\n".join(out) + "\n"
 
 
@@ -74,8 +75,8 @@ def to_latex(table: Table) -> str:
     """LaTeX with booktabs (\\usepackage{booktabs}): one table environment per grid."""
     out = [f"% mixmatch table: sweep {table.sweep}; needs \\usepackage{{booktabs}}"]
     out += _tex_grid(table.main, table.notes)
-    if table.vs_full is not None:
-        out += [""] + _tex_grid(table.vs_full, [])
+    for g in table.second_grids():
+        out += [""] + _tex_grid(g, [])
     return "\n".join(out) + "\n"
 
 
@@ -105,8 +106,8 @@ def html_body(table: Table, level: int = 2) -> list[str]:
     e = html.escape
     out = _html_grid(table.main, f"h{level}")
     out += ['<ul class="notes">'] + [f"<li>{e(n)}</li>" for n in table.notes] + ["</ul>"]
-    if table.vs_full is not None:
-        out += _html_grid(table.vs_full, f"h{level + 1}")
+    for g in table.second_grids():
+        out += _html_grid(g, f"h{level + 1}")
     return out
 
 

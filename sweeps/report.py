@@ -1,7 +1,7 @@
 """One self-contained HTML report of a sweep: `mixmatch report`, also written at the end of
 every `mixmatch sweep` and logged to the sweep's parent run.
 
-Owns the page, not the numbers: the error tables and the Welch comparisons are
+Owns the page, not the numbers: the error tables and the comparisons with the full method are
 `sweeps.table.build_table`'s (the same Table `mixmatch table` renders), the figures are
 `sweeps.plot`'s (embedded as base64 PNG). A cell's state follows store.py's rule: a cell with
 a result (the run the table counts) is finished; any other cell is where the sweep's queue has
@@ -13,7 +13,11 @@ spent, and the configs (the base config, and each variant's diff against it).
 The file opens offline: CSS inline, images as data: URIs, no script. Links go to the MLflow
 UI: the sweep's saved views (mlflow_view.py), each cell's run, and (for an http(s) tracking
 server, where all runs are one server away) MLflow's compare view of all the sweep's runs. With
-the default SQLite store the links point at `mixmatch ui`'s default address, http://127.0.0.1:5000.
+the default SQLite store the links point at `mixmatch ui` on 127.0.0.1 at `ui_port` (`mixmatch
+report --ui-port P` for `mixmatch ui --port P`; the page says so).
+
+Several sweeps (`mixmatch report A B`) make one page: one table of all their cells (paired across
+the sweeps), each sweep's command, views and configs.
 """
 
 from __future__ import annotations
@@ -37,11 +41,10 @@ from . import mlflow_view
 from .parent_run import log_artifacts
 from .plot import plot_table
 from .render import FORMATS, TABLE_CSS, html_body, write_table
-from .runs import Source, load_source, source_of_spec, spec_from_parent_run, storage_states
+from .runs import Source, load_sources, source_of_spec, spec_from_parent_run, storage_states
 from .spec import Spec, file_stem
-from .table import Table, table_of
+from .table import Table, table_of, variant_rank
 
-LOCAL_UI = "http://127.0.0.1:5000"      # where `mixmatch ui` serves a local store
 ML_VIEW = "workflowType=machine_learning"  # MLflow 3's model-training view (its default is GenAI)
 
 REPORT_CSS = TABLE_CSS + """
@@ -62,24 +65,30 @@ pre.config{columns:3 20em;column-gap:2em}"""
 
 
 # ---- links to the MLflow UI ----------------------------------------------------------------------
-def ui_base(uri: str) -> str:
-    """The MLflow UI serving this tracking URI: the server itself, else `mixmatch ui`'s address."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
-def experiment_url(uri: str, experiment_id: str) -> str:
-    """The experiment's runs table in MLflow 3's model-training view (not the GenAI overview)."""
-    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+def ui_base(uri: str, ui_port: int = mlflow_view.UI_PORT) -> str:
+    """The MLflow UI serving this tracking URI: the server itself, else `mixmatch ui --port
+    ui_port`'s address."""
+    return uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{ui_port}"
 
 
-def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow 3's model-training view (not the GenAI overview);
+    `base`: ui_base's address."""
+    return f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
 
 
-def compare_url(uri: str, run_ids: list[str], experiment_ids: list[str]) -> str:
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def compare_url(base: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     """MLflow's compare view of these runs (its route takes JSON lists)."""
     q = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps(experiment_ids)})
-    return f"{ui_base(uri)}/#/compare-runs?{q}&{ML_VIEW}"
+    return f"{base}/#/compare-runs?{q}&{ML_VIEW}"
 
 
 # ---- what the page says --------------------------------------------------------------------------
@@ -137,7 +146,9 @@ def facts(table: Table) -> Facts | None:
     threads = threads.fillna(pd.to_numeric(runs["num_threads"], errors="coerce")).fillna(1).clip(lower=1)
     unit = "GPU-hours" if gpu.any() else "CPU core-hours"
     compute = float((hours * (1 if gpu.any() else threads)).sum())
-    machines = runs["host"].fillna("?").str.split(":").str[0] + ": " + runs["device_name"].fillna("?")
+    # The trainer's tag says "1 threads"; the page says it in English.
+    device = runs["device_name"].fillna("?").str.replace(r"\b1 threads\b", "1 thread", regex=True)
+    machines = runs["host"].fillna("?").str.split(":").str[0] + ": " + device
     return Facts(sorted(runs["code_version"].dropna().unique()), sorted(machines.unique()), _utc(start.min()),
                  _utc(end.max()), _busy_seconds(start, end), compute, unit, len(runs))
 
@@ -163,7 +174,8 @@ def _duration(seconds: float) -> str:
 
 def config_diffs(spec: Spec) -> tuple[dict, dict[str, dict]]:
     """The spec's base config resolved (every field), and for each variant in the sweep the
-    fields its cells change against the full method's cell with the same labels and seed."""
+    fields its cells change against the full method's cell with the same labels and seed, in the
+    table's row order."""
     # The base as the full method's cell sees it (a method field in the base reaches only the
     # cells whose method owns it); a baseline's diff then shows its own fields, MixMatch's unset.
     base = resolve({"experiment": spec.experiment}, spec.variants, base=spec.base).to_dict()
@@ -174,7 +186,7 @@ def config_diffs(spec: Spec) -> tuple[dict, dict[str, dict]]:
         ref = full.get((c.n_labeled, c.seed), base)
         d = {k: f"{_yaml(ref[k])} → {_yaml(v)}" for k, v in c.to_dict().items() if ref.get(k) != v and k != "variant"}
         diffs.setdefault(c.variant, d)
-    return base, diffs
+    return base, dict(sorted(diffs.items(), key=lambda kv: variant_rank(kv[0])))     # the table's order
 
 
 def _yaml(v) -> str:
@@ -190,9 +202,10 @@ def _img(path: Path) -> str:
 
 def _facts_html(src: Source, table: Table, f: Facts | None, uri: str) -> list[str]:
     e = html.escape
-    spec = src.spec
-    command = f"mixmatch sweep {spec.path}" if spec is not None else f"mixmatch table {src.sweep}"
-    rows = [("reproduce", f"<code>{e(command)}</code>"), ("tracking", f"<code>{e(uri)}</code>")]
+    commands = [f"mixmatch sweep {p.spec.path}" if p.spec is not None else f"mixmatch table {p.sweep}"
+                for p in src.sources()]
+    rows = [("reproduce", "<br>".join(f"<code>{e(c)}</code>" for c in commands)),
+            ("tracking", f"<code>{e(uri)}</code>")]
     if f is not None:
         rows += [("code version", ", ".join(f"<code>{e(v)}</code>" for v in f.code_versions) or "unknown"),
                  ("machines", "<br>".join(e(m) for m in f.machines)),
@@ -207,13 +220,13 @@ def _num(v, fmt: str) -> str:
     return "" if v is None or pd.isna(v) else format(v, fmt)
 
 
-def _cells_html(cells: pd.DataFrame, uri: str) -> list[str]:
+def _cells_html(cells: pd.DataFrame, base: str) -> list[str]:
     e = html.escape
     out = ['<table class="cells">', "<thead><tr><th>cell</th><th>cell_key</th><th>state</th><th>error (%)</th>"
            "<th>steps/s</th><th>runs</th><th>MLflow</th></tr></thead>", "<tbody>"]
     for c in cells.to_dict("records"):
         has_run = isinstance(c["run_id"], str) and isinstance(c["experiment_id"], str)
-        link = f'<a href="{e(run_url(uri, c["experiment_id"], c["run_id"]))}">run</a>' if has_run else ""
+        link = f'<a href="{e(run_url(base, c["experiment_id"], c["run_id"]))}">run</a>' if has_run else ""
         out.append(f"<tr><td>{e(str(c['run_name']))}</td><td><code>{e(c['cell_key'])}</code></td>"
                    f'<td class="state-{e(c["state"])}">{e(c["state"])}</td><td>{_num(c["error"], ".2f")}</td>'
                    f"<td>{_num(c['steps_per_s'], '.1f')}</td><td>{c['n_runs']}</td><td>{link}</td></tr>")
@@ -237,45 +250,62 @@ def _configs_html(spec: Spec | None) -> list[str]:
     return out + ["</tbody></table>"]
 
 
-def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict | None = None,
-           views: dict[str, dict[str, str]] | None = None) -> str:
-    """The report page of a built table (and the PNG figures plot.py drew from it); `views`:
-    experiment id -> the sweep's saved MLflow views there (mlflow_view.saved_views)."""
+def _links(src: Source, cells: pd.DataFrame, base: str, local: bool, views: dict) -> list[str]:
+    """The nav bar: each sweep's saved MLflow views, each experiment's runs table, and either the
+    compare view of all runs (a tracking server) or where the local links open."""
     e = html.escape
-    spec, cells = src.spec, cell_states(table, queue)
-    title = f"Sweep {src.sweep}"
-    counts = cells["state"].value_counts()
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     run_ids = [r for r in cells["run_id"] if isinstance(r, str)]
     exp_ids = sorted({x for x in cells["experiment_id"] if isinstance(x, str)})
-    links = [f'<a href="{e(mlflow_view.view_url(experiment_url(uri, x), key))}">MLflow: {mlflow_view.TITLES[kind]}</a>'
-             for x in exp_ids for kind, key in (views or {}).get(x, {}).items()]
-    links += [f'<a href="{e(experiment_url(uri, x))}">MLflow runs table (experiment {e(x)})</a>' for x in exp_ids]
-    if uri.startswith(("http://", "https://")) and run_ids:
-        links.append(f'<a href="{e(compare_url(uri, run_ids, exp_ids))}">compare all {len(run_ids)} runs</a>')
+    several = len(src.sources()) > 1
+    links = [f'<a href="{e(mlflow_view.view_url(experiment_url(base, x), key))}">MLflow: '
+             f"{e(sweep + ': ') if several else ''}{mlflow_view.TITLES[kind]}</a>"
+             for sweep, by_exp in views.items() for x in exp_ids for kind, key in by_exp.get(x, {}).items()]
+    links += [f'<a href="{e(experiment_url(base, x))}">MLflow runs table (experiment {e(x)})</a>' for x in exp_ids]
+    if not local and run_ids:
+        links.append(f'<a href="{e(compare_url(base, run_ids, exp_ids))}">compare all {len(run_ids)} runs</a>')
     elif run_ids:
-        links.append(f"<span>(links open in <code>mixmatch ui</code> at {LOCAL_UI})</span>")
+        links.append(f"<span>(links open in <code>mixmatch ui</code> at {e(base)}; for "
+                     "<code>mixmatch ui --port P</code>, rebuild this page with "
+                     "<code>mixmatch report ... --ui-port P</code>)</span>")
+    return links
+
+
+def render(src: Source, table: Table, figures: list[Path], uri: str, queue: dict | None = None,
+           views: dict[str, dict[str, dict[str, str]]] | None = None, ui_port: int = mlflow_view.UI_PORT) -> str:
+    """The report page of a built table (and the PNG figures plot.py drew from it); `views`:
+    sweep -> experiment id -> the sweep's saved MLflow views there (mlflow_view.saved_views);
+    `ui_port`: where `mixmatch ui` serves a local store."""
+    e = html.escape
+    cells = cell_states(table, queue)
+    title = f"Sweep{'s' if len(src.sources()) > 1 else ''} {src.sweep}"
+    counts = cells["state"].value_counts()
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    lead = " · ".join([p.spec.description for p in src.sources() if p.spec is not None and p.spec.description]
+                      + [f"{len(cells)} cells: {summary}"])
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{e(title)}</title>",
            f"<style>\n{REPORT_CSS}\n</style>", "</head>", "<body>", f"<h1>{e(title)}</h1>",
-           f'<p class="lead">{e(spec.description if spec is not None and spec.description else "")}'
-           f"{' · ' if spec is not None and spec.description else ''}{len(cells)} cells: {e(summary)}</p>",
-           "<nav>" + "".join(links) + "</nav>"]
+           f'<p class="lead">{e(lead)}</p>',
+           "<nav>" + "".join(_links(src, cells, ui_base(uri, ui_port), not is_server(uri), views or {})) + "</nav>"]
     out += ["<h2>Provenance</h2>"] + _facts_html(src, table, facts(table), uri)
     out += html_body(table, level=2)
     if figures:
         out += ["<h2>Plots</h2>"] + [_img(p) for p in figures]
-    out += ["<h2>Cells</h2>"] + _cells_html(cells, uri)
-    out += ["<h2>Configs</h2>"] + _configs_html(spec)
+    out += ["<h2>Cells</h2>"] + _cells_html(cells, ui_base(uri, ui_port))
+    out += ["<h2>Configs</h2>"]
+    for part in src.sources():
+        out += ([f"<h3>Sweep {e(part.sweep)}</h3>"] if len(src.sources()) > 1 else []) + _configs_html(part.spec)
     return "\n".join(out + ["</body>", "</html>"]) + "\n"
 
 
 # ---- files ---------------------------------------------------------------------------------------
-def write_report(src: Source, table: Table, out_dir, figures: list[Path], states: dict | None) -> Path:
+def write_report(src: Source, table: Table, out_dir, figures: list[Path], states: dict | None,
+                 ui_port: int = mlflow_view.UI_PORT) -> Path:
     path = Path(out_dir) / f"{file_stem(src.sweep)}_report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    views = mlflow_view.saved_views(src.sweep, sorted(table.runs["experiment_id"].dropna().unique()))
-    path.write_text(render(src, table, [p for p in figures if p.suffix == ".png"], tracking_uri(), states, views),
-                    encoding="utf-8")
+    exp_ids = sorted(table.runs["experiment_id"].dropna().unique())
+    views = {p.sweep: mlflow_view.saved_views(p.sweep, exp_ids) for p in src.sources()}
+    path.write_text(render(src, table, [p for p in figures if p.suffix == ".png"], tracking_uri(), states, views,
+                           ui_port), encoding="utf-8")
     return path
 
 
@@ -293,12 +323,15 @@ def export_all(spec: Spec, cells: list[Config], out_dir, parent_run_id: str | No
     return tables + plots + [report]
 
 
-def report_of(sweep_or_spec: str, out_dir, experiment: str | None = None, storage: str | None = None) -> Path:
-    """`mixmatch report`: the page of a sweep given by its spec or its name (then with the spec
-    its parent run logged, for the configs, the command and the notes), figures embedded."""
-    src = load_source(sweep_or_spec, experiment)
-    src.spec = src.spec or spec_from_parent_run(src)
+def report_of(sweeps_or_specs: list[str], out_dir, experiment: str | None = None, storage: str | None = None,
+              ui_port: int = mlflow_view.UI_PORT) -> Path:
+    """`mixmatch report`: the page of one or more sweeps, each given by its spec or its name
+    (then with the spec its parent run logged, for the configs, the command and the notes),
+    figures embedded."""
+    src = load_sources(sweeps_or_specs, experiment)
+    for part in src.sources():
+        part.spec = part.spec or spec_from_parent_run(part)
     states = storage_states(src, storage)
     table = table_of(src, states=states)
     with tempfile.TemporaryDirectory() as figures:      # embedded: drawn here, one file comes out
-        return write_report(src, table, out_dir, plot_table(table, figures), states)
+        return write_report(src, table, out_dir, plot_table(table, figures), states, ui_port)

@@ -28,7 +28,7 @@ from mixmatch_core.checkpoint import check_out_dir
 from mixmatch_core.config import Config
 from mixmatch_core.tracking import check_reachable, end_parent_run, experiment_id
 
-from . import gpus, store
+from . import gpus, mlflow_view, store
 from .cost import fmt_seconds
 from .parent_run import open_sweep_parent_run
 from .runs import finished_results
@@ -156,6 +156,10 @@ def finish(spec: Spec, study: optuna.Study, parent: str, cells: list[Config], no
             print(f"could not build the table and report ({type(e).__name__}: {e}); run `mixmatch report "
                   f"{spec.path}`", file=sys.stderr)
             no_table = True
+    try:
+        mlflow_view.write_means(spec)    # the means view's error_mean (cheap: one search, a log per group)
+    except Exception as e:  # noqa: BLE001 - the runs are safe in MLflow; only that view's column waits
+        print(f"could not write the means view's error_mean ({type(e).__name__}: {e})", file=sys.stderr)
     end_parent_run(parent, "FAILED" if failed else "FINISHED")
     record_close(study, states, tables=not no_table)
     return 1 if failed else 0

@@ -2,8 +2,9 @@
 
 Owns every read of a sweep's runs, shared by the table, the plots, the report and the
 workers: the runs (`load_runs`, one row per run, newest first), the sweep given as a spec or a
-name (`Source`, `load_source`), each cell's result (`finished_results`: its newest FINISHED run
-with an `error`, the run the tables count and the queue adopts), the sweeps a store knows,
+name (`Source`, `load_source`; several sweeps as one, `load_sources`), each cell's result
+(`finished_results`: its newest FINISHED run with an `error`, the run the tables count and the
+queue adopts), the sweeps a store knows,
 metric histories (learning curves), the spec a sweep's parent run logged, and the cell states
 its queue holds (`storage_states`, read-only: which cells failed before a run began).
 
@@ -144,6 +145,15 @@ class Source:
     layout: str = "auto"            # the spec's `layout:`; auto without a spec
     experiment: str | None = None
     spec: Spec | None = None        # the Spec, when given one (or found in the parent run: the report)
+    parts: list[Source] = dataclasses.field(default_factory=list)   # the sweeps a combined Source joins
+
+    def sources(self) -> list[Source]:
+        """The sweeps this Source holds: its parts when it joins several, else itself."""
+        return self.parts or [self]
+
+    def notes(self) -> list[str]:
+        """Every spec's `notes:`, in the order the sweeps were given."""
+        return [n for part in self.sources() if part.spec is not None for n in part.spec.notes]
 
 
 def is_spec_path(arg: str) -> bool:
@@ -178,6 +188,23 @@ def load_source(sweep_or_spec: str, experiment: str | None = None) -> Source:
     return Source(sweep_or_spec, runs, None, "auto", experiment)
 
 
+def load_sources(sweeps_or_specs: list[str], experiment: str | None = None) -> Source:
+    """Several sweeps (each a spec or a name) as one Source: their runs together, their planned
+    cells (each cell once) when every one has a plan, the name their names joined by '+'. A
+    cell counts once however many sweeps ran it (its newest finished run); the table pairs
+    cells that share (dataset, n_labeled, seed), across the sweeps too."""
+    sources = [load_source(s, experiment) for s in dict.fromkeys(sweeps_or_specs)]
+    if len(sources) == 1:
+        return sources[0]
+    planned = None
+    if all(s.planned is not None for s in sources):
+        planned = list({c.cell_key: c for s in sources for c in s.planned}.values())
+    runs = pd.concat([s.runs for s in sources], ignore_index=True).drop_duplicates("run_id")
+    layouts = {s.layout for s in sources}
+    return Source("+".join(s.sweep for s in sources), runs, planned, layouts.pop() if len(layouts) == 1 else "auto",
+                  experiment, None, sources)
+
+
 def spec_from_parent_run(src: Source) -> Spec | None:
     """For a sweep given by name: its spec as its parent run logged it (sweep/spec.yaml, with the
     path it was launched with), for the report's configs, command and notes; None when there is
@@ -195,7 +222,10 @@ def spec_from_parent_run(src: Source) -> Spec | None:
 
 
 def storage_states(src: Source, storage: str | None) -> dict | None:
-    """The sweep storage's cell states (read-only), when there is one to read."""
-    if src.spec is None and storage is None:
-        return None
-    return known_states(storage or default_sweep_storage(src.sweep), src.sweep) or None
+    """The sweep storage's cell states (read-only), when there is one to read; of every sweep a
+    combined Source joins (`storage` then serves them all)."""
+    states = {}
+    for part in src.sources():
+        if part.spec is not None or storage is not None:
+            states.update(known_states(storage or default_sweep_storage(part.sweep), part.sweep))
+    return states or None

@@ -1,8 +1,10 @@
 """An Optuna hyperparameter search over config fields: the study's lifecycle (`mixmatch search`).
 
-Owns: turning a trial into a Config (base + sampled params, then `resolve`), reporting each
-evaluation to the pruner, the MLflow layout of a study (one parent run per study, reopened on
-resume; one child run per trial, tagged with its Optuna state), resuming a study from its
+Owns: turning a trial into a Config (base + sampled params, then `resolve`; one per seed where
+the spec names `seeds`, the trial's value then their mean), reporting each evaluation to the
+pruner (with seeds: the mean over the seeds, at the steps every seed has reported), the MLflow
+layout of a study (one parent run per study, reopened on resume; one child run per trial and
+seed, tagged with its Optuna state), resuming a study from its
 storage, and the study's outputs: the best config as ready-to-run YAML and Optuna's plots. The
 spec (its format and validation) is search_spec.py.
 """
@@ -175,8 +177,9 @@ def write_best_yaml(path: Path, spec: SearchSpec, study_name: str, trial) -> Pat
     """The best trial's user-level config (base + best params) as a YAML that `mixmatch train
     --config` runs and a sweep spec can use as its `base`."""
     user = trial.user_attrs.get("config") or spec.user_config(trial.params)
+    seeds = f", the mean over seeds {', '.join(map(str, spec.seeds))}" if spec.seeds else ""
     header = (f"# Best trial {trial.number} of Optuna study '{study_name}' ({spec.objective} "
-              f"{trial.value:.2f}%, median of the last {resolve(user).median_of} evaluations).\n"
+              f"{trial.value:.2f}%, median of the last {resolve(user).median_of} evaluations{seeds}).\n"
               f"# Run it: mixmatch train --config {path}   (or use it as a sweep spec's base)\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(user, sort_keys=False))
@@ -210,8 +213,8 @@ def _open_study(spec: SearchSpec, study_name: str, storage_url: str, heartbeat_s
 
 def _trial_objective(spec: SearchSpec, study, storage, parent: str, lease):
     """The Optuna objective of a search: the trial's params on the base config, trained and
-    tracked, every evaluation reported to the pruner."""
-    from mixmatch_core.train import RunTakenOver  # lazy: torch; `mixmatch search --help` needs none
+    tracked (one run per seed where the spec names `seeds`: their mean is the value), every
+    evaluation reported to the pruner (with seeds, the mean over the seeds once all have it)."""
     host = f"{socket.gethostname()}:{os.getpid()}"
     out_root = f"{resolve(spec.base).out_dir}/{file_stem(study.study_name)}"
 
@@ -221,47 +224,82 @@ def _trial_objective(spec: SearchSpec, study, storage, parent: str, lease):
         user = spec.user_config(params)
         trial.set_user_attr("host", host)
         try:
-            cfg = resolve({**user, "progress": False, "out_dir": out_root})
+            cfgs = [resolve({**user, **({} if seed is None else {"seed": seed}), "progress": False,
+                             "out_dir": out_root}) for seed in spec.seeds or [None]]
         except ConfigError as e:
             trial.set_user_attr("failure_reason", str(e)[:1000])
             raise
-        trial.set_user_attr("cell_key", cfg.cell_key)
+        trial.set_user_attr("cell_key", "+".join(c.cell_key for c in cfgs))
         trial.set_user_attr("config", user)
-        twin = _twin(study, trial.number, cfg.cell_key)
+        twin = _twin(study, trial.number, trial.user_attrs["cell_key"])
         if twin is not None:
             return _reuse_twin(trial, twin)
-        tracker = RunTracker(cfg, parent_run_id=parent, tags={
-            "study": study.study_name, "mixmatch.role": "trial", "trial_number": str(trial.number)})
-
-        def on_eval(step: int, h: dict) -> None:
-            trial.report(h[spec.objective], step)
-            # Pruning at the last evaluation saves no compute and loses a complete trial.
-            if step < cfg.steps and trial.should_prune():
-                trial.set_user_attr("pruned_at_step", step)
-                raise TrialStopped(f"pruned at step {step}: {spec.objective} {h[spec.objective]:.2f}%")
-
-        state, result = TrialState.FAIL, None
+        curves: dict[int, dict[int, float]] = {}          # seed index -> step -> objective
+        results = []
         try:
-            result = train_trial(storage, trial, cfg, tracker, lease, on_eval)
-            state = TrialState.COMPLETE
+            for i, cfg in enumerate(cfgs):
+                results.append(_train_seed(spec, study, trial, cfg, i, curves, parent, storage, lease))
         except TrialStopped:
-            state = TrialState.PRUNED
+            for r in results:       # the seeds that finished belong to a pruned trial
+                _tag_run(r.run_id, {"trial_state": TrialState.PRUNED.name})
             raise
-        except RunTakenOver:
-            state = None                # the run is the new owner's now: leave its tags alone
-            raise
-        finally:
-            # A finished run re-reported (a retry of a trial whose worker died after training)
-            # has no tracker run; its id comes back in the result.
-            run_id = tracker.run_id or (result.run_id if result is not None else None)
-            if run_id is not None and state is not None:
-                trial.set_user_attr("mlflow_run_id", run_id)
-                _tag_run(run_id, {"trial_state": state.name, "trial_number": str(trial.number)})
-        trial.set_user_attr("test_error", result.metrics["error"])
-        if "val_error" in result.metrics:
-            trial.set_user_attr("val_error", result.metrics["val_error"])
-        return result.metrics[FINAL_METRIC[spec.objective]]
+        if len(results) > 1:
+            trial.set_user_attr("mlflow_run_ids", [r.run_id for r in results])
+        trial.set_user_attr("test_error", _mean(r.metrics["error"] for r in results))
+        if all("val_error" in r.metrics for r in results):
+            trial.set_user_attr("val_error", _mean(r.metrics["val_error"] for r in results))
+        return _mean(r.metrics[FINAL_METRIC[spec.objective]] for r in results)
     return objective
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _train_seed(spec: SearchSpec, study, trial, cfg: Config, index: int, curves: dict, parent: str, storage, lease):
+    """Train (or resume, or just report, where its run finished: a killed trial's retry trains
+    its unfinished seeds only) the trial's run of one seed; each evaluation goes into `curves`,
+    and once every seed has a step, their mean is reported to the pruner."""
+    from mixmatch_core.train import RunTakenOver  # lazy: torch; `mixmatch search --help` needs none
+    n_seeds = len(spec.seeds or [None])
+    tags = {"study": study.study_name, "mixmatch.role": "trial", "trial_number": str(trial.number)}
+    tracker = RunTracker(cfg, parent_run_id=parent, tags={**tags, **({"trial_seed": str(cfg.seed)}
+                                                                      if spec.seeds else {})})
+    mine = curves.setdefault(index, {})
+
+    def on_eval(step: int, h: dict) -> None:
+        mine[step] = h[spec.objective]
+        if len(curves) < n_seeds or not all(step in c for c in curves.values()):
+            return
+        value = _mean(c[step] for c in curves.values())
+        trial.report(value, step)
+        # Pruning at the last evaluation saves no compute and loses a complete trial.
+        if step < cfg.steps and trial.should_prune():
+            trial.set_user_attr("pruned_at_step", step)
+            raise TrialStopped(f"pruned at step {step}: {spec.objective} {value:.2f}%"
+                               + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""))
+
+    state, result = TrialState.FAIL, None
+    try:
+        result = train_trial(storage, trial, cfg, tracker, lease, on_eval)
+        mine.update({h["step"]: h[spec.objective] for h in result.history})   # a resumed run's earlier points
+        state = TrialState.COMPLETE
+        return result
+    except TrialStopped:
+        state = TrialState.PRUNED
+        raise
+    except RunTakenOver:
+        state = None                # the run is the new owner's now: leave its tags alone
+        raise
+    finally:
+        # A finished run re-reported (a retry of a trial whose worker died after training)
+        # has no tracker run; its id comes back in the result.
+        run_id = tracker.run_id or (result.run_id if result is not None else None)
+        if run_id is not None and state is not None:
+            if index == 0:
+                trial.set_user_attr("mlflow_run_id", run_id)
+            _tag_run(run_id, {"trial_state": state.name, "trial_number": str(trial.number)})
 
 
 def _tag_run(run_id: str, tags: dict[str, str]) -> None:

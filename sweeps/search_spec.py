@@ -17,6 +17,8 @@ search's --help shows this text from its example on. A spec looks like:
     trials: 20                        # total finished (COMPLETE + PRUNED) trials of the study
     timeout_seconds: null             # per invocation
     seed: 0                           # sampler seed
+    seeds: [1, 2, 3]                  # optional: each trial trains one run per seed (labeled split);
+                                      # objective = their mean, pruned on the mean over the seeds
 
 Pruner steps are training steps (each evaluation reports at its step), so `n_warmup_steps`,
 `min_resource` and `max_resource` are in steps. A trial's checkpoint lives in
@@ -36,7 +38,7 @@ from mixmatch_core.config import FIELDS, ConfigError, did_you_mean, load_yaml, n
 from .spec import SPEC_KEYS
 
 SEARCH_KEYS = {"name", "experiment", "base", "space", "sampler", "pruner", "trials", "timeout_seconds",
-               "objective", "seed", "description"}
+               "objective", "seed", "seeds", "description"}
 DIMENSION_KEYS = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "step", "log"},
                   "categorical": {"type", "choices"}}
 # Options each sampler/pruner accepts in its mapping form (all non-negative integers).
@@ -90,6 +92,7 @@ class SearchSpec:
     timeout_seconds: float | None = None
     seed: int = 0
     description: str = ""
+    seeds: list[int] | None = None   # a trial's training seeds (None: the base's one seed)
 
     def user_config(self, params: dict[str, Any]) -> dict[str, Any]:
         """The user-level fields of a trial: base, the study's experiment, then the params.
@@ -256,6 +259,12 @@ def load_search_spec(path: str) -> SearchSpec:
     seed = raw.get("seed", 0)
     if not _is_int(seed) or seed < 0:
         err(f"seed must be an integer >= 0, got {seed!r}")
+    seeds = raw.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(_is_int(x) and x >= 0 for x in seeds)
+                              or len(set(seeds)) != len(seeds)):
+        err(f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    if seeds is not None and "seed" in space:
+        err("space.seed cannot be searched when seeds: lists the seeds every trial trains")
     experiment = str(raw.get("experiment") or base.get("experiment") or "mixmatch")
     if not experiment.strip():
         err("experiment must not be empty")
@@ -263,4 +272,4 @@ def load_search_spec(path: str) -> SearchSpec:
     return SearchSpec(name=name, path=str(path), experiment=experiment, base=dict(base), space=space,
                       sampler=sampler, pruner=pruner, objective=objective, trials=trials,
                       timeout_seconds=float(timeout) if timeout is not None else None, seed=seed,
-                      description=str(raw.get("description", "")))
+                      description=str(raw.get("description", "")), seeds=seeds)

@@ -1,5 +1,6 @@
 """The paper-style error table of a sweep: which run stands for each cell, the aggregation over
-seeds, the paper's numbers beside ours and each variant against the full method (Welch).
+seeds, the paper's numbers beside ours and each variant against the full method (paired by
+seed where the two share seeds, else Welch: stats.py).
 
 Owns `build_table` (runs as runs.py reads them -> a `Table`: the grids every renderer prints,
 their notes, and tidy per-run and per-cell frames for the CSVs, plots and report) and
@@ -26,6 +27,13 @@ The rules, in one place:
   numbers). `auto` takes the spec's `layout:` if it names one, else `labels` when the sweep
   has >= 3 label counts and <= 4 rows, else `ablation`.
 - Reference matching: same dataset, model, method, variant and n_labeled (paper.py).
+- Under the main grid: the error at the last evaluation (`error_last`, mean ± std; where runs
+  logged it), the difference of each row to the full method's row at the same label count (one
+  line each: Δ, interval, test, p, seeds, P(better), bootstrap; the numbers are stats.py's,
+  paired by seed where the rows share seeds), and, with >= 2 label counts, each row's
+  interquartile mean over its cells with the stratified bootstrap interval.
+- The runs may come from several sweeps (runs.load_sources): rows and pairs do not care which
+  sweep a cell came from.
 - Notes: the table's own (what the numbers are, markers, the paper, which labeled set cells
   drew from when not `train`), then the spec's `notes:`.
 """
@@ -33,14 +41,12 @@ The rules, in one place:
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ttest_ind
 
 from mixmatch_core.config import Config, ConfigError
 from mixmatch_core.methods import FULL_METHOD, row_order
@@ -48,9 +54,10 @@ from mixmatch_core.methods import FULL_METHOD, row_order
 from .paper import REFERENCE_CSV, Paper, paper_numbers
 from .runs import IDENTITY, PARAM_COLUMNS, RUN_COLUMNS, Source
 from .spec import LAYOUTS
+from .stats import PAIRED, Comparison, compare, iqm
 
 REFERENCES = ("paper", "none")
-FULL = FULL_METHOD          # the row every other row is compared against (Welch's t-test)
+FULL = FULL_METHOD          # the row every other row is compared against (stats.compare)
 # The registry's order: each method followed by its variants (the full method and its Table 4
 # ablations in the paper's order, then Table 5's methods, the fully supervised recipe last);
 # other rows follow by name.
@@ -60,13 +67,17 @@ PLACED = ("dataset", "n_labeled", "seed", "method", "variant")
 # Fields the notes describe instead: they split rows only where they vary at one label count.
 NOTED = ("labeled_pool",)
 PLACE = ["dataset", "model", "n_labeled", "seed", "method", "variant"]     # what a cell shows of its config
-CELL_COLUMNS = ["cell_key"] + PLACE + ["planned", "state", "error", "run_id", "n_runs", "failure_reason"] \
+CELL_COLUMNS = ["cell_key"] + PLACE + ["planned", "state", "error", "error_last", "run_id", "n_runs",
+                                      "failure_reason"] \
     + PARAM_COLUMNS
 STATES = ("failed", "killed", "running", "missing")    # a cell without a finished run
 DASH = "—"                                             # no number (the paper has none, or no cell)
 DEFAULT_POOL = "train"      # the labeled set of a run without a `labeled_pool` param
 # What each labeled set other than train is, for the note that names it.
 POOL_ORIGINS = {"train+unlabeled": "official create_split.py"}
+# The difference table's columns (stats.py computes each number; docs/sweeps.md explains them).
+VS_FULL_HEADER = ["variant", "labels", "Δ error", "95% interval", "test", "p", "seeds", "P(better)",
+                  "bootstrap 95%"]
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -91,7 +102,7 @@ class Table:
     sweep: str
     layout: str                      # labels | ablation (auto resolved)
     main: Grid
-    vs_full: Grid | None             # each variant minus the full method, with Welch's t-test
+    vs_full: Grid | None             # each variant minus the full method: interval, test, p, P(better)
     notes: list[str]
     runs: pd.DataFrame               # tidy, one row per run plus planned cells without a run; `row`
                                      # is the run's table row, `counted` marks its cell's result
@@ -99,6 +110,12 @@ class Table:
     reference_used: bool = False
     extra_axes: list[str] = field(default_factory=list)
     outcomes: pd.DataFrame | None = None   # one row per cell (planned or seen): state, error, run_id, row
+    last: Grid | None = None         # the error at the last evaluation (the headline is the median rule's)
+    iqm: Grid | None = None          # each row's interquartile mean over its grid (>= 2 label counts)
+
+    def second_grids(self) -> list[Grid]:
+        """The grids printed under the main one and its notes, in order."""
+        return [g for g in (self.last, self.vs_full, self.iqm) if g is not None]
 
 
 def choose_layout(n_label_counts: int, n_rows: int) -> str:
@@ -130,7 +147,7 @@ def _cell_outcomes(runs: pd.DataFrame, planned: list[Config] | None,
     seen = seen.assign(n_runs=seen["cell_key"].map(runs["cell_key"].value_counts(dropna=False)),
                        _first=seen["cell_key"].map(pd.Series(range(len(first_seen)), index=first_seen.values)))
     seen = seen.sort_values("_first", kind="stable")
-    outcome = ["cell_key", "status", "counted", "error", "run_id", "failure_reason", "n_runs"]
+    outcome = ["cell_key", "status", "counted", "error", "error_last", "run_id", "failure_reason", "n_runs"]
     plan = _plan_frame(planned or [])
     parts = [plan.merge(seen[outcome], on="cell_key", how="left").assign(planned=True),
              seen[~seen["cell_key"].isin(plan["cell_key"])].assign(planned=planned is None)]
@@ -149,6 +166,7 @@ def _cell_outcomes(runs: pd.DataFrame, planned: list[Config] | None,
         cells.loc[failed_early, "state"] = "failed"
         cells.loc[failed_early, "failure_reason"] = cells.loc[failed_early, "cell_key"].map(queue_failed)
     cells["error"] = cells["error"].where(counts)
+    cells["error_last"] = cells["error_last"].where(counts)
     cells["n_runs"] = cells["n_runs"].fillna(0).astype(int)
     missing = cells.loc[~has_run, ["run_name", "cell_key", "failure_reason"] + PLACE].assign(
         sweep=None, run_id=None, status=np.where(failed_early[~has_run], "FAILED", "MISSING"), counted=False)
@@ -179,16 +197,29 @@ def _extra_axes(cells: pd.DataFrame) -> list[str]:
 
 # Step 2: aggregate over seeds --------------------------------------------------------------------
 def _aggregate(cells: pd.DataFrame) -> pd.DataFrame:
-    """One record per (row, n_labeled): counts by state, the finished errors, mean ± std
-    (ddof=1), and the models seen."""
-    g = cells.assign(finished=cells["state"].eq("finished"), **{f"n_{s}": cells["state"].eq(s) for s in STATES})
+    """One record per (row, n_labeled): counts by state, the finished errors (a list, and keyed
+    by seed for pairing), mean ± std (ddof=1) of the headline error and of the error at the last
+    evaluation, and the models seen."""
+    g = cells.assign(finished=cells["state"].eq("finished"), **{f"n_{s}": cells["state"].eq(s) for s in STATES},
+                     _seed=[_seed_key(s, k) for s, k in zip(cells["seed"], cells["cell_key"])])
     agg = g.groupby(["row", "n_labeled"], sort=False).agg(
         n_planned=("cell_key", "size"), n_finished=("finished", "sum"),
         **{f"n_{s}": (f"n_{s}", "sum") for s in STATES},
         errors=("error", lambda e: [float(x) for x in e.dropna()]),
         error_mean=("error", "mean"), error_std=("error", "std"),
+        error_last_mean=("error_last", "mean"), error_last_std=("error_last", "std"),
+        n_last=("error_last", "count"),
         models=("model", lambda m: tuple(m.dropna().unique()))).reset_index()
-    return agg.astype({c: int for c in ["n_planned", "n_finished"] + [f"n_{s}" for s in STATES]})
+    by_seed = {key: dict(zip(d["_seed"], d["error"].astype(float)))
+               for key, d in g[g["error"].notna()].groupby(["row", "n_labeled"], sort=False)}
+    agg["by_seed"] = [by_seed.get((r, n), {}) for r, n in zip(agg["row"], agg["n_labeled"])]
+    return agg.astype({c: int for c in ["n_planned", "n_finished", "n_last"] + [f"n_{s}" for s in STATES]})
+
+
+def _seed_key(seed, cell_key: str):
+    """What pairs a cell with another row's at the same label count: its seed (its labeled
+    split); a cell without a seed tag pairs with nothing."""
+    return int(seed) if pd.notna(seed) else f"no seed: {cell_key}"
 
 
 def _row_models(agg: pd.DataFrame) -> dict[tuple, str | None]:
@@ -204,10 +235,14 @@ def _sort_value(v: Any) -> tuple:
         return (1, 0.0, str(v))
 
 
+def variant_rank(variant: str) -> tuple[int, str]:
+    """Where a variant's rows go in every listing of a sweep: the registry's order, then by name."""
+    return (ROW_ORDER.index(variant) if variant in ROW_ORDER else len(ROW_ORDER), str(variant))
+
+
 def _row_sort_key(row: tuple) -> tuple:
     dataset, method, variant, *vals = row
-    order = ROW_ORDER.index(variant) if variant in ROW_ORDER else len(ROW_ORDER)
-    return (str(dataset), order, str(variant), str(method), tuple(_sort_value(v) for v in vals))
+    return (str(dataset), *variant_rank(variant), str(method), tuple(_sort_value(v) for v in vals))
 
 
 def _row_label(row: tuple, extras: list[str], multi_dataset: bool) -> str:
@@ -221,43 +256,43 @@ def _row_label(row: tuple, extras: list[str], multi_dataset: bool) -> str:
 
 
 # Step 4: each variant against the full method ----------------------------------------------------
-def _vs_full(agg: pd.DataFrame, rows: list[tuple], label_counts: list[int]) -> dict[tuple, dict]:
-    """(row, n) -> the difference to the full method's row (same dataset and extra axes) at the
-    same label count, with Welch's t-test when both sides have >= 2 finished seeds; text only
-    (a dash) where one side has no finished seed."""
-    full = {r: (r[0], FULL, FULL, *r[3:]) for r in rows}
-    pairs = pd.DataFrame([(r, full[r], n) for r in rows if full[r] != r and full[r] in full for n in label_counts],
-                         columns=["row", "full", "n_labeled"])
-    side = agg[["row", "n_labeled", "n_finished", "errors", "error_mean"]]
-    m = pairs.merge(side, on=["row", "n_labeled"], how="left").merge(
-        side.rename(columns={"row": "full"}), on=["full", "n_labeled"], how="left", suffixes=("", "_full"))
+def _vs_full(agg: pd.DataFrame, rows: list[tuple], label_counts: list[int]) -> dict[tuple, Comparison]:
+    """(row, n) -> the row against the full method's row (same dataset and extra axes) at the
+    same label count, paired by seed where they share seeds (stats.compare); absent where a side
+    has no finished seed."""
+    by_seed = {(a["row"], a["n_labeled"]): a["by_seed"] for a in agg.to_dict("records")}
     out = {}
-    for rec in m.to_dict("records"):
-        key = (rec["row"], rec["n_labeled"])
-        if not (rec["n_finished"] > 0 and rec["n_finished_full"] > 0):    # NaN (no record) is not > 0
-            out[key] = {"text": DASH}
+    for r in rows:
+        full = (r[0], FULL, FULL, *r[3:])
+        if full == r or full not in rows:
             continue
-        d = rec["error_mean"] - rec["error_mean_full"]
-        c = {"diff_full": d, "welch_t": np.nan, "welch_p": np.nan, "test_note": "n too small"}
-        if rec["n_finished"] >= 2 and rec["n_finished_full"] >= 2:
-            c["welch_t"], c["welch_p"] = _welch(rec["errors"], rec["errors_full"])
-            c["test_note"] = f"Welch {_p_text(c['welch_p'])}"
-        c["text"] = f"{_signed(d)} ({c['test_note'].removeprefix('Welch ')})"
-        out[key] = c
+        for n in label_counts:
+            if (c := compare(by_seed.get((r, n), {}), by_seed.get((full, n), {}))) is not None:
+                out[(r, n)] = c
     return out
-
-
-def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    with warnings.catch_warnings():   # zero variance on both sides: p is nan, shown as p=n/a
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = ttest_ind(a, b, equal_var=False)
-    return float(res.statistic), float(res.pvalue)
 
 
 def _p_text(p: float) -> str:
     if math.isnan(p):
-        return "p=n/a"
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _interval_text(low: float, high: float) -> str:
+    return DASH if math.isnan(low) else f"[{_signed(low)}, {_signed(high)}]"
+
+
+def _seeds_text(c: Comparison) -> str:
+    """`3 pairs`, `2 pairs, 1 unpaired dropped`, or (unpaired) `3 vs 2` finished seeds."""
+    if c.test != PAIRED:
+        return f"{c.n_variant} vs {c.n_full}"
+    return f"{c.n_pairs} pairs" + (f", {c.n_dropped} unpaired dropped" if c.n_dropped else "")
+
+
+def comparison_entries(c: Comparison) -> list[str]:
+    """A comparison as the difference table's columns (VS_FULL_HEADER after variant and labels)."""
+    return [_signed(c.diff), _interval_text(c.low, c.high), c.test, _p_text(c.p), _seeds_text(c),
+            DASH if math.isnan(c.p_better) else f"{c.p_better:.2f}", _interval_text(c.boot_low, c.boot_high)]
 
 
 # Step 5: the best of each column -----------------------------------------------------------------
@@ -313,7 +348,7 @@ class _Parts:
     label_counts: list[int]
     labels: dict[tuple, str]
     paper: Paper
-    comparisons: dict[tuple, dict]
+    comparisons: dict[tuple, Comparison]
     best: set[tuple]
 
 
@@ -350,18 +385,51 @@ def _main_grid(p: _Parts, title: str, layout: str) -> Grid:
 
 
 def _vs_full_grid(p: _Parts) -> Grid | None:
-    rows = [r for r in p.rows if any((r, n) in p.comparisons for n in p.label_counts)]
-    if not rows:
+    """One line per (variant, label count) with a comparison, in table order."""
+    keys = [(r, n) for r in p.rows for n in p.label_counts if (r, n) in p.comparisons]
+    if not keys:
         return None
-    return Grid(f"Difference to the full method ({FULL}) at the same label count, Welch's t-test over seeds",
+    return Grid(f"Difference to the full method ({FULL}) at the same label count: variant - {FULL}, "
+                "in percentage points of error (negative: the variant errs less)", VS_FULL_HEADER,
+                [[Entry(p.labels[r]), Entry(str(n))] + [Entry(t) for t in comparison_entries(p.comparisons[r, n])]
+                 for r, n in keys], ["ours"] * len(keys))
+
+
+def _last_grid(p: _Parts) -> Grid | None:
+    """The error at the last evaluation, mean ± std over the same finished seeds (runs logged
+    before `error_last` existed show a dash)."""
+    if not any(a["n_last"] for a in p.agg.values()):
+        return None
+
+    def last(a: dict | None) -> str:
+        return _fmt_mean(a["error_last_mean"], a["error_last_std"], a["n_last"]) if a and a["n_last"] else DASH
+    return Grid("Test error (%) at the last evaluation (not the headline: see the notes)",
                 ["variant"] + [str(n) for n in p.label_counts],
-                [[Entry(p.labels[r])] + [Entry(p.comparisons.get((r, n), {}).get("text", DASH))
-                                         for n in p.label_counts] for r in rows], ["ours"] * len(rows))
+                [[Entry(p.labels[r])] + [Entry(last(p.agg.get((r, n)))) for n in p.label_counts] for r in p.rows],
+                ["ours"] * len(p.rows))
+
+
+def _iqm_grid(p: _Parts) -> Grid | None:
+    """Each row's interquartile mean over all its finished (label count, seed) cells with the
+    stratified bootstrap interval (stats.iqm), where the sweep has >= 2 label counts."""
+    if len(p.label_counts) < 2:
+        return None
+    lines = []
+    for r in p.rows:
+        by_count = {n: p.agg[r, n]["errors"] for n in p.label_counts if (r, n) in p.agg and p.agg[r, n]["errors"]}
+        if by_count:
+            point, low, high = iqm(by_count)
+            lines.append([Entry(p.labels[r]), Entry(f"{point:.2f}"), Entry(f"[{low:.2f}, {high:.2f}]"),
+                          Entry(str(sum(map(len, by_count.values())))), Entry(", ".join(map(str, by_count)))])
+    return Grid("Interquartile mean over each row's (label count, seed) cells, test error (%), with a 95% "
+                "stratified bootstrap interval (rliable's; compare rows over the same label counts only)",
+                ["variant", "IQM", "95% interval", "cells", "label counts"], lines, ["ours"] * len(lines)) \
+        if lines else None
 
 
 # Step 7: the notes under the table ---------------------------------------------------------------
 def _notes(p: _Parts, models: dict, reference: str, datasets: list[str], planned, cells: pd.DataFrame,
-           has_vs_full: bool) -> list[str]:
+           has_vs_full: bool, has_last: bool) -> list[str]:
     notes = ["error: 100 - median test accuracy of the last evaluations, in %; "
              "mean ± sample std (ddof=1) over finished seeds."]
     if any(a["n_finished"] < a["n_planned"] for a in p.agg.values()):
@@ -381,9 +449,13 @@ def _notes(p: _Parts, models: dict, reference: str, datasets: list[str], planned
                      f"are for {', '.join(p.paper.models)}); not shown.")
     elif reference == "paper":
         notes.append(f"paper: no numbers for {', '.join(datasets) or 'this sweep'}.")
+    if has_last:
+        notes.append("last evaluation: the error of the final evaluation alone (papers and ports differ on "
+                     "which number they report; the headline is the median rule's).")
     if has_vs_full:
-        notes.append("difference to the full method: Welch's t-test when both sides have >= 2 finished "
-                     "seeds, else n too small.")
+        notes.append("difference to the full method: paired by seed where both share >= 2 seeds (the same "
+                     "labeled splits), else Welch's t-test (>= 2 finished seeds each side), else n too small; "
+                     "the columns: docs/sweeps.md.")
     if planned is None:
         notes.append("cells known from MLflow only (no spec given): cells that never started are not shown.")
     elif (~cells["planned"]).any():
@@ -416,17 +488,28 @@ def _cells_frame(p: _Parts, agg: pd.DataFrame, models: dict, extras: list[str], 
     out = []
     for a in agg.to_dict("records"):
         r, n = a["row"], a["n_labeled"]
-        ref, c = p.paper.numbers.get((r, n), {}), p.comparisons.get((r, n), {})
+        ref, c = p.paper.numbers.get((r, n), {}), p.comparisons.get((r, n))
         out.append({"sweep": sweep, "row": p.labels[r], "dataset": r[0], "model": models.get(r), "method": r[1],
                     "variant": r[2], **dict(zip(extras, r[3:])), "n_labeled": n,
                     **{k: a[k] for k in ["n_planned", "n_finished"] + [f"n_{s}" for s in STATES]},
                     "error_mean": a["error_mean"], "error_std": a["error_std"], "text": _value_text(a),
+                    "error_last_mean": a["error_last_mean"], "error_last_std": a["error_last_std"],
                     "best": (r, n) in p.best, "paper_table": ref.get("table"), "paper_error": ref.get("error_mean"),
                     "paper_std": ref.get("error_std"),
                     "diff_paper": a["error_mean"] - ref["error_mean"] if ref and a["n_finished"] else np.nan,
-                    "diff_full": c.get("diff_full", np.nan), "welch_t": c.get("welch_t", np.nan),
-                    "welch_p": c.get("welch_p", np.nan), "test_note": c.get("test_note"), "errors": a["errors"]})
+                    **_comparison_columns(c), "errors": a["errors"]})
     return pd.DataFrame(out)
+
+
+COMPARISON_COLUMNS = {"diff_full": "diff", "diff_low": "low", "diff_high": "high", "boot_low": "boot_low",
+                      "boot_high": "boot_high", "test": "test", "t": "t", "p": "p", "p_better": "p_better",
+                      "n_pairs": "n_pairs", "n_dropped": "n_dropped"}     # cells CSV column -> Comparison field
+
+
+def _comparison_columns(c: Comparison | None) -> dict:
+    if c is None:
+        return {col: (None if col == "test" else np.nan) for col in COMPARISON_COLUMNS}
+    return {col: getattr(c, f) for col, f in COMPARISON_COLUMNS.items()}
 
 
 def _labeled_runs(runs: pd.DataFrame, cells: pd.DataFrame, p: _Parts) -> pd.DataFrame:
@@ -472,12 +555,13 @@ def build_table(runs_df: pd.DataFrame, planned: list | None = None, layout: str 
     what = "by number of labels (layout of the paper's Table 5)" if layout == "labels" else \
         "ablations (layout of the paper's Table 4)"
     main = _main_grid(parts, f"Sweep {sweep}: test error (%) on {', '.join(datasets) or 'no data'}, {what}", layout)
-    vs_full = _vs_full_grid(parts)
-    all_notes = _notes(parts, models, reference, datasets, planned, cells, vs_full is not None) \
+    vs_full, last, iqm_grid = _vs_full_grid(parts), _last_grid(parts), _iqm_grid(parts)
+    all_notes = _notes(parts, models, reference, datasets, planned, cells, vs_full is not None, last is not None) \
         + _pool_notes(runs, bool(notes)) + list(notes)
     outcomes = cells.assign(row=[parts.labels[r] for r in cells["row"]])
     return Table(sweep, layout, main, vs_full, all_notes, _labeled_runs(runs, cells, parts),
-                 _cells_frame(parts, agg, models, extras, sweep), bool(paper.numbers), extras, outcomes)
+                 _cells_frame(parts, agg, models, extras, sweep), bool(paper.numbers), extras, outcomes, last,
+                 iqm_grid)
 
 
 def _cells_in_rows(runs_df: pd.DataFrame, planned: list | None,
@@ -502,4 +586,4 @@ def table_of(src: Source, layout: str = "auto", reference: str = "paper", states
     where known) say which cells without a run failed."""
     failed = {k: s.reason for k, s in (states or {}).items() if s.state == "failed"}
     return build_table(src.runs, src.planned, src.layout if layout == "auto" else layout, reference,
-                       sweep=src.sweep, notes=src.spec.notes if src.spec is not None else (), queue_failed=failed)
+                       sweep=src.sweep, notes=src.notes(), queue_failed=failed)

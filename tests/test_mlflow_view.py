@@ -19,10 +19,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 
 from sweeps import mlflow_view
+from sweeps import table as tb
 
 from inprocess_sweep import run_sweep
 
@@ -40,10 +42,18 @@ UI_START_SECONDS = 120
 
 
 # ---- the format ------------------------------------------------------------------------------
-def test_the_order_tag_sorts_as_text_like_n_labeled_as_a_number_then_variant_then_seed():
+def test_the_order_tag_sorts_as_text_like_n_labeled_as_a_number_then_the_tables_rows_then_seed():
     cells = [(4000, "mixmatch", 1), (250, "supervised", 1), (250, "mixmatch", 2), (1000, "k1", 1),
-             (250, "mixmatch", 1)]
-    assert sorted(cells, key=lambda c: mlflow_view.order_value(*c)) == sorted(cells)
+             (250, "mixmatch", 1), (250, "k1", 1), (250, "no_ema", 1)]
+    by_tag = sorted(cells, key=lambda c: mlflow_view.order_value(*c))
+    assert by_tag == [(250, "mixmatch", 1), (250, "mixmatch", 2), (250, "k1", 1), (250, "no_ema", 1),
+                      (250, "supervised", 1), (1000, "k1", 1), (4000, "mixmatch", 1)]
+    table = tb.build_table(pd.DataFrame([
+        {"cell_key": f"{v}{n}{s}", "dataset": "d", "n_labeled": n, "seed": s, "variant": v, "status": "FINISHED",
+         "method": "supervised" if v == "supervised" else "mixmatch", "error": 1.0, "start_time": 0}
+        for n, v, s in cells]), None)
+    at_250 = [v for n, v, _ in by_tag if n == 250]
+    assert list(dict.fromkeys(at_250)) == [r[0].text for r in table.main.rows]      # the table's row order
 
 
 def test_a_view_is_the_uis_saved_view_envelope_around_the_state_json():
@@ -65,6 +75,34 @@ def test_the_means_view_names_its_groups_as_the_ui_does(tmp_path):
     assert sorted(state["groupsExpanded"]) == ["tag.n_labeled.100,tag.variant.mixmatch",
                                                "tag.n_labeled.30,tag.variant.mixmatch",
                                                "tag.n_labeled.30,tag.variant.supervised"]
+
+
+def test_the_means_view_shows_error_mean_which_write_means_puts_on_one_run_per_group(tmp_path, monkeypatch,
+                                                                                     empty_store):
+    """(4.4 + 4.7) / 2 is 4.550000000000001 in binary floats, as MLflow's group-by would print the
+    average of the seeds' errors; the group's one `error_mean` is 4.55. A re-run that changes the
+    result moves the mean to the new counted run and updates the old carrier too."""
+    from types import SimpleNamespace
+
+    from mixmatch_core.config import resolve
+    from mixmatch_core.tracking import client
+    from mlflow_store import log_cell, use_store
+    assert (4.4 + 4.7) / 2 != 4.55
+    state = mlflow_view.means_state("m", [])
+    assert state["selectedColumns"][0] == "metrics.`error_mean`"
+    assert "std and n: the report's table" in mlflow_view.NAMES["means"]
+    use_store(monkeypatch, tmp_path, empty_store)
+    c = client()
+    cfgs = {s: resolve({"dataset": "digits", "seed": s, "experiment": "m-exp"}) for s in (1, 2)}
+    first = log_cell(c, "m", "", cfgs[1], 4.4)
+    second = log_cell(c, "m", "", cfgs[2], 4.7)
+    spec = SimpleNamespace(name="m", experiment="m-exp")
+    assert mlflow_view.write_means(spec, c) == {("50", "mixmatch"): 4.55}
+    assert repr(c.get_run(first).data.metrics["error_mean"]) == "4.55"
+    assert "error_mean" not in c.get_run(second).data.metrics
+    rerun = log_cell(c, "m", "", cfgs[1], 4.5)
+    assert mlflow_view.write_means(spec, c) == {("50", "mixmatch"): 4.6}
+    assert [c.get_run(r).data.metrics["error_mean"] for r in (rerun, first)] == [4.6, 4.6]
 
 
 def test_a_view_url_adds_the_share_key_to_the_runs_table_url():
@@ -170,7 +208,9 @@ def test_mixmatch_ui_opens_on_the_sweeps_cells_sorted_and_on_their_means(finishe
         page.goto(cells_url)
         for run in runs:
             assert run.info.run_name in cell_lines(page, run.info.run_id, mlflow_view.RUN_NAME_COLUMN)
-            assert cell_lines(page, run.info.run_id, "metrics.`error`") == [js_number(run.data.metrics["error"])]
+            error = run.data.metrics["error"]
+            assert cell_lines(page, run.info.run_id, "metrics.`error`") == [js_number(error)]
+            assert len(repr(error).lstrip("0.").replace(".", "")) <= 12      # no binary-float tail
         shown = page.eval_on_selector_all(
             ".ag-center-cols-container .ag-row", "rows => rows.map(r => [+r.getAttribute('row-index'), "
             "r.getAttribute('row-id')])")
@@ -182,5 +222,12 @@ def test_mixmatch_ui_opens_on_the_sweeps_cells_sorted_and_on_their_means(finishe
                   and r.data.tags["variant"] == "mixmatch"]
         group = page.get_by_text("n_labeled: 30, variant: mixmatch").first
         group.wait_for(state="visible", timeout=30_000)
-        assert page.get_by_text(f"{js_number(sum(errors) / len(errors))} (average)").first.is_visible()
+        # The seeds' mean as the table prints it (2 decimals), never MLflow's sum / count of the errors.
+        shown = page.get_by_text(re.compile(r"^\d+(\.\d+)? \(average\)$")).all_inner_texts()
+        assert f"{js_number(round(sum(errors) / len(errors), 2))} (average)" in shown
+        assert all(re.fullmatch(r"\d+(\.\d{1,2})? \(average\)", text) for text in shown), shown
+        # Within a label count, the table's order: mixmatch before supervised.
+        ys = [page.get_by_text(f"n_labeled: 30, variant: {v}").first.bounding_box()["y"] for v in ("mixmatch",
+                                                                                               "supervised")]
+        assert ys[0] < ys[1]
         browser.close()

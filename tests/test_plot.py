@@ -45,7 +45,7 @@ def store(tmp_path_factory):
 def test_plot_all_writes_a_png_and_an_svg_of_each_plot_and_logs_them(store, tmp_path):
     from mixmatch_core.tracking import client
     paths = pl.plot_all("tiny.yaml", tmp_path, parent_run_id=store["parent"])
-    assert [p.name for p in paths] == [f"tiny_{name}.{ext}" for name in ("error_vs_labels", "ablation",
+    assert [p.name for p in paths] == [f"tiny_{name}.{ext}" for name in ("error_vs_labels", "ablation", "differences",
                                                                           "learning_curves") for ext in ("png", "svg")]
     for p in paths:
         data = p.read_bytes()
@@ -92,6 +92,65 @@ def test_learning_curves_beyond_the_limit_are_sampled_and_say_so(store, monkeypa
     pl.plot_learning_curves(tb.build_table(src.runs, src.planned), tmp_path, max_curves=3)
     assert seen[0]["suptitle"] == "tiny: learning curves (3 of 8 runs shown); dashed: not finished"
     assert seen[0]["legend"] == ["mixmatch", "k1"]
+
+
+def figures(monkeypatch) -> dict:
+    """Keep each figure (by name) instead of writing it; the test closes them."""
+    kept = {}
+    monkeypatch.setattr(pl, "_save", lambda fig, out, name: kept.setdefault(name, fig) and [])
+    return kept
+
+
+# Two variants at two label counts, three seeds each: k1 is paired with mixmatch at 50 labels
+# (differences 0.5, 0.6, 0.9), no_sharpen only by Welch (other seeds); equal means at 100 labels.
+PAIRS = [("mixmatch", 50, s, e) for s, e in ((1, 10.0), (2, 14.0), (3, 30.0))] + \
+        [("k1", 50, s, e) for s, e in ((1, 10.5), (2, 14.6), (3, 30.9))] + \
+        [("no_sharpen", 50, s, e) for s, e in ((4, 12.0), (5, 16.0), (6, 20.0))] + \
+        [(v, 100, s, 8.0 + s) for v in ("mixmatch", "k1", "no_sharpen") for s in (1, 2)]
+
+
+def pairs_table() -> tb.Table:
+    return tb.build_table(pd.DataFrame([{"sweep": "t", "run_id": None, "cell_key": f"{v}-{n}-{s}", "dataset": "digits",
+                                         "model": "small_cnn", "n_labeled": n, "seed": s, "method": "mixmatch",
+                                         "variant": v, "status": "FINISHED", "error": e, "start_time": i}
+                                        for i, (v, n, s, e) in enumerate(PAIRS)]), None)
+
+
+def test_the_forest_plot_draws_each_difference_and_interval_one_panel_per_label_count(monkeypatch, tmp_path):
+    kept, table = figures(monkeypatch), pairs_table()
+    pl.plot_differences(table, tmp_path)
+    fig = kept["t_differences"]
+    assert [ax.get_title() for ax in fig.axes] == ["50 labels", "100 labels"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["k1", "no_sharpen"]     # the table's order
+    cells = table.cells.set_index(["variant", "n_labeled"])
+    for ax, n in zip(fig.axes, (50, 100)):
+        points = {int(line.get_ydata()[0]): float(line.get_xdata()[0]) for line in ax.lines if line.get_marker() == "o"}
+        intervals = [tuple(line.get_xdata()) for line in ax.lines if line.get_marker() == "None"]
+        for y, v in enumerate(["k1", "no_sharpen"]):
+            assert points[y] == pytest.approx(cells.loc[(v, n), "diff_full"])
+            assert (cells.loc[(v, n), "diff_low"], cells.loc[(v, n), "diff_high"]) in intervals
+    assert [t.get_text() for t in fig.axes[0].texts] == ["paired t, p=0.031", "Welch, p=0.783"]
+    pl.plt.close(fig)
+
+
+def test_error_vs_labels_gives_each_row_its_marker_and_dodges_equal_points(monkeypatch, tmp_path):
+    kept = figures(monkeypatch)
+    pl.plot_error_vs_labels(pairs_table(), tmp_path)
+    fig = kept["t_error_vs_labels"]
+    lines = [line for line in fig.axes[0].lines if line.get_marker() in pl.MARKERS]
+    assert len({line.get_marker() for line in lines}) == 3
+    assert len({float(line.get_xdata()[1]) for line in lines}) == 3      # 100 labels, equal means: apart in x
+    pl.plt.close(fig)
+
+
+def test_learning_curves_use_a_log_error_axis_and_readable_text(store, monkeypatch, tmp_path):
+    kept = figures(monkeypatch)
+    src = load_source("tiny.yaml")
+    pl.plot_learning_curves(tb.build_table(src.runs, src.planned), tmp_path)
+    fig = kept["tiny_learning_curves"]
+    assert {ax.get_yscale() for ax in fig.axes} == {"log"}
+    assert min(t.get_fontsize() for ax in fig.axes for t in [ax.title, ax.xaxis.label]) >= 9
+    pl.plt.close(fig)
 
 
 def test_a_sweep_with_nothing_finished_gives_no_plots(store, tmp_path):

@@ -54,7 +54,7 @@ def test_the_report_holds_the_tables_of_mixmatch_table(sweep):
     tables = render.to_html(sweep["table"])
     body = tables.split("<body>", 1)[1].split("</body>", 1)[0].strip().splitlines()
     assert all(line in sweep["page"] for line in body)
-    assert "Welch" in sweep["page"] and "supervised" in sweep["page"]
+    assert "<td>paired t</td>" in sweep["page"] and "supervised" in sweep["page"]
 
 
 def test_every_cell_is_listed_with_its_state_error_and_run_link(sweep):
@@ -118,7 +118,19 @@ def test_the_spec_notes_close_the_notes_of_the_page(sweep):
 def test_the_page_opens_offline(sweep):
     page = sweep["page"]
     assert "<style>" in page and "<link" not in page and "<script" not in page
-    assert not re.search(r'src="(?!data:)', page) and page.count('src="data:image/png;base64,') == 3
+    assert not re.search(r'src="(?!data:)', page) and page.count('src="data:image/png;base64,') == 4
+
+
+def test_the_configs_list_the_variants_in_the_tables_order(tmp_path):
+    from sweeps.spec import load_spec
+    (tmp_path / "s.yaml").write_text("name: o\nbase: {dataset: digits}\n"
+                                     "grid: {variant: [supervised, no_mixup, mixmatch, k1], seed: [1]}\n")
+    _, diffs = report.config_diffs(load_spec(str(tmp_path / "s.yaml")))
+    assert list(diffs) == ["mixmatch", "k1", "no_mixup", "supervised"]
+
+
+def test_the_report_draws_the_differences_to_the_full_method(sweep):
+    assert '<img alt="tiny_differences" src="data:image/png;base64,' in sweep["page"]
 
 
 def test_provenance_and_configs(sweep):

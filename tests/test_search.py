@@ -228,6 +228,16 @@ def test_ctrl_c_kills_the_trial_run_and_the_rerun_resumes_it(workdir, monkeypatc
     assert parent_runs("exp-ctrlc")[0].info.status == "FINISHED"
 
 
+def go_stale(name: str) -> None:
+    """What another worker does to our running trial once its heartbeat is stale: fail it and
+    re-queue its params (Optuna's RetryHeartbeatStaleTrialCallback)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    study = load_study(name)
+    (t,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(t._trial_id))
+
+
 @pytest.mark.parametrize("stale_at_step", [20, 40])
 def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
         workdir, monkeypatch, capsys, stale_at_step):
@@ -235,7 +245,6 @@ def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
     # stop before writing the next evaluation (Optuna then refuses our tell; the search goes
     # on), and the retry resumes the same config from its checkpoint in the same MLflow run
     # (or, stale after the last evaluation, reports the finished run without training).
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     name = f"stale{stale_at_step}"
     spec = write_spec(workdir, name, pruner="none", trials=1,
                       space={"lr": {"type": "categorical", "choices": [GOOD_LR]}})
@@ -247,10 +256,7 @@ def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
         def on(step, h):
             on_eval(step, h)
             if len(calls) == 1 and step == stale_at_step:
-                study = load_study(name)
-                (t,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(t._trial_id))
+                go_stale(name)
         return real_train(cfg, tracker=tracker, on_eval=on, **kw)
 
     monkeypatch.setattr(mixmatch_core.train, "train", train_and_go_stale_once)
@@ -262,6 +268,100 @@ def test_a_trial_whose_heartbeat_went_stale_is_handed_over_and_finishes_once(
     assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == "COMPLETE"
     assert "failure_reason" not in run.data.tags     # the stale worker left the run alone
     assert logged_steps(run.info.run_id) == [10, 20, 30, 40]
+
+
+# ---- seeds: a trial averaged over labeled splits ----------------------------------------------------
+def seed_runs(experiment) -> dict[tuple[int, int], object]:
+    """The study's child runs by (trial number, seed)."""
+    c = client()
+    runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id], "tags.`mixmatch.role` = 'trial'")
+    return {(int(r.data.tags["trial_number"]), int(r.data.tags["trial_seed"])): r for r in runs}
+
+
+def history(run, key="val_error") -> dict[int, float]:
+    """The run's evaluations (step -> value): the first point of each step (at the last step the
+    final metric, the median rule's, is logged after the evaluation)."""
+    points = sorted(client().get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp)
+    out: dict[int, float] = {}
+    for m in points:
+        out.setdefault(m.step, m.value)
+    return out
+
+
+def reported(run, last_but_one: int = 30) -> float:
+    """The run's val_error by the reporting rule (TINY: the median of the last 2 evaluations)."""
+    h = history(run)
+    return (h[last_but_one] + h[last_but_one + 10]) / 2
+
+
+@pytest.fixture(scope="module")
+def seeds_study(tmp_path_factory, mlflow_store):
+    """As pruned_study, each trial on seeds 1 and 2: the good lr completes both; the hopeless lr
+    finishes seed 1 and is pruned in seed 2 at step 20, the first step both seeds have."""
+    d = tmp_path_factory.mktemp("seeds")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        spec = write_spec(d, "seeds", space={"lr": {"type": "categorical", "choices": [GOOD_LR, BAD_LR]}},
+                          sampler="grid", seed=1, trials=2, seeds=[1, 2],
+                          pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 20})
+        assert search_main([spec]) == 0
+        return load_study("seeds"), seed_runs("exp-seeds")
+
+
+def test_a_trial_with_seeds_trains_one_child_run_per_seed_and_its_value_is_their_mean(seeds_study):
+    study, runs = seeds_study
+    (parent,) = parent_runs("exp-seeds")
+    good = study.trials[0]
+    assert good.state.name == "COMPLETE" and good.params["lr"] == GOOD_LR
+    assert {runs[0, s].data.params["seed"] for s in (1, 2)} == {"1", "2"}
+    assert {runs[0, s].data.tags["mlflow.parentRunId"] for s in (1, 2)} == {parent.info.run_id}
+    assert good.value == pytest.approx((reported(runs[0, 1]) + reported(runs[0, 2])) / 2)
+    assert reported(runs[0, 1]) != reported(runs[0, 2])     # two splits, two values
+
+
+def test_a_trial_with_seeds_is_pruned_on_the_mean_of_the_steps_all_its_seeds_reported(seeds_study):
+    study, runs = seeds_study
+    bad = study.trials[1]
+    assert bad.state.name == "PRUNED" and bad.user_attrs["pruned_at_step"] == 20
+    first, second = history(runs[1, 1]), history(runs[1, 2])
+    assert sorted(first) == [10, 20, 30, 40] and sorted(second) == [10, 20]     # seed 2 stopped at step 20
+    assert bad.intermediate_values == {step: pytest.approx((first[step] + second[step]) / 2) for step in (10, 20)}
+    assert (runs[1, 2].info.status, runs[1, 2].data.tags["trial_state"]) == ("KILLED", "PRUNED")
+    assert runs[1, 1].data.tags["trial_state"] == "PRUNED"       # finished, in a pruned trial
+
+
+def test_a_killed_trial_with_seeds_resumes_only_its_unfinished_seed(workdir, monkeypatch):
+    """The worker is lost in seed 2 at step 10 of 20 (its heartbeat goes stale; the trial is failed
+    and re-queued): the retry reports seed 1's finished run without training it and resumes seed 2
+    from its step-10 checkpoint, in the same MLflow runs."""
+    spec = write_spec(workdir, "killed", base={**TINY, "steps": 20}, pruner="none", trials=1, seeds=[1, 2],
+                      space={"lr": {"type": "categorical", "choices": [GOOD_LR]}})
+    real_train, evals = mixmatch_core.train.train, []
+
+    def train_and_lose_the_worker_once(cfg, tracker=None, on_eval=None, **kw):
+        def on(step, h):
+            evals.append((cfg.seed, step))
+            on_eval(step, h)
+            if (cfg.seed, step) == (2, 10) and evals.count((2, 10)) == 1:
+                go_stale("killed")
+        return real_train(cfg, tracker=tracker, on_eval=on, **kw)
+
+    monkeypatch.setattr(mixmatch_core.train, "train", train_and_lose_the_worker_once)
+    assert search_main([spec]) == 0
+    assert evals == [(1, 10), (1, 20), (2, 10), (2, 20)]   # nothing twice
+    study = load_study("killed")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    runs = {seed: run for (_, seed), run in seed_runs("exp-killed").items()}
+    assert sorted(runs) == [1, 2] and len(seed_runs("exp-killed")) == 2     # one run per seed, reused by the retry
+    assert [sorted(history(runs[s])) for s in (1, 2)] == [[10, 20]] * 2
+    assert study.trials[1].value == pytest.approx((reported(runs[1], 10) + reported(runs[2], 10)) / 2)
+
+
+def test_seeds_must_be_distinct_integers(workdir, capsys):
+    spec = write_spec(workdir, "badseeds", seeds=[1, 1], space={"lr": {"type": "float", "low": 1e-3, "high": 1e-2}})
+    with pytest.raises(SystemExit) as e:
+        search_main([spec])
+    assert e.value.code == 2 and "seeds must be a non-empty list of distinct integers >= 0" in capsys.readouterr().err
 
 
 def test_quickstart_spec_is_valid():

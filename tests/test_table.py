@@ -38,6 +38,16 @@ C10_RUNS = [("mixmatch", 250, 1, 11.0), ("mixmatch", 250, 2, 11.4), ("mixmatch",
             ("supervised", 250, 1, 60.0), ("supervised", 250, 2, 62.0), ("supervised", 500, 1, 50.0),
             ("supervised", 4000, 1, 20.0), ("supervised", 4000, 2, 21.0)]
 
+# `paired` (no spec): three labeled splits of very different difficulty (errors' mean 18, median 14);
+# no_sharpen is worse on each split by 0.5, 0.6 and 0.9 points. Welch sees p > 0.9, the pairs p = 0.031.
+PAIRED_RUNS = [("mixmatch", 50, 1, 10.0), ("mixmatch", 50, 2, 14.0), ("mixmatch", 50, 3, 30.0),
+               ("no_sharpen", 50, 3, 30.9), ("no_sharpen", 50, 1, 10.5), ("no_sharpen", 50, 2, 14.6)]
+
+# `other` (no spec, another experiment): the supervised baseline on the same three splits, worse by
+# 2, 2 and 1 points (seed 4 has no partner in `paired`).
+OTHER_RUNS = [("supervised", 50, 1, 12.0), ("supervised", 50, 2, 16.0), ("supervised", 50, 3, 31.0),
+              ("supervised", 50, 4, 20.0)]
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -56,6 +66,12 @@ def store(tmp_path_factory):
             cfg = resolve({"dataset": "cifar10", "variant": v, "n_labeled": n, "seed": s, "steps": 4096,
                            "experiment": "mixmatch-c10"})
             log_cell(c, "c10", parents["c10"], cfg, err)
+        for name, runs in (("other", OTHER_RUNS), ("paired", PAIRED_RUNS)):
+            parents[name] = start_parent_run(f"mixmatch-{name}", name, {"sweep": name, "mixmatch.role": "sweep"})
+            for v, n, s, err in runs:
+                cfg = resolve({"dataset": "digits", "variant": v, "n_labeled": n, "seed": s,
+                               "experiment": f"mixmatch-{name}"})
+                log_cell(c, name, parents[name], cfg, err)
         yield {"root": root, "parents": parents}
 
 
@@ -77,13 +93,21 @@ QUICK_MARKDOWN = """\
 - (n=k/m): k of m cells finished; failed, killed, running, missing: cells without a finished run.
 - bold: lowest error in its column.
 - paper: no numbers for digits.
-- difference to the full method: Welch's t-test when both sides have >= 2 finished seeds, else n too small.
+- difference to the full method: paired by seed where both share >= 2 seeds (the same labeled splits), else Welch's t-test (>= 2 finished seeds each side), else n too small; the columns: docs/sweeps.md.
 
-#### Difference to the full method (mixmatch) at the same label count, Welch's t-test over seeds
+#### Difference to the full method (mixmatch) at the same label count: variant - mixmatch, in percentage points of error (negative: the variant errs less)
 
-| variant | 50 | 100 |
-|:---|---:|---:|
-| no_sharpen | +9.00 (n too small) | +2.00 (n too small) |
+| variant | labels | Δ error | 95% interval | test | p | seeds | P(better) | bootstrap 95% |
+|:---|---:|---:|---:|---:|---:|---:|---:|---:|
+| no_sharpen | 50 | +9.00 | — | n too small | — | 1 vs 2 | — | — |
+| no_sharpen | 100 | +2.00 | — | n too small | — | 1 vs 2 | — | — |
+
+#### Interquartile mean over each row's (label count, seed) cells, test error (%), with a 95% stratified bootstrap interval (rliable's; compare rows over the same label counts only)
+
+| variant | IQM | 95% interval | cells | label counts |
+|:---|---:|---:|---:|---:|
+| mixmatch | 17.00 | [16.00, 18.00] | 4 | 50, 100 |
+| no_sharpen | 22.50 | [22.50, 22.50] | 2 | 50, 100 |
 """
 
 
@@ -123,17 +147,31 @@ no\_sharpen & 30.00 (n=1/2, 1 failed) & 15.00 (n=1/2, 1 missing) \\
 \bottomrule
 \end{tabular}
 \par\smallskip
-{\footnotesize error: 100 - median test accuracy of the last evaluations, in \%; mean $\pm$ sample std (ddof=1) over finished seeds. (n=k/m): k of m cells finished; failed, killed, running, missing: cells without a finished run. bold: lowest error in its column. paper: no numbers for digits. difference to the full method: Welch's t-test when both sides have >= 2 finished seeds, else n too small.}
+{\footnotesize error: 100 - median test accuracy of the last evaluations, in \%; mean $\pm$ sample std (ddof=1) over finished seeds. (n=k/m): k of m cells finished; failed, killed, running, missing: cells without a finished run. bold: lowest error in its column. paper: no numbers for digits. difference to the full method: paired by seed where both share >= 2 seeds (the same labeled splits), else Welch's t-test (>= 2 finished seeds each side), else n too small; the columns: docs/sweeps.md.}
 \end{table}
 
 \begin{table}[ht]
 \centering
-\caption{Difference to the full method (mixmatch) at the same label count, Welch's t-test over seeds}
-\begin{tabular}{lrr}
+\caption{Difference to the full method (mixmatch) at the same label count: variant - mixmatch, in percentage points of error (negative: the variant errs less)}
+\begin{tabular}{lrrrrrrrr}
 \toprule
-variant & 50 & 100 \\
+variant & labels & $\Delta$ error & 95\% interval & test & p & seeds & P(better) & bootstrap 95\% \\
 \midrule
-no\_sharpen & +9.00 (n too small) & +2.00 (n too small) \\
+no\_sharpen & 50 & +9.00 & --- & n too small & --- & 1 vs 2 & --- & --- \\
+no\_sharpen & 100 & +2.00 & --- & n too small & --- & 1 vs 2 & --- & --- \\
+\bottomrule
+\end{tabular}
+\end{table}
+
+\begin{table}[ht]
+\centering
+\caption{Interquartile mean over each row's (label count, seed) cells, test error (\%), with a 95\% stratified bootstrap interval (rliable's; compare rows over the same label counts only)}
+\begin{tabular}{lrrrr}
+\toprule
+variant & IQM & 95\% interval & cells & label counts \\
+\midrule
+mixmatch & 17.00 & [16.00, 18.00] & 4 & 50, 100 \\
+no\_sharpen & 22.50 & [22.50, 22.50] & 2 & 50, 100 \\
 \bottomrule
 \end{tabular}
 \end{table}
@@ -146,13 +184,14 @@ def test_latex_is_booktabs_with_escaped_names_and_bold_best(store):
 
 QUICK_CELLS_CSV = """\
 sweep,row,dataset,model,method,variant,n_labeled,n_planned,n_finished,n_failed,n_killed,n_running,n_missing,\
-error_mean,error_std,text,best,paper_table,paper_error,paper_std,diff_paper,diff_full,welch_t,welch_p,test_note
-quick,mixmatch,digits,small_cnn16,mixmatch,mixmatch,50,2,2,0,0,0,0,21,1.41421,21.00 ± 1.41,True,,,,,,,,
-quick,mixmatch,digits,small_cnn16,mixmatch,mixmatch,100,2,2,0,0,0,0,13,1.41421,13.00 ± 1.41,True,,,,,,,,
-quick,no_sharpen,digits,small_cnn16,mixmatch,no_sharpen,50,2,1,1,0,0,0,30,,"30.00 (n=1/2, 1 failed)",False,,,,,9,,,\
-n too small
-quick,no_sharpen,digits,small_cnn16,mixmatch,no_sharpen,100,2,1,0,0,0,1,15,,"15.00 (n=1/2, 1 missing)",False,,,,,2,,,\
-n too small
+error_mean,error_std,text,error_last_mean,error_last_std,best,paper_table,paper_error,paper_std,diff_paper,\
+diff_full,diff_low,diff_high,boot_low,boot_high,test,t,p,p_better,n_pairs,n_dropped
+quick,mixmatch,digits,small_cnn16,mixmatch,mixmatch,50,2,2,0,0,0,0,21,1.41421,21.00 ± 1.41,,,True,,,,,,,,,,,,,,,
+quick,mixmatch,digits,small_cnn16,mixmatch,mixmatch,100,2,2,0,0,0,0,13,1.41421,13.00 ± 1.41,,,True,,,,,,,,,,,,,,,
+quick,no_sharpen,digits,small_cnn16,mixmatch,no_sharpen,50,2,1,1,0,0,0,30,,"30.00 (n=1/2, 1 failed)",,,False,,,,,9,,,,,\
+n too small,,,,0,0
+quick,no_sharpen,digits,small_cnn16,mixmatch,no_sharpen,100,2,1,0,0,0,1,15,,"15.00 (n=1/2, 1 missing)",,,False,,,,,2,,,,,\
+n too small,,,,0,0
 """
 
 
@@ -195,21 +234,95 @@ C10_MARKDOWN = """\
 - error: 100 - median test accuracy of the last evaluations, in %; mean ± sample std (ddof=1) over finished seeds.
 - bold: lowest error in its column.
 - paper: Berthelot et al. 2019, Table 5; Δ = ours - paper; —: the paper has no number.
-- difference to the full method: Welch's t-test when both sides have >= 2 finished seeds, else n too small.
+- difference to the full method: paired by seed where both share >= 2 seeds (the same labeled splits), else Welch's t-test (>= 2 finished seeds each side), else n too small; the columns: docs/sweeps.md.
 - cells known from MLflow only (no spec given): cells that never started are not shown.
 
-#### Difference to the full method (mixmatch) at the same label count, Welch's t-test over seeds
+#### Difference to the full method (mixmatch) at the same label count: variant - mixmatch, in percentage points of error (negative: the variant errs less)
 
-| variant | 250 | 500 | 4000 |
-|:---|---:|---:|---:|
-| supervised | +49.80 (p=0.010) | +40.50 (n too small) | +14.40 (p=0.018) |
+| variant | labels | Δ error | 95% interval | test | p | seeds | P(better) | bootstrap 95% |
+|:---|---:|---:|---:|---:|---:|---:|---:|---:|
+| supervised | 250 | +49.80 | [+39.64, +59.96] | paired t | 0.010 | 2 pairs | 0.00 | — |
+| supervised | 500 | +40.50 | — | n too small | — | 1 vs 2 | — | — |
+| supervised | 4000 | +14.40 | [+9.32, +19.48] | paired t | 0.018 | 2 pairs | 0.00 | — |
+
+#### Interquartile mean over each row's (label count, seed) cells, test error (%), with a 95% stratified bootstrap interval (rliable's; compare rows over the same label counts only)
+
+| variant | IQM | 95% interval | cells | label counts |
+|:---|---:|---:|---:|---:|
+| mixmatch | 9.05 | [8.75, 9.40] | 6 | 250, 500, 4000 |
+| supervised | 43.67 | [43.33, 44.33] | 5 | 250, 500, 4000 |
 """
 
 
-def test_cifar10_sweep_by_name_gets_the_papers_table5_rows_and_welch_tests(store):
+def test_cifar10_sweep_by_name_gets_the_papers_table5_rows_and_paired_tests(store):
     table = tb.build_table(load_runs("c10"), None)
     assert table.layout == "labels"
     assert render.to_markdown(table) == C10_MARKDOWN
+
+
+def test_a_variant_worse_on_every_split_is_significant_paired_though_welch_sees_nothing(store):
+    from scipy.stats import ttest_ind, ttest_rel
+    table = tb.build_table(load_runs("paired"), None)
+    assert texts(table.main) == [["mixmatch", "18.00 ± 10.58"], ["no_sharpen", "18.67 ± 10.79"]]
+    # By hand: differences 0.5, 0.6, 0.9; mean 2/3, sd 0.2082, t = 5.547 with 2 dof, so
+    # p = 1 - t / sqrt(2 + t^2) = 0.031 and the interval 2/3 -+ 4.303 * 0.1202.
+    assert texts(table.vs_full) == [["no_sharpen", "50", "+0.67", "[+0.15, +1.18]", "paired t", "0.031", "3 pairs",
+                                     "0.00", "—"]]
+    cell = table.cells.set_index("variant").loc["no_sharpen"]
+    full, variant = [10.0, 14.0, 30.0], [10.5, 14.6, 30.9]
+    assert cell["p"] == pytest.approx(ttest_rel(variant, full).pvalue, rel=1e-9)
+    assert ttest_ind(variant, full, equal_var=False).pvalue > 0.9       # unpaired, nothing to see
+    assert (cell["p_better"], cell["n_pairs"], cell["n_dropped"]) == (0.0, 3, 0)
+
+
+def test_a_table_of_two_sweeps_pairs_their_cells_that_share_dataset_labels_and_seed(store, capsys):
+    assert main(["table", "paired", "other"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("### Sweep paired+other: test error (%) on digits")
+    # Across the sweeps: differences 2, 2, 1 (t = 5 with 2 dof: p = 1 - 5 / sqrt(27)); seed 4 has no partner.
+    assert ("| supervised | 50 | +1.67 | [+0.23, +3.10] | paired t | 0.038 | 3 pairs, 1 unpaired dropped | 0.00 | — |"
+            in out)
+    assert "| no_sharpen | 50 | +0.67 | [+0.15, +1.18] | paired t | 0.031 | 3 pairs | 0.00 | — |" in out
+
+
+def test_a_report_of_two_sweeps_holds_their_paired_table_and_each_sweeps_command(store, tmp_path, capsys):
+    assert main(["report", "paired", "other", "--out", str(tmp_path), "--ui-port", "5123"]) == 0
+    page = (tmp_path / "paired_other_report.html").read_text()
+    assert "<td>supervised</td><td>50</td><td>+1.67</td>" in page
+    assert "<code>mixmatch table paired</code><br><code>mixmatch table other</code>" in page
+    assert "http://127.0.0.1:5123/#/experiments/" in page and "127.0.0.1:5000" not in page
+
+
+def test_a_failed_seed_drops_its_partner_and_the_table_counts_both():
+    runs = frame(*[("mixmatch", 50, s, e) for s, e in FULL_SEEDS.items()],
+                 ("k1", 50, 1, 10.5), ("k1", 50, 2, 14.6), ("k1", 50, 3, None, "FAILED"))
+    table = tb.build_table(runs, None)
+    assert texts(table.main)[1][1] == "12.55 ± 2.90 (n=2/3, 1 failed)"
+    # 2 pairs (0.5, 0.6): t = 0.55 / 0.05 = 11 with 1 dof, p = 1 - 2 atan(11) / pi = 0.058.
+    assert texts(table.vs_full)[0][2:7] == ["+0.55", "[-0.09, +1.19]", "paired t", "0.058",
+                                            "2 pairs, 2 unpaired dropped"]
+
+
+def test_the_error_at_the_last_evaluation_is_exported_beside_the_headline_in_every_format():
+    runs = frame(("mixmatch", 50, 1, 10.0), ("mixmatch", 50, 2, 12.0), ("k1", 50, 1, 11.0), ("k1", 50, 2, 13.0))
+    table = tb.build_table(runs.assign(error_last=[9.0, 15.0, 11.5, 12.5]), None)
+    assert texts(table.main) == [["mixmatch", "11.00 ± 1.41"], ["k1", "12.00 ± 1.41"]]     # the median rule's
+    assert texts(table.last) == [["mixmatch", "12.00 ± 4.24"], ["k1", "12.00 ± 0.71"]]
+    assert table.cells["error_last_mean"].tolist() == [12.0, 12.0]
+    title = "at the last evaluation (not the headline"
+    assert all(title in text for text in (render.to_markdown(table), render.to_html(table), render.to_latex(table)))
+    assert render.cells_csv(table).splitlines()[1].split(",")[16:18] == ["12", "4.24264"]
+
+
+def test_the_interquartile_mean_needs_a_grid_of_two_label_counts_or_more():
+    one = frame(("mixmatch", 50, 1, 10.0), ("mixmatch", 50, 2, 12.0))
+    assert tb.build_table(one, None).iqm is None
+    two = tb.build_table(pd.concat([one, frame(("mixmatch", 100, 1, 5.0), ("mixmatch", 100, 2, 30.0))]), None)
+    assert texts(two.iqm) == [["mixmatch", "11.00", "[7.50, 21.00]", "4", "50, 100"]]    # (10 + 12) / 2
+
+
+def test_runs_without_a_last_evaluation_metric_get_no_last_evaluation_table():
+    assert tb.build_table(frame(("mixmatch", 50, 1, 10.0)), None).last is None
 
 
 def test_ablation_layout_puts_the_paper_beside_ours_preferring_table4(store):
@@ -254,7 +367,8 @@ def noted_spec(store, tmp_path):
 
 def test_the_spec_notes_follow_the_tables_own_notes_in_markdown(noted_spec, capsys):
     assert main(["table", noted_spec]) == 0
-    own = "- difference to the full method: Welch's t-test when both sides have >= 2 finished seeds, else n too small.\n"
+    own = ("- difference to the full method: paired by seed where both share >= 2 seeds (the same labeled splits), "
+           "else Welch's t-test (>= 2 finished seeds each side), else n too small; the columns: docs/sweeps.md.\n")
     assert capsys.readouterr().out == QUICK_MARKDOWN.replace(own, own + "".join(f"- {n}\n" for n in SPEC_NOTES))
 
 
@@ -262,7 +376,7 @@ def test_the_spec_notes_follow_the_tables_own_notes_in_markdown(noted_spec, caps
 def test_the_spec_notes_follow_the_tables_own_notes_in_latex_and_html(noted_spec, capsys, fmt):
     assert main(["table", noted_spec, "--format", fmt]) == 0
     out = capsys.readouterr().out.replace(r"\_", "_")      # LaTeX escapes the _ of create_split.py
-    assert out.index("else n too small.") < out.index(SPEC_NOTES[0]) < out.index(SPEC_NOTES[1])
+    assert out.index("the columns: docs/sweeps.md.") < out.index(SPEC_NOTES[0]) < out.index(SPEC_NOTES[1])
 
 
 def test_cli_prints_the_markdown_table_of_a_spec(store, capsys):
@@ -272,7 +386,7 @@ def test_cli_prints_the_markdown_table_of_a_spec(store, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["table", "nope"], "mixmatch: error: sweep: no cell runs tagged sweep='nope' in any experiment; "
-                        "known sweeps: c10, quick (or pass the spec file)"),
+                        "known sweeps: c10, other, paired, quick (or pass the spec file)"),
     (["table", "quick", "--format", "pdf"], "mixmatch: error: mixmatch table: argument --format: invalid choice: "
                                             "'pdf' (choose from 'markdown', 'latex', 'csv', 'html', 'all')"),
     (["table", "quick", "--experiment", "nope"], "mixmatch: error: experiment: no MLflow experiment named 'nope' in "),
@@ -305,14 +419,20 @@ def texts(grid) -> list[list[str]]:
     return [[c.text for c in row] for row in grid.rows]
 
 
-def test_welch_test_needs_two_finished_seeds_on_each_side():
+FULL_SEEDS = {1: 10.0, 2: 14.0, 3: 30.0, 4: 12.0}
+
+
+def test_rows_without_shared_seeds_keep_welch_which_needs_two_finished_seeds_on_each_side():
     runs = frame(("mixmatch", 50, 1, 10.0), ("mixmatch", 50, 2, 11.0), ("mixmatch", 100, 1, 8.0),
-                 ("k1", 50, 1, 20.0), ("k1", 50, 2, 22.0), ("k1", 100, 1, 9.0), ("k1", 100, 2, 9.5))
+                 ("k1", 50, 3, 20.0), ("k1", 50, 4, 22.0), ("k1", 100, 3, 9.0), ("k1", 100, 4, 9.5))
     table = tb.build_table(runs, None)
-    # Welch by hand at 50 labels: t = 10.5 / sqrt(2/2 + 0.5/2) = 9.39, dof = 1.25^2 / (1 + 0.25^2) = 1.47.
-    assert texts(table.vs_full) == [["k1", "+10.50 (p=0.027)", "+1.25 (n too small)"]]
+    # Welch by hand at 50 labels: t = 10.5 / sqrt(2/2 + 0.5/2) = 9.39, dof = 1.25^2 / (1 + 0.25^2) = 1.47,
+    # interval 10.5 -+ t_0.975(1.47) sqrt(1.25) = 10.5 -+ 6.188 * 1.118.
+    assert [row[:7] for row in texts(table.vs_full)] == [
+        ["k1", "50", "+10.50", "[+3.58, +17.42]", "Welch", "0.027", "2 vs 2"],
+        ["k1", "100", "+1.25", "—", "n too small", "—", "2 vs 1"]]
     cell = table.cells.set_index(["variant", "n_labeled"]).loc[("k1", 50)]
-    assert (cell["welch_t"], cell["welch_p"]) == (pytest.approx(9.3915, abs=1e-4), pytest.approx(0.02738, abs=1e-4))
+    assert (cell["t"], cell["p"]) == (pytest.approx(9.3915, abs=1e-4), pytest.approx(0.02738, abs=1e-4))
 
 
 def test_best_value_of_each_column_is_bold_in_markdown_and_latex():
