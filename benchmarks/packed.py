@@ -40,6 +40,7 @@ from mixmatch_core.methods import common
 from mixmatch_core.methods import mixmatch as mixmatch_method
 from mixmatch_core.augment import AugmentSpec, augment_batch, pad_reflect
 from mixmatch_core.models import BatchNorm2d, Conv2dSame
+from mixmatch_core.optim import update_rule
 
 
 # ---- the packed model -------------------------------------------------------------------------
@@ -256,7 +257,7 @@ class Step:
         self.ema_params = list(ema_model.parameters())
         self.wd_params = decay_params(model) if packed else train.decay_params(model)
         self.opt = train.make_optimizer(self.params, cfg.lr)
-        self.wd_factor = 1.0 - cfg.wd * cfg.lr
+        self.wd_factor = update_rule(cfg).wd_factor      # the trainer's rule (optim.py)
         self.fwd = train.compiled(model, compile_mode) if compile_mode else model
 
     def __call__(self, d: Draws, w: float) -> tuple[Tensor, Tensor]:

@@ -159,7 +159,8 @@ class ProjectStep:
     channels_last, Adam) and the same loop body, one call = one optimiser step."""
 
     def __init__(self, cfg, data, compile_mode: str | None = None):
-        from mixmatch_core.train import _amp_context, build_models, decay_params, make_optimizer
+        from mixmatch_core.optim import build_optimizer, update_rule
+        from mixmatch_core.train import _amp_context, build_models, decay_params
         self.cfg, self.data = cfg, data
         device = data.device
         n_classes = data.n_classes
@@ -168,12 +169,13 @@ class ProjectStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ema_params = list(ema_model.parameters())
         self.wd_params = decay_params(model)
-        self.opt = make_optimizer(self.params, cfg.lr)
-        self.wd_factor = 1.0 - cfg.wd * cfg.lr
+        self.opt = build_optimizer(cfg, self.params)
+        self.rule = update_rule(cfg)                   # the trainer's wd rule (optim.py)
         mode = compile_mode or (cfg.compile_mode if cfg.compile else None)
         self.fwd, self.fwd_ema = compile_model(model, mode), compile_model(ema_model, mode)
-        from mixmatch_core import methods
+        from mixmatch_core import methods, strong
         self.method = methods.load(cfg.method)
+        self.strong = strong.build(cfg, self.method.views(cfg), device)   # the run's strong view, if any
         self.amp_ctx = _amp_context(cfg, device)
         self.n_classes = n_classes
         self.acc = torch.zeros(3, device=device)
@@ -181,12 +183,14 @@ class ProjectStep:
         self.step = 0
 
     def __call__(self) -> None:
+        from mixmatch_core.optim import lr_at
         from mixmatch_core.train import optimizer_update, train_step
         cfg = self.cfg
         w = self.method.unlabeled_weight(cfg, self.step)
-        loss, lx, lu = train_step(cfg, self.method, self.fwd, self.fwd_ema, self.data, self.amp_ctx, w)
-        optimizer_update(self.opt, loss, self.params, self.ema_params, self.wd_params, self.wd_factor,
-                         cfg.ema_decay)
+        self.opt.set_lr(lr_at(cfg, self.step))
+        loss, lx, lu = train_step(cfg, self.method, self.fwd, self.fwd_ema, self.data, self.amp_ctx, w, self.strong)
+        optimizer_update(self.opt, loss, self.params, self.ema_params, self.wd_params, self.rule.wd_factor,
+                         cfg.ema_decay, self.rule.l2)
         with torch.no_grad():
             self.acc += torch.stack([loss.detach(), lx.detach(), lu.detach()])
             self.bad |= ~torch.isfinite(loss.detach())

@@ -113,6 +113,15 @@ class Config:
     cta_depth: int | None = knob_field("cta_depth", kind=int)
     cta_threshold: float | None = knob_field("cta_threshold", kind=float)
     cta_decay: float | None = knob_field("cta_decay", kind=float)
+    # --- ReMixMatch's own (cta/cta_remixmatch.py flags; K, T, alpha, rampup_steps are shared above)
+    w_match: float | None = knob_field("w_match", kind=float)
+    w_kl: float | None = knob_field("w_kl", kind=float)
+    w_rot: float | None = knob_field("w_rot", kind=float)
+    redux: str | None = knob_field("redux", kind=str)
+    use_dm: bool | None = knob_field("use_dm", kind=bool)
+    use_xe: bool | None = knob_field("use_xe", kind=bool)
+    dbuf: int | None = knob_field("dbuf", kind=int)
+    anchor_view: str | None = knob_field("anchor_view", kind=str)
     # --- optimisation -----------------------------------------------------------------------
     lr: float = _f(0.002, "learning rate (the base of lr_schedule where the method has one; MixMatch: Adam, constant)")
     wd: float = _f(0.02, "weight decay of conv/linear kernels: decoupled, kernels *= 1 - wd * lr each step (MixMatch), "

@@ -37,6 +37,7 @@ from . import methods
 from .checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, prepare_run_dir, save_checkpoint
 from .config import Config, ConfigError
 from .data import DatasetNotLocal, DeviceData, draw_split, load_dataset
+from . import strong as strong_aug
 from .models import build_model
 from .optim import Adam, Momentum, UpdateRule, build_optimizer, lr_at, update_rule
 from .precision import set_fp32_precision
@@ -213,7 +214,7 @@ class Session:
     fwd_ema: nn.Module
     amp_ctx: Callable[[], contextlib.AbstractContextManager]
     ckpt_path: Path
-    strong: StrongAugment | None = None   # the run's strong augmentation (its state: CTAugment's rates)
+    strong: strong_aug.StrongAugment | None = None   # the run's strong augmentation (its state: CTAugment's rates)
     step: int = 0
     history: list[dict] = field(default_factory=list)
     pending: list = field(default_factory=list)   # tracker points not yet flushed at the checkpoint
@@ -296,7 +297,7 @@ def open_session(cfg: Config, restart: bool = False) -> Session:
     fwd, fwd_ema = (compiled(model, cfg.compile_mode), compiled(ema_model, cfg.compile_mode)) if cfg.compile \
         else (model, ema_model)
     s = Session(cfg, device, data, method, model, ema_model, opt, fwd, fwd_ema, _amp_context(cfg, device), ckpt_path,
-                None)
+                strong_aug.build(cfg, method.views(cfg), device))
     if state is not None:
         restore(s, state)
     return s
@@ -401,6 +402,7 @@ def evaluate_and_checkpoint(s: Session, tracker, bar, still_owner, on_eval, mete
     s.history.append(h)
     if tracker is not None:
         tracker.log_metrics({k: v for k, v in h.items() if k != "step"}, s.step)
+        log_augment_stats(s, tracker)
     checkpoint(s, tracker)
     if tracker is not None:
         tracker.flush()
@@ -409,6 +411,19 @@ def evaluate_and_checkpoint(s: Session, tracker, bar, still_owner, on_eval, mete
     if on_eval is not None:
         on_eval(s.step, h)
     meter.restart_clock()
+
+
+def log_augment_stats(s: Session, tracker) -> None:
+    """What CTAugment has learned, at each evaluation: the official stats() text (per op and
+    level, the normalised thresholded probability of being drawn) as the run's artifact
+    `ctaugment/step-NNNNNNNN.txt`. A host read of the rates: evaluation only."""
+    text = s.strong.stats() if s.strong is not None else None
+    if not text:
+        return
+    path = s.ckpt_path.parent / "artifacts" / "ctaugment" / f"step-{s.step:08d}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    tracker.log_artifact(path, "ctaugment")
 
 
 def end_tracking(tracker, e: BaseException, result: RunResult) -> None:
@@ -477,7 +492,7 @@ def train(cfg: Config, tracker=None, on_eval: Callable[[int, dict], None] | None
 
 
 def train_step(cfg: Config, method, fwd, fwd_ema, data: DeviceData, amp_ctx, w: float,
-               strong: StrongAugment | None = None):
+               strong: strong_aug.StrongAugment | None = None):
     """One step's losses: the labeled batch and the method's named views (views.py), sampled
     and augmented on the device, CTAugment's probe scored and learned from, then
     `method.losses` (mixmatch_core/methods). Returns (loss, loss_x, loss_u) as device tensors;
@@ -490,7 +505,7 @@ def train_step(cfg: Config, method, fwd, fwd_ema, data: DeviceData, amp_ctx, w: 
 
 
 @torch.no_grad()
-def learn_from_probe(strong: StrongAugment, probe, model: nn.Module, ema_model: nn.Module, amp_ctx) -> None:
+def learn_from_probe(strong: strong_aug.StrongAugment, probe, model: nn.Module, ema_model: nn.Module, amp_ctx) -> None:
     """CTAugment's update from this step's probe (cta/lib/train.py train_step): the EMA model in
     inference mode (the official classify_op: EMA weights, the live model's BN statistics)
     scores the probe images, and each image's proximity 1 - 0.5 |p - onehot(y)|_1 updates the

@@ -247,5 +247,5 @@ def test_mixmatch_mixes_every_row_with_its_shuffled_partner_after_one_guess(monk
 
 def test_every_registered_method_has_a_loss_test():
     tested = {"supervised", "fs_mixup", "mixup", "pi_model", "mean_teacher", "ict", "pseudo_label", "vat",
-              "mixmatch", "fixmatch"}   # fixmatch: tests/test_fixmatch.py
+              "mixmatch", "fixmatch", "remixmatch"}   # fixmatch, remixmatch: tests/test_<name>.py
     assert tested == set(METHODS)

@@ -88,7 +88,8 @@ EXPECTED = {
 
 
 def test_every_registered_method_has_its_gradient_flow_pinned():
-    assert set(EXPECTED) == set(METHODS)
+    # remixmatch (its model needs embed and a rotation head): tests/test_remixmatch.py
+    assert set(EXPECTED) | {"remixmatch"} == set(METHODS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

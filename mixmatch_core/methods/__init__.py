@@ -203,6 +203,59 @@ def _fixmatch_forwards(cfg) -> float:
     return 3.0 * (1 + 2 * cfg.uratio) + (cfg.augment == "ctaugment") + teacher
 
 
+# ReMixMatch's knobs: the flags of cta/cta_remixmatch.py (lines 63-74) and libml/augment.py's K,
+# with their official defaults; `anchor_view` stands for ablation/ab_cta_remixmatch_noweak.py.
+REMIXMATCH_KNOBS = {
+    "K": Knob(1, "strong views per unlabeled image (official flag K, libml/augment.py:45; "
+              "runs/ssl/cifar10.sh: 8)", lambda v: v >= 1, ">= 1"),
+    "T": Knob(0.5, "sharpening temperature of the aligned guess", lambda v: v > 0, "> 0"),
+    "alpha": _alpha(0.75),
+    "rampup_steps": _nonneg("steps over which w_match and w_kl ramp linearly from 0 (official warmup_kimg: "
+                            "1024 kimg = 16384 steps at batch 64)"),
+    "w_match": _nonneg("remixmatch: weight of the mixed unlabeled loss after warm-up", 1.5),
+    "w_kl": _nonneg("remixmatch: weight of the pre-mixup loss (the anchor's target on the first strong "
+                    "view) after warm-up; 0 = off", 0.5),
+    "w_rot": _nonneg("remixmatch: weight of the rotation loss (not warmed up); 0 = no rotation head", 0.5),
+    "redux": Knob("1st", "remixmatch: which views' softmax the guess comes from: 1st (the anchor's; "
+                  "cta_remixmatch.py) | swap (view i gets view i+1's; remixmatch_no_cta.py) | mean",
+                  choices=("1st", "swap", "mean")),
+    "use_dm": Knob(True, "remixmatch: distribution alignment, p * p_data / p_model (official use_dm)"),
+    "use_xe": Knob(True, "remixmatch: cross-entropy for the mixed unlabeled loss; false = L2 of probabilities"),
+    "dbuf": Knob(128, "remixmatch: batches in p_model's moving average (official dbuf)", lambda v: v >= 1, ">= 1"),
+    "anchor_view": Knob("weak", "remixmatch: augmentation of the view whose guess is every view's target: weak "
+                        "| strong (ab_cta_remixmatch_noweak.py: every unlabeled view strong)",
+                        choices=("weak", "strong")),
+    **augment_knobs("ctaugment", False),   # AugmentPoolCTA: CTAugment, no Cutout appended
+}
+# runs/ssl/ablation.sh's rows in its order (dataset cifar10.3@250-1: seed 3, 250 labels), each
+# one flag off the full method; the "only weak" rows run ab_remixmatch.py: no CTA, 'd.d.d' (every
+# view weak), redux 'swap' (its default). The standard settings runs/ssl/*.sh pass beside K=8:
+# 40 labels (cifar10.sh: K=1, w_rot=2, warmup_kimg=8192 = 131072 steps; svhn.sh: K=1, w_rot=3)
+# and STL-10 (stl10.sh: K=4; its scales=4 is the dataset preset).
+_ONLY_WEAK = dict(augment="none", redux="swap")
+REMIXMATCH_VARIANTS = {
+    **{f"remixmatch_k{k}": dict(K=k) for k in (1, 2, 4, 8, 16)},
+    "remixmatch_no_kl": dict(K=8, w_kl=0.0), "remixmatch_no_rot": dict(K=8, w_rot=0.0),
+    "remixmatch_no_dm": dict(K=8, use_dm=False), "remixmatch_l2": dict(w_match=75.0, K=8, use_xe=False),
+    "remixmatch_only_strong": dict(K=8, anchor_view="strong"),
+    "remixmatch_only_weak_k1": dict(_ONLY_WEAK, K=1), "remixmatch_only_weak_k8": dict(_ONLY_WEAK, K=8),
+    "remixmatch_only_weak_mean_k1": dict(_ONLY_WEAK, redux="mean", K=1),
+    "remixmatch_only_weak_mean_k8": dict(_ONLY_WEAK, redux="mean", K=8),
+    "remixmatch_40": dict(K=1, w_rot=2.0, rampup_steps=131072), "remixmatch_svhn_40": dict(K=1, w_rot=3.0),
+    "remixmatch_stl10": dict(K=4),
+}
+
+
+def _remixmatch_forwards(cfg) -> float:
+    """Forwards of B images per ReMixMatch step (a backward counts 2): the no-gradient guessing
+    passes (1st: the anchor; swap, mean: every view but u_1 when the KL loss has it), u_1 with
+    its backward for the KL loss, the rotation pass and backward, the K + 2 mixed passes and
+    backwards, and CTAugment's probe (one EMA forward)."""
+    kl = cfg.w_kl > 0
+    guess = 1 if cfg.redux == "1st" else cfg.K + 1 - kl
+    return guess + 3 * kl + 3 * (cfg.w_rot > 0) + 3 * (cfg.K + 2) + (cfg.augment == "ctaugment")
+
+
 # Order = table row order: the full method first, FixMatch, then the baselines in the paper's Table 5
 # order (Pi-Model, PseudoLabel, MixUp, VAT, Mean Teacher), ICT (Table 4), then supervised.
 METHODS: dict[str, Method] = {
@@ -239,6 +292,11 @@ METHODS: dict[str, Method] = {
     "ict": Method("Interpolation Consistency Training", "ict.py",
                   {"consistency_weight": _consistency(50.0), "warmup_pos": _WARMUP, "alpha": _alpha(0.5)},
                   {"wd": 0.02, "alpha": 0.75, "consistency_weight": 1000.0}, forwards_per_step=lambda cfg: 7.0),
+    "remixmatch": Method("ReMixMatch", "cta/cta_remixmatch.py", REMIXMATCH_KNOBS,
+                         # runs/ssl/cifar10.sh passes --K=8 (the flag's default is 1); wd 0.02 and lr
+                         # 0.002 are cta_remixmatch.py's own defaults
+                         {"K": 8, "wd": 0.02, "lr": 0.002}, variants=REMIXMATCH_VARIANTS,
+                         forwards_per_step=lambda cfg: _remixmatch_forwards(cfg)),
     "supervised": Method("Supervised", "(ours: cross-entropy on the labeled batch)", {}, legacy=True),
     # fully_supervised/fs_mixup.py with every label (the paper's "fully supervised" rows):
     # MixUp Beta(0.5), wd 0.002 are fs_mixup's preset; set n_labeled to the training set size.
