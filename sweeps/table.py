@@ -26,7 +26,8 @@ The rules, in one place:
   "paper" and "Δ" columns next to each label count, preferring Table 4's single-split
   numbers). `auto` takes the spec's `layout:` if it names one, else `labels` when the sweep
   has >= 3 label counts and <= 4 rows, else `ablation`.
-- Reference matching: same dataset, model, method, variant and n_labeled (paper.py).
+- Reference matching: same dataset, model, method, variant and n_labeled; which paper's table wins
+  where several have the cell, and how a number names its paper and table: paper.py.
 - Under the main grid: the error at the last evaluation (`error_last`, mean ± std; where runs
   logged it), the difference of each row to the full method's row at the same label count (one
   line each: Δ, interval, test, p, seeds, P(better), bootstrap; the numbers are stats.py's,
@@ -51,7 +52,7 @@ import pandas as pd
 from mixmatch_core.config import Config, ConfigError
 from mixmatch_core.methods import FULL_METHOD, row_order
 
-from .paper import REFERENCE_CSV, Paper, paper_numbers
+from .paper import REFERENCE_CSV, Paper, paper_numbers, sources_text, table_label
 from .runs import IDENTITY, PARAM_COLUMNS, RUN_COLUMNS, Source
 from .spec import LAYOUTS
 from .stats import PAIRED, Comparison, compare, iqm
@@ -374,9 +375,9 @@ def _main_grid(p: _Parts, title: str, layout: str) -> Grid:
     for r in p.rows:
         lines.append([Entry(p.labels[r])] + [ours(r, n) for n in p.label_counts])
         kinds.append("ours")
-        tables = sorted({int(ref[(r, n)]["table"]) for n in p.label_counts if (r, n) in ref})
+        tables = sorted({table_label(ref[(r, n)]) for n in p.label_counts if (r, n) in ref})
         if tables:
-            lines.append([Entry(f"paper (Table {', '.join(map(str, tables))})")]
+            lines.append([Entry(f"paper ({', '.join(tables)})")]
                          + [Entry(_paper_text(ref.get((r, n)))) for n in p.label_counts])
             lines.append([Entry("Δ vs paper")]
                          + [Entry(_delta_text(ref.get((r, n)), p.agg.get((r, n)))) for n in p.label_counts])
@@ -438,10 +439,7 @@ def _notes(p: _Parts, models: dict, reference: str, datasets: list[str], planned
     if p.best:
         notes.append("bold: lowest error in its column.")
     if p.paper.numbers:
-        used = sorted({int(x["table"]) for x in p.paper.numbers.values()})
-        notes.append(f"paper: Berthelot et al. 2019, Table{'s' if len(used) > 1 else ''} "
-                     f"{', '.join(map(str, used)) or '-'}"
-                     f"{' (Table 4: one split)' if 4 in used else ''}; Δ = ours - paper; "
+        notes.append(f"paper: {sources_text(p.paper.numbers.values())}; Δ = ours - paper; "
                      f"{DASH}: the paper has no number.")
     elif p.paper.models:
         ours = sorted({str(m) for m in models.values() if m}) or ["this model"]
