@@ -59,7 +59,7 @@ CPU_GOAL_RATIO = 1.0       # ours / PIL on a CPU
 def images(n: int) -> tuple[np.ndarray, str]:
     """uint8 [n, 32, 32, 3] and what they are."""
     if CIFAR_NPZ.exists():
-        with np.load(CIFAR_NPZ) as d:
+        with np.load(CIFAR_NPZ, allow_pickle=False) as d:
             return np.ascontiguousarray(d["x_train"][:n]), f"CIFAR-10 train[:{n}] ({CIFAR_NPZ.resolve()})"
     return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "random uint8 (no CIFAR-10 npz)"
 

@@ -624,7 +624,7 @@ BAD_TRAIN = [
     ("more-labels-than-images", lambda d: ["n_labeled=20000"], "n_labeled"),
     ("no-unlabeled-images-left", lambda d: [_npz(d), "n_labeled=20"], "n_labeled"),
     ("unknown-variant", lambda d: ["variant=nope"], "variant"),
-    ("unknown-method", lambda d: ["method=fixmatch"], "method"),
+    ("unknown-method", lambda d: ["method=uda"], "method"),
     ("hyperparameter-of-another-method", lambda d: ["variant=vat", "consistency_weight=5"], "consistency_weight"),
     ("variant-contradicted", lambda d: ["variant=k1", "K=3"], "variant 'k1'"),
     ("unknown-dataset", lambda d: ["dataset=mnist"], "dataset"),

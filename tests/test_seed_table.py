@@ -20,7 +20,7 @@ from torch import nn
 
 from mixmatch_core.config import resolve
 from mixmatch_core.data import DeviceData, load_dataset
-from mixmatch_core.report import final_metrics, write_run_artifacts
+from mixmatch_core.run_report import final_metrics, write_run_artifacts
 from mixmatch_core.train import evaluate
 from sweeps import render
 from sweeps import table as tb

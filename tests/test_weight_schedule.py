@@ -4,6 +4,7 @@ Expected weights are written out per method (its table5.sh preset), and cross-ch
 the official expression in the official unit (images, not steps):
     baselines:  weight * clip(images / (warmup_pos * train_kimg << 10), 0, 1)
     mixmatch.py: w_match * clip(images / (warmup_kimg << 10), 0, 1)
+    remixmatch:  clip(images / (warmup_kimg << 10), 0, 1), the factor of w_match and w_kl
 A dropped or rescaled warm-up fails here.
 """
 import numpy as np
@@ -24,13 +25,14 @@ EXPECTED = {
     "vat": [0.0, 0.15, 0.3, 0.3],                 # vat 0.3 (entmin_weight is not warmed up)
     "mean_teacher": [0.0, 25.0, 50.0, 50.0],      # consistency_weight 50
     "ict": [0.0, 500.0, 1000.0, 1000.0],          # consistency_weight 1000
+    "remixmatch": [0.0, 0.5, 1.0, 1.0],           # the warm-up factor of w_match and w_kl (losses apply them)
     "fs_mixup": [0.0, 0.0, 0.0, 0.0],             # no unlabeled term
     "supervised": [0.0, 0.0, 0.0, 0.0],
 }
 
 
 def short_run(name: str, **kw):
-    extra = {"rampup_steps": 400} if name == "mixmatch" else {}
+    extra = {"rampup_steps": 400} if name in ("mixmatch", "remixmatch") else {}
     return resolve({"variant": name, "steps": 1000, "eval_every": 100, **extra, **kw})
 
 
@@ -40,6 +42,8 @@ def official_weight(name: str, cfg, step: int) -> float:
     if name == "mixmatch":
         warmup_images = cfg.rampup_steps * cfg.batch_size        # warmup_kimg << 10
         return cfg.lambda_u * float(np.clip(images / warmup_images, 0, 1))
+    if name == "remixmatch":
+        return float(np.clip(images / (cfg.rampup_steps * cfg.batch_size), 0, 1))
     if name == "fixmatch":
         return cfg.wu
     if name in ("mixup", "fs_mixup", "supervised"):
