@@ -215,6 +215,7 @@ def _trial_objective(spec: SearchSpec, study, storage, parent: str, lease):
     """The Optuna objective of a search: the trial's params on the base config, trained and
     tracked (one run per seed where the spec names `seeds`: their mean is the value), every
     evaluation reported to the pruner (with seeds, the mean over the seeds once all have it)."""
+    from mixmatch_core.train import RunTakenOver  # lazy: torch; `mixmatch search --help` needs none
     host = f"{socket.gethostname()}:{os.getpid()}"
     out_root = f"{resolve(spec.base).out_dir}/{file_stem(study.study_name)}"
 
@@ -239,9 +240,13 @@ def _trial_objective(spec: SearchSpec, study, storage, parent: str, lease):
         try:
             for i, cfg in enumerate(cfgs):
                 results.append(_train_seed(spec, study, trial, cfg, i, curves, parent, storage, lease))
-        except TrialStopped:
-            for r in results:       # the seeds that finished belong to a pruned trial
-                _tag_run(r.run_id, {"trial_state": TrialState.PRUNED.name})
+        except RunTakenOver:
+            raise                   # the trial is another worker's now: so are its tags
+        except Exception as e:
+            # The seeds that finished belong to a pruned (or failed) trial.
+            state = TrialState.PRUNED if isinstance(e, TrialStopped) else TrialState.FAIL
+            for r in results:
+                _tag_run(r.run_id, {"trial_state": state.name})
             raise
         if len(results) > 1:
             trial.set_user_attr("mlflow_run_ids", [r.run_id for r in results])
