@@ -211,6 +211,16 @@ def _numeric(name: str, raw: dict, where: str, err) -> Dimension:
                      high=float(high) if kind == "float" else high, log=log, step=step)
 
 
+def _seeds(seeds, space: dict, err) -> list[int] | None:
+    """The spec's `seeds:` (each trial trains one run per seed), checked."""
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(_is_int(x) and x >= 0 for x in seeds)
+                              or len(set(seeds)) != len(seeds)):
+        err(f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    if seeds is not None and "seed" in space:
+        err("space.seed cannot be searched when seeds: lists the seeds every trial trains")
+    return seeds
+
+
 def load_search_spec(path: str) -> SearchSpec:
     """Read and validate a search spec; every problem is one ConfigError line naming the key."""
     raw = load_yaml(path, "search spec")
@@ -259,12 +269,7 @@ def load_search_spec(path: str) -> SearchSpec:
     seed = raw.get("seed", 0)
     if not _is_int(seed) or seed < 0:
         err(f"seed must be an integer >= 0, got {seed!r}")
-    seeds = raw.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(_is_int(x) and x >= 0 for x in seeds)
-                              or len(set(seeds)) != len(seeds)):
-        err(f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
-    if seeds is not None and "seed" in space:
-        err("space.seed cannot be searched when seeds: lists the seeds every trial trains")
+    seeds = _seeds(raw.get("seeds"), space, err)
     experiment = str(raw.get("experiment") or base.get("experiment") or "mixmatch")
     if not experiment.strip():
         err("experiment must not be empty")
