@@ -119,6 +119,16 @@ def remix_cfg(**kw):
     return resolve({"variant": "remixmatch", "dataset": "digits", **kw})
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (conv passes this small cost several times more with two
+    threads on a shared machine); a run's num_threads is process-wide: put it back afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(n)
+
+
 # ---- distribution alignment -------------------------------------------------------------------
 @pytest.mark.parametrize("use_dm", [True, False])
 def test_guess_label_aligns_by_p_data_over_p_model_then_sharpens(use_dm):
@@ -255,7 +265,7 @@ def receives(term, outputs):
 
 @pytest.mark.parametrize("redux", ["1st", "swap"])
 def test_guesses_carry_no_gradient_and_each_term_reaches_its_passes(redux):
-    """Passes in call order: rot(u_1), u_1 (KL), the guessing passes, the K + 2 mixed passes.
+    """Passes in call order: u_1 (KL), the guessing passes, the K + 2 mixed passes, rot(u_1).
     ly = tf.stop_gradient(guess.p_target): no guessing pass gets anything; the KL term and the
     rotation term reach only their own passes; L_x and L_u reach the mixed passes."""
     cfg, rs = remix_cfg(K=2, redux=redux), np.random.RandomState(6)
@@ -264,7 +274,7 @@ def test_guesses_carry_no_gradient_and_each_term_reaches_its_passes(redux):
     views = [torch.tensor(rs.randn(B, 1, HW, HW)) for _ in range(cfg.K + 1)]
     loss, lx, lu = remixmatch.losses(cfg, model, model, x, y, Unlabeled(views[:1], views[1:]), 1.0)
     n_guess = 1 if redux == "1st" else cfg.K       # swap: u_1's probabilities come from its KL pass
-    passes = ["rot", "kl"] + ["guess"] * n_guess + ["mixed"] * (cfg.K + 2)
+    passes = ["kl"] + ["guess"] * n_guess + ["mixed"] * (cfg.K + 2) + ["rot"]
     assert len(model.outputs) == len(passes)
     extra = loss - lx - cfg.w_match * lu                  # w_kl * KL + w_rot * rot
     assert receives(extra, model.outputs) == [p in ("rot", "kl") for p in passes]
@@ -286,7 +296,7 @@ def np_interleave(chunks, batch):
     return [np.concatenate(g) for g in groups]
 
 
-def test_only_the_last_interleaved_pass_updates_batch_norm_statistics(monkeypatch):
+def test_only_the_last_interleaved_pass_updates_batch_norm_statistics(monkeypatch, one_thread):
     """post_ops = the UPDATE_OPS of classifier(batches[-1]) only: rotation, guessing, KL and the
     first K + 1 interleaved mixed passes leave the running statistics as they were."""
     torch.manual_seed(0)
@@ -383,20 +393,13 @@ def test_dry_run_cost_counts_the_passes_of_a_step(user, forwards):
 
 
 # ---- a run, killed and resumed ------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    """A run's num_threads sets torch's process-wide thread count: put it back afterwards."""
-    n = torch.get_num_threads()
-    yield 1
-    torch.set_num_threads(n)
 
 
-def test_a_weak_only_run_resumes_to_exactly_the_numbers_of_an_uninterrupted_one(tmp_path, one_thread):
-    """The rotation head, p_model and p_data are saved and restored with the model (augment=none:
-    the weak-only path, which needs no strong augmentation). One thread: the tiny evaluations
-    cost 10x more with two threads on a shared machine."""
+def test_a_run_resumes_to_exactly_the_numbers_of_an_uninterrupted_one(tmp_path, one_thread):
+    """The rotation head, p_model, p_data and CTAugment's rates are saved and restored with the
+    run."""
     def cfg(sub):
-        return resolve(dict(variant="remixmatch_only_weak_k1", dataset="digits", n_labeled=50, steps=4, eval_every=2,
+        return resolve(dict(variant="remixmatch", K=2, dataset="digits", n_labeled=50, steps=4, eval_every=2,
                             median_of=2, log_every=2, batch_size=8, rampup_steps=2, progress=False, device="cpu",
                             model="small_cnn4", num_threads=one_thread, out_dir=str(tmp_path / sub)))
 
@@ -418,3 +421,40 @@ def test_a_weak_only_run_resumes_to_exactly_the_numbers_of_an_uninterrupted_one(
     for part in ("model", "ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert a["augment"].keys() == b["augment"].keys() and a["augment"]
+    for k in a["augment"]:
+        assert torch.equal(a["augment"][k], b["augment"][k]), k
+
+
+
+def test_the_eager_rotation_pass_survives_compiled_passes_writing_back_bn_statistics(one_thread):
+    """Under torch.compile every forward writes its BN statistics back with a versioned copy_,
+    and the rotation pass (model.embed, never compiled) saves them for its backward: it must run
+    after every compiled pass, or backward raises (rotation_loss's docstring). Simulated here on
+    an eager model whose forward writes back as AOTAutograd does; checked once for real with
+    torch.compile(backend="aot_eager"): the same losses and gradients as eager."""
+    torch.manual_seed(0)
+    cfg = remix_cfg(K=1)
+    model = build_model("small_cnn4", 10, 1)
+    remixmatch.extend_model(cfg, model, None)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    forward = model.forward
+
+    def forward_writing_back(t):
+        """The pass computes on copies of the statistics (which its backward may keep) and
+        writes them back to the buffers with copy_, as a compiled graph does."""
+        real = [(m.running_mean, m.running_var) for m in bns]
+        for m in bns:
+            m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+        out = forward(t)
+        for m, (mean, var) in zip(bns, real):
+            mean.copy_(m.running_mean)
+            var.copy_(m.running_var)
+            m.running_mean, m.running_var = mean, var
+        return out
+
+    model.forward = forward_writing_back
+    x, y = torch.randn(B, 1, 8, 8), torch.randint(0, 10, (B,))
+    u = Unlabeled([torch.randn(B, 1, 8, 8)], [torch.randn(B, 1, 8, 8)])
+    remixmatch.losses(cfg, model, model, x, y, u, 0.5)[0].backward()
+    assert model.rot_head.weight.grad.abs().sum() > 0

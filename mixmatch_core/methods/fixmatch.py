@@ -11,23 +11,24 @@ train.optimizer_update; its views (a weak and a strong view of each unlabeled im
 probe) by views(); the rules of methods/common.py hold (no host sync, autocast-safe).
 
 Official lines (fixmatch.py, FixMatch.model), and how they are written here:
-- The mean runs over ALL uratio * B rows, confident or not (`reduce_mean(loss_xeu *
+- The mean runs over ALL uratio * B rows, confident or not (line 118, `reduce_mean(loss_xeu *
   pseudo_mask)`): a step with few confident rows has a small loss, not a loss renormalised over
-  the confident ones. The mask is `>=` (a row at exactly `confidence` counts).
-- One training pass: `interleave(concat([xt, y_weak, y_strong]), 2 * uratio + 1)`, then
+  the confident ones. The mask is `>=` (line 116; a row at exactly `confidence` counts).
+- One training pass (lines 98-102): `interleave(concat([xt, y_weak, y_strong]), 2 * uratio + 1)`, then
   para_cat (one tower per GPU), then de_interleave. interleave is a fixed permutation of the
   (2u+1) * B rows (reshape to [B, 2u+1], transpose, flatten: row i * (2u+1) + j moves to row
   j * B + i), undone by de_interleave; it exists so that each GPU's tower of para_cat (a
-  contiguous share of the permuted rows) sees labeled and unlabeled rows alike. With one device there is one tower, and batch norm's
-  batch statistics are a mean over all rows, which a permutation does not change: the official
-  pass on one GPU is exactly one forward of the plain concatenation, which is what we run (up
-  to the order of a floating-point sum). Its BN updates are every UPDATE_OP of that pass
-  (post_ops), i.e. the running statistics are updated once, from the whole batch: so here.
+  contiguous share of the permuted rows) sees labeled and unlabeled rows alike. With one
+  device there is one tower, and batch norm's batch statistics are means over all rows, which
+  a permutation does not change: the official pass on one GPU is one forward of the plain
+  concatenation, which is what we run (up to the order of a floating-point sum). Its BN
+  updates are every UPDATE_OP of that pass (post_ops): the running statistics are updated
+  once, from the whole batch, as here.
   Multi-GPU para_cat (per-tower statistics of 1/n of the interleaved batch) is not reproduced:
   a run trains on one device.
 - The weak view's logits come from the same pass as the strong view's; the pseudo-label is
-  tf.stop_gradient(softmax(logits_weak)), so the weak rows get gradient from L_x's batch
-  statistics only, never through the target (detach() here).
+  tf.stop_gradient(softmax(logits_weak)) (line 113), so the weak rows get gradient only
+  through batch norm's batch statistics, never through the target (detach() here).
 
 The ablation files, each a knob (their variants: methods/__init__.py, docs/methods.md):
 - T (ab_fixmatch_sharpen.py): p = softmax(weak / T); the argmax and the mask read it.
@@ -56,8 +57,7 @@ from .common import frozen_bn_stats, xent
 def views(cfg) -> Views:
     """One weak and one strong view of uratio * B unlabeled images (the anchoring ablation asks
     for two of one kind); CTAugment's probe when the strong augmentation is CTAugment."""
-    anchor, learner = cfg.anchoring.split(".")
-    kinds = (anchor, learner)
+    kinds = cfg.anchoring.split(".")
     return Views(weak=kinds.count("weak"), strong=kinds.count("strong"), uratio=cfg.uratio,
                  probe=(cfg.augment == "ctaugment"))
 

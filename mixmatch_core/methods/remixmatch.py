@@ -101,7 +101,6 @@ def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
         raise ValueError(f"remixmatch: K = {cfg.K} needs K + 1 unlabeled views, got {len(u_views)}")
     zero = x.new_zeros((), dtype=torch.float32)
     with frozen_bn_stats(model):                     # skip_ops: these passes' BN updates never run
-        loss_rot = rotation_loss(model, u_views[1]) if cfg.w_rot > 0 else zero
         logits_kl, p_model_y = guess_passes(model, u_views, cfg.redux, cfg.w_kl > 0)
     p_target = guess_label(p_model_y, distribution(model.p_data), distribution(model.p_model), cfg.T, cfg.use_dm)
     loss_kl = soft_xent(logits_kl, p_target[:B]) if cfg.w_kl > 0 else zero
@@ -111,6 +110,8 @@ def losses(cfg, model, ema_model, x, y, u: Unlabeled, w: float):
     loss_x = soft_xent(logits[0], mixed_t[:B])
     logits_u, targets_u = torch.cat(logits[1:]).float(), mixed_t[B:]
     loss_u = soft_xent(logits_u, targets_u) if cfg.use_xe else squared_prob_error(logits_u, targets_u)
+    with frozen_bn_stats(model):                     # last: see rotation_loss
+        loss_rot = rotation_loss(model, u_views[1]) if cfg.w_rot > 0 else zero
     update_distributions(model, p_model_y, y, n_classes)
     loss = loss_x + (w * cfg.w_kl) * loss_kl + (w * cfg.w_match) * loss_u + cfg.w_rot * loss_rot
     return loss, loss_x, loss_u
@@ -183,7 +184,13 @@ def rotate_quarters(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def rotation_loss(model: nn.Module, u1: Tensor) -> Tensor:
     """Lines 93-98: mean cross-entropy of rot_head(embed(rotated u_1)) against the rotation
-    labels, in training mode (the caller freezes BN statistics)."""
+    labels, in training mode (the caller freezes BN statistics).
+
+    `model.embed` is never compiled (torch.compile wraps forward only), and an eager training-
+    mode BN node saves the running statistics for its backward, which a later compiled pass's
+    write-back of its own statistics (a versioned copy_) would invalidate. So `losses` runs this
+    pass after every other one; the order changes no number (training-mode BN reads batch
+    statistics, and only the last mixed pass's updates are kept)."""
     rotated, labels = rotate_quarters(u1)
     return xent(model.rot_head(model.embed(rotated)), labels)
 
