@@ -158,8 +158,9 @@ def test_only_the_labeled_pass_updates_batch_norm_statistics(name):
 # ---- every method trains, and resumes bit-exactly --------------------------------------------------
 DIGITS = dict(dataset="digits", n_labeled=100, progress=False, device="cpu", num_threads=1)
 # The methods with many unlabeled images per step train on fewer here (FixMatch's uratio 7 is
-# 480 images a step at batch 32, 4x MixMatch's cost): the test is that each method learns.
-CHEAPER = {"fixmatch": {"uratio": 2}, "remixmatch": {"K": 2}}
+# 480 images a step at batch 32, 4x MixMatch's cost; ReMixMatch at K = 1 learns in half the
+# steps, 15% error at 150): the test is that each method learns.
+CHEAPER = {"fixmatch": {"uratio": 2}, "remixmatch": {"K": 1, "steps": 150}}
 
 
 @pytest.mark.slow
