@@ -22,6 +22,13 @@ from .spec import Spec, file_stem
 from .store import CellState, cell_states
 
 
+# What the tables say, as a version: bump it when a release changes what a table holds for the
+# same runs (2: paired comparisons, the error at the last evaluation, the interquartile mean;
+# issue #33). A finished sweep relaunched after such an upgrade trains nothing (its cells keep
+# their keys) but rebuilds its tables instead of replaying the old ones as current.
+TABLE_RULES = 2
+
+
 def tables_dir(spec: Spec) -> Path:
     return Path("runs") / "_tables" / spec.name
 
@@ -51,19 +58,21 @@ def outcome_digest(states: dict[str, CellState | None]) -> str:
 
 def record_close(study, states: dict[str, CellState | None], tables: bool) -> None:
     """What the next launch may skip: these outcomes, and whether their tables were written."""
-    study.set_user_attr("last_report", {"digest": outcome_digest(states), "tables": tables})
+    study.set_user_attr("last_report", {"digest": outcome_digest(states), "tables": tables, "rules": TABLE_RULES})
 
 
 def unchanged_since_last_report(spec: Spec, study, cells: list[Config], no_table: bool) -> bool:
     """True when every cell is done and nothing changed since the last launch closed the sweep
-    (same outcomes; its tables and report still on disk unless --no-table): a relaunch then has
-    nothing to train, log or rebuild, and needs neither MLflow nor torch."""
+    (same outcomes; its tables and report still on disk, made by this release's TABLE_RULES,
+    unless --no-table): a relaunch then has nothing to train, log or rebuild, and needs neither
+    MLflow nor torch."""
     last = study.user_attrs.get("last_report")
     st = cell_states(study)
     states = {x.cell_key: st.get(x.cell_key) for x in cells}
     if not last or any(s is None or s.state != "done" for s in states.values()):
         return False
-    return last["digest"] == outcome_digest(states) and (no_table or (last["tables"] and table_md_path(spec).exists()))
+    current = last["tables"] and last.get("rules", 1) == TABLE_RULES and table_md_path(spec).exists()
+    return last["digest"] == outcome_digest(states) and (no_table or current)
 
 
 def replay(spec: Spec, study, cells: list[Config], url: str, no_table: bool) -> int:

@@ -322,3 +322,27 @@ def test_a_dry_run_prices_the_wall_time_with_no_more_workers_than_cells(store, c
     spec = write_spec(store, "grid: {n_labeled: [50], variant: [supervised], seed: [1]}\n")
     assert main(["sweep", str(spec), "--dry-run", "--workers", "2"]) == 0
     assert "wall with 1 worker(s)); nothing was run" in capsys.readouterr().out
+
+
+def test_a_finished_sweep_made_under_older_table_rules_rebuilds_its_tables_instead_of_replaying_them(
+        tmp_path, monkeypatch):
+    """The fast relaunch replays a finished sweep's stored table only when this release's table
+    rules made it: a sweep closed before paired comparisons existed (its record has no rules)
+    is rebuilt, not shown as current; one closed under the current rules is replayed."""
+    from types import SimpleNamespace
+
+    from sweeps import summary
+    from sweeps.store import CellState
+    monkeypatch.chdir(tmp_path)
+    spec, cells = SimpleNamespace(name="old"), [SimpleNamespace(cell_key="k1", run_name="r1")]
+    states = {"k1": CellState("k1", "r1", "done", 0, error=4.4)}
+    monkeypatch.setattr(summary, "cell_states", lambda study: states)
+    summary.table_md_path(spec).parent.mkdir(parents=True)
+    summary.table_md_path(spec).write_text("| variant |\n")
+    digest = summary.outcome_digest(states)
+    before = SimpleNamespace(user_attrs={"last_report": {"digest": digest, "tables": True}})
+    assert not summary.unchanged_since_last_report(spec, before, cells, no_table=False)
+    assert summary.unchanged_since_last_report(spec, before, cells, no_table=True)     # nothing to rebuild
+    study = SimpleNamespace(user_attrs={}, set_user_attr=lambda k, v: study.user_attrs.__setitem__(k, v))
+    summary.record_close(study, states, tables=True)
+    assert summary.unchanged_since_last_report(spec, study, cells, no_table=False)
