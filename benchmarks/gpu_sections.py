@@ -206,7 +206,10 @@ def child_methods(args) -> int:
                            "channels_last": True, "device": args.device, "progress": False, "seed": 1,
                            "out_dir": f"{args.barrier}/{name}"})
             r = train(cfg, tracker=None)
+            full = resolve({"dataset": "cifar10", "method": name}).steps   # the method's official length
             row = {"method": name, "steps": cfg.steps, "steps_per_s": r.steps_per_s,
+                   "ms_per_step": 1000 / r.steps_per_s if r.steps_per_s else None,
+                   "full_run_steps": full, "full_run_hours": full / r.steps_per_s / 3600 if r.steps_per_s else None,
                    "test_error_pct": r.metrics["error"], "finite": math.isfinite(r.metrics["error"])}
         except Exception as e:  # noqa: BLE001 - reported; the other methods go on
             row = {"method": name, "error": error_text(e)}
@@ -379,7 +382,10 @@ def print_methods(r: dict) -> None:
     s = r["settings"]
     print(f"\n6. every method on {r['machine'].get('gpu', 'CPU')}: the trainer on digits-32, {s['model']}, "
           f"{s['method_steps']} steps each, {s['amp']}")
-    print(f"{'method':<14} {'steps/s':>8} {'test error %':>13} {'seconds':>8}  failure")
+    print("(ms/step and the hours of a full run of the method's official length, 2^20 steps, at this speed; "
+          "FixMatch's goal: under one H100-hour)")
+    print(f"{'method':<14} {'steps/s':>8} {'ms/step':>8} {'full run h':>10} {'test error %':>13} {'seconds':>8}  failure")
     for row in r["methods"]:
-        print(f"{row['method']:<14} {_num(row.get('steps_per_s'), '.1f'):>8} "
-              f"{_num(row.get('test_error_pct'), '.2f'):>13} {_num(row.get('seconds'), '.1f'):>8}  {row.get('error', '')}")
+        print(f"{row['method']:<14} {_num(row.get('steps_per_s'), '.1f'):>8} {_num(row.get('ms_per_step'), '.1f'):>8} "
+              f"{_num(row.get('full_run_hours'), '.2f'):>10} {_num(row.get('test_error_pct'), '.2f'):>13} "
+              f"{_num(row.get('seconds'), '.1f'):>8}  {row.get('error', '')}")

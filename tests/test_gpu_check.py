@@ -117,6 +117,9 @@ def test_gpu_check_probes_vat_and_trains_every_method(tiny_check):
     assert [m["method"] for m in r["methods"]] == list(METHODS)
     for m in r["methods"]:
         assert m["steps_per_s"] > 0 and m["finite"] and 0 <= m["test_error_pct"] <= 100, m
+        # the hours of the method's full official run (2^20 steps) at the measured speed
+        assert m["full_run_steps"] == 1 << 20 and m["full_run_hours"] == pytest.approx(
+            (1 << 20) * m["ms_per_step"] / 1000 / 3600), m
 
 
 def test_gpu_check_times_strong_augmentation_against_the_step(tiny_check):
