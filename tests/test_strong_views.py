@@ -138,3 +138,27 @@ def test_a_bad_augment_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
                         f"out_dir={tmp_path / 'runs'}"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "augment" in r.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+class Invert:
+    """A recognisable strong augmentation: 255 - x; the probe is the image itself."""
+
+    def __call__(self, x):
+        return 255 - x
+
+    def probe(self, x):
+        return x, None
+
+
+@pytest.mark.parametrize("labeled", ["weak", "strong"])
+def test_the_strong_views_are_the_strong_augmentation_of_the_same_images(tmp_path, labeled):
+    from mixmatch_core.views import Views
+    data = open_session(resolve({**TINY, "out_dir": str(tmp_path)})).data
+    torch.manual_seed(0)
+    x, y, u, probe = data.draw(Views(weak=1, strong=2, uratio=2, labeled=labeled, probe=True), 8, Invert())
+    assert u.weak[0].shape[0] == 16 and len(u.strong) == 2
+    # to_float maps 255 - v to -(v / 127.5 - 1): an inverted image is the negated float image
+    for s in u.strong:     # each strong view: the strong op on its own weak draw of the same images
+        assert s.mean().item() == pytest.approx(-u.weak[0].mean().item(), abs=0.05)
+    # the labeled batch: its weak draw (the probe's image), inverted only when asked for strong
+    assert torch.allclose(x, -probe.x if labeled == "strong" else probe.x, atol=1e-6) and torch.equal(probe.y, y)
